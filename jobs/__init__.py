@@ -1,0 +1,1 @@
+"""Jobs: orchestrate tiler → model → outputs for one scene or many."""

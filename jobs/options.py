@@ -1,0 +1,56 @@
+"""Options of a scene job, frozen and serialisable (they go into provenance)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from tiler.grid import EdgePolicy
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a scene is cut and classified.
+
+    Attributes:
+        bands: 1-based scene bands in model order; None picks them from the scene.
+        stride: Chip stride in model pixels; None means the chip size (no overlap).
+        edge: Edge policy for partial chips.
+        min_valid: Chips with a smaller valid fraction are skipped.
+        resample: Read chips at the model's ground resolution.
+        batch_size: Chips per model call.
+        readers: Reader threads.
+        to_crs: Write vectors in this CRS (e.g. "EPSG:4326"); None keeps the scene's.
+    """
+
+    bands: tuple[int, ...] | None = None
+    stride: int | None = None
+    edge: EdgePolicy = EdgePolicy.SHIFT
+    min_valid: float = 0.5
+    resample: bool = False
+    batch_size: int = 32
+    readers: int = 2
+    to_crs: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edge", EdgePolicy(self.edge))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+        if not 0.0 <= self.min_valid <= 1.0:
+            raise ValueError(f"min_valid must be in [0, 1], got {self.min_valid}")
+        if self.batch_size < 1 or self.readers < 1:
+            raise ValueError("batch_size and readers must be >= 1")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["edge"] = self.edge.value
+        d["bands"] = list(self.bands) if self.bands else None
+        return d
+
+    def result_affecting(self) -> dict:
+        """Options that change the output (not batch size or reader count)."""
+        d = self.to_dict()
+        d.pop("batch_size")
+        d.pop("readers")
+        return d

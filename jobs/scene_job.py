@@ -1,0 +1,291 @@
+"""The scene job: scene + model + options → GeoPackage.
+
+It is three steps that other jobs reuse:
+
+:func:`plan_scene`
+    Open and validate the scene, choose bands, lay the grid, compute the
+    per-scene stretch.  Cheap, picklable, done once.
+:func:`classify_cells`
+    Read cells on a thread pool (bounded, so memory stays flat) while the
+    model runs on full batches; returns a :class:`ChipTable`.  A batch job
+    runs this on strips of the grid.
+:func:`write_scene`
+    Build the provenance row and write the GeoPackage atomically.
+
+:func:`run_scene` is the three in a row, the path ``cli.py run`` takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from rasterio.crs import CRS
+
+import scenetag
+from jobs.options import RunOptions
+from model.predictor import Predictor, file_sha256
+from model.spec import ModelSpec
+from outputs_schema.records import ChipTable
+from outputs_schema.schema import SCHEMA_VERSION
+from outputs_schema.writer import check_output, write_geopackage
+from scenetag.errors import ScenetagError
+from tiler.grid import Grid, GridCell, chip_grid
+from tiler.reader import ChipRead, ChipReader
+from tiler.scaling import Stretch, scene_stretch
+from tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """Everything decided about a scene before any chip is read."""
+
+    info: SceneInfo
+    spec: ModelSpec
+    options: RunOptions
+    bands: tuple[int, ...]
+    factor: float
+    grid: Grid
+    stretch: Stretch | None
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.grid)
+
+    def reader(self) -> ChipReader:
+        """A reader for this plan's cells."""
+        return ChipReader(self.info, self.bands, self.spec.chip_size, self.factor,
+                          self.stretch, self.options.min_valid)
+
+
+@dataclass
+class SceneResult:
+    """What happened to one scene."""
+
+    scene: str
+    output: str | None
+    status: str
+    n_chips_total: int = 0
+    n_chips_classified: int = 0
+    n_chips_skipped_nodata: int = 0
+    n_chips_skipped_edge: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str = ""
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def chips_per_second(self) -> float:
+        return self.n_chips_classified / self.seconds if self.seconds else 0.0
+
+
+def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
+    """Validate the scene against the model and options and lay the grid."""
+    info = open_scene(scene_path)
+    bands = select_bands(info, spec, options.bands)
+    factor = resolution_factor(info, spec, options.resample)
+    src_chip = max(1, round(spec.chip_size * factor))
+    stride = options.stride if options.stride is not None else spec.chip_size
+    if stride > spec.chip_size:
+        raise ScenetagError(
+            f"stride {stride} is larger than the chip size {spec.chip_size}: use a stride "
+            "of at most the chip size (or --overlap)"
+        )
+    src_stride = max(1, round(stride * factor))
+    grid = chip_grid(info.width, info.height, src_chip, src_stride, options.edge)
+    stretch = scene_stretch(info, bands, spec)
+    return ScenePlan(info, spec, options, bands, factor, grid, stretch)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in_flight: int) -> Iterator:
+    """``pool.map`` that keeps at most ``max_in_flight`` results pending, in order."""
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= max_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def classify_cells(
+    plan: ScenePlan,
+    predictor: Predictor,
+    cells: Sequence[GridCell] | None = None,
+    progress: Progress | None = None,
+) -> ChipTable:
+    """Read and classify ``cells`` (default: the whole grid) of a planned scene."""
+    cells = list(plan.grid) if cells is None else list(cells)
+    opts = plan.options
+    bs = opts.batch_size
+    read_seconds = [0.0]
+    lock = threading.Lock()
+    rows: list[tuple] = []
+    probs: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    batch_meta: list[tuple] = []
+    skipped = 0
+    infer_seconds = 0.0
+
+    def timed_read(reader: ChipReader, cell: GridCell) -> ChipRead:
+        t0 = time.perf_counter()
+        out = reader.read(cell)
+        with lock:
+            read_seconds[0] += time.perf_counter() - t0
+        return out
+
+    def flush() -> None:
+        nonlocal infer_seconds
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        p = predictor.predict(np.stack(batch))
+        infer_seconds += time.perf_counter() - t0
+        probs.append(p)
+        rows.extend(batch_meta)
+        if progress:
+            progress(len(batch))
+        batch.clear()
+        batch_meta.clear()
+
+    with plan.reader() as reader, ThreadPoolExecutor(opts.readers, thread_name_prefix="chip-reader") as pool:
+        for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + opts.readers):
+            if read.skipped:
+                skipped += 1
+                if progress:
+                    progress(1)
+                continue
+            w = read.chip.window
+            batch.append(read.pixels)
+            batch_meta.append((read.chip.row, read.chip.col, int(w.col_off), int(w.row_off),
+                               int(w.width), int(w.height), read.chip.valid_fraction))
+            if len(batch) >= bs:
+                flush()
+        flush()
+    all_probs = np.concatenate(probs) if probs else np.zeros((0, plan.spec.n_labels), np.float32)
+    table = ChipTable.from_rows(rows, all_probs, skipped)
+    table.seconds_read = read_seconds[0]
+    table.seconds_infer = infer_seconds
+    return table
+
+
+def signature(scene_sha256: str, model_sha256: str, spec: ModelSpec, options: RunOptions) -> str:
+    """Hash of what determines the output: scene, model, spec, options, schema version."""
+    payload = json.dumps({
+        "scene": scene_sha256, "model": model_sha256, "spec": spec.to_dict(),
+        "options": options.result_affecting(), "schema": SCHEMA_VERSION,
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
+    if len(table):
+        return "ok", ""
+    if len(plan.grid) == 0:
+        return "empty", (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
+                         f"smaller than one chip, and the edge policy is skip")
+    return "empty", (f"no chip had at least {plan.options.min_valid:.0%} valid pixels "
+                     f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
+
+
+def write_scene(
+    plan: ScenePlan,
+    table: ChipTable,
+    predictor: Predictor,
+    out: str | Path,
+    *,
+    started_at: str,
+    t_start: float,
+    overwrite: bool = False,
+    scene_sha256: str | None = None,
+) -> SceneResult:
+    """Write the GeoPackage with its ``runs`` provenance row; returns the result."""
+    info, spec, opts = plan.info, plan.spec, plan.options
+    scene_sha = scene_sha256 or file_sha256(info.path)
+    status, reason = _status(plan, table)
+    t_write = time.perf_counter()
+    run = {
+        "run_id": hashlib.sha1(f"{info.path}{started_at}{time.time_ns()}".encode()).hexdigest()[:16],
+        "schema_version": SCHEMA_VERSION,
+        "software": f"scenetag {scenetag.__version__}",
+        "started_at": started_at,
+        "finished_at": _now(),
+        "status": status,
+        "reason": reason,
+        "scene_path": info.path,
+        "scene_sha256": scene_sha,
+        "scene_crs": info.crs.to_string(),
+        "model_name": spec.name,
+        "model_sha256": predictor.sha256,
+        "model_spec": spec.to_json(),
+        "thresholds": json.dumps(dict(zip(spec.labels, spec.thresholds))),
+        "options": json.dumps({**opts.to_dict(), "bands_used": list(plan.bands),
+                               "resolution_factor": plan.factor,
+                               "stretch": None if plan.stretch is None else
+                               {"low": plan.stretch.low, "high": plan.stretch.high}}),
+        "signature": signature(scene_sha, predictor.sha256, spec, opts),
+        "n_chips_total": len(plan.grid) + plan.grid.n_skipped,
+        "n_chips_classified": len(table),
+        "n_chips_skipped_nodata": table.n_skipped_nodata,
+        "n_chips_skipped_edge": plan.grid.n_skipped,
+        "seconds_total": 0.0,
+        "seconds_read": table.seconds_read,
+        "seconds_infer": table.seconds_infer,
+        "seconds_write": 0.0,
+    }
+    # Times that include the write itself are estimated just before it.
+    run["seconds_total"] = time.perf_counter() - t_start
+    to_crs = CRS.from_user_input(opts.to_crs) if opts.to_crs else None
+    write_geopackage(out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
+                     crs=info.crs, run=run, overwrite=overwrite, to_crs=to_crs)
+    seconds = time.perf_counter() - t_start
+    return SceneResult(
+        scene=info.path, output=str(out), status=status, reason=reason,
+        n_chips_total=run["n_chips_total"], n_chips_classified=len(table),
+        n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
+        seconds=seconds,
+        timings={"read": table.seconds_read, "infer": table.seconds_infer,
+                 "write": time.perf_counter() - t_write},
+    )
+
+
+def run_scene(
+    scene_path: str | Path,
+    out: str | Path,
+    predictor: Predictor,
+    options: RunOptions = RunOptions(),
+    *,
+    overwrite: bool = False,
+    progress_factory: Callable[[int], Progress] | None = None,
+) -> SceneResult:
+    """Classify one scene and write its GeoPackage (the path of ``cli.py run``)."""
+    t_start = time.perf_counter()
+    started_at = _now()
+    check_output(out, overwrite)
+    plan = plan_scene(scene_path, predictor.spec, options)
+    progress = progress_factory(len(plan.grid)) if progress_factory else None
+    table = classify_cells(plan, predictor, progress=progress)
+    return write_scene(plan, table, predictor, out, started_at=started_at, t_start=t_start,
+                       overwrite=overwrite)

@@ -1,0 +1,111 @@
+"""ONNX Runtime backend.
+
+Reads the :class:`~model.spec.ModelSpec` from the file's metadata, normalises
+each batch once (vectorised) and runs it.  The CPU execution provider is used
+here; CUDA and TensorRT providers are taken when the installed ONNX Runtime
+has them and ``device`` allows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from model.preprocess import normalize
+from model.predictor import file_sha256
+from model.spec import METADATA_KEY, ModelSpec
+from scenetag.errors import ModelLoadError, ModelSpecError, require
+
+log = logging.getLogger(__name__)
+
+
+def providers_for(device: str, available: list[str]) -> list[str]:
+    """Execution providers for ``device``, best first, among ``available``."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    chosen = [p for p in wanted if p in available]
+    if device.startswith("cuda") and not chosen:
+        raise ModelLoadError(
+            f"--device {device} asks for CUDA, but this ONNX Runtime has only {available}: "
+            "install scenetag[gpu] (onnxruntime-gpu, instead of onnxruntime)"
+        )
+    return chosen + ["CPUExecutionProvider"]
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """The spec stored in an ONNX file's metadata."""
+    ort = require("onnxruntime", "cpu", "gpu")
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own untyped errors
+        raise ModelLoadError(f"model {str(path)!r} is not a valid ONNX file ({exc})") from exc
+    return _spec_from_session(sess, path)
+
+
+def _spec_from_session(sess, path) -> ModelSpec:
+    meta = sess.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ModelSpecError(
+            f"model {str(path)!r} carries no scenetag spec in its metadata ({METADATA_KEY!r}), "
+            "so its labels and preprocessing are unknown: pass --spec spec.json "
+            "(labels, thresholds, bands, mean/std; see README), or re-export it with `scenetag export`"
+        )
+    return ModelSpec.from_json(meta[METADATA_KEY])
+
+
+class OnnxPredictor:
+    """:class:`~model.predictor.Predictor` on ONNX Runtime."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
+                 intra_op_threads: int = 0, model_bytes: bytes | None = None) -> None:
+        """Load ``path``; with ``model_bytes`` the model comes from memory and ``path`` only names it."""
+        ort = require("onnxruntime", "cpu", "gpu")
+        self.path = str(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        providers = providers_for(device, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(model_bytes if model_bytes is not None else self.path,
+                                                sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.path!r} could not be loaded by ONNX Runtime: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        self.spec = spec if spec is not None else _spec_from_session(self.session, self.path)
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        self._input = inputs[0].name
+        self._output = outputs[0].name
+        shape = inputs[0].shape
+        if len(shape) != 4:
+            raise ModelLoadError(f"model {self.path!r} takes input of shape {shape}, not (N, C, H, W)")
+        if isinstance(shape[1], int) and shape[1] != self.spec.n_bands:
+            raise ModelSpecError(
+                f"model {self.path!r} takes {shape[1]} bands but its spec lists "
+                f"{self.spec.n_bands} ({', '.join(self.spec.bands)})"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != self.spec.n_labels:
+            raise ModelSpecError(
+                f"model {self.path!r} outputs {out_shape[1]} classes but its spec lists "
+                f"{self.spec.n_labels} labels"
+            )
+        self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
+                       else file_sha256(self.path))
+        self.providers = self.session.get_providers()
+        log.info("loaded %s (%s) on %s", self.spec.name, self.path, self.providers[0])
+
+    def predict(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 ``(N, C, H, W)`` → float32 probabilities ``(N, L)``."""
+        if len(chips) == 0:
+            return np.zeros((0, self.spec.n_labels), np.float32)
+        x = normalize(chips, self.spec)
+        (probs,) = self.session.run([self._output], {self._input: x})
+        return np.asarray(probs, dtype=np.float32)

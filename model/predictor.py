@@ -1,0 +1,86 @@
+"""The predictor interface that every backend implements, and backend selection.
+
+A predictor takes a uint8 batch ``(N, C, H, W)`` in the spec's band order and
+returns float32 probabilities ``(N, L)`` in the spec's label order.  Each
+backend owns its device, precision and batching.  :func:`load_predictor`
+picks a backend by name or, with ``"auto"``, by the model file's suffix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from model.spec import ModelSpec
+from scenetag.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+ONNX_SUFFIXES = (".onnx",)
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Probabilities from uint8 chips."""
+
+    spec: ModelSpec
+    #: sha256 of the model file, for provenance.
+    sha256: str
+    #: Where the model came from.
+    path: str
+
+    def predict(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 ``(N, C, H, W)`` in spec band order → float32 ``(N, L)`` probabilities."""
+        ...
+
+
+def tags_from_probs(probs: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Boolean ``(N, L)`` tag matrix: probability at or above each label's threshold."""
+    return probs >= np.asarray(spec.thresholds, dtype=np.float32)[None, :]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_predictor(
+    path: str | Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    spec: ModelSpec | None = None,
+) -> Predictor:
+    """Load a model file as a :class:`Predictor`.
+
+    Args:
+        path: ONNX file or torch checkpoint.
+        backend: "onnx", "torch" or "auto" (by suffix).
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        spec: A spec that replaces (or supplies) the one stored with the model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model {str(path)!r} does not exist: pass --model PATH to an .onnx file")
+    if not path.is_file():
+        raise ModelLoadError(f"model {str(path)!r} is not a file")
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"backend {backend!r} is unknown: use one of {BACKENDS}")
+    if backend == "auto":
+        backend = "torch" if path.suffix.lower() in TORCH_SUFFIXES else "onnx"
+    if backend == "onnx":
+        from model.onnx_backend import OnnxPredictor
+
+        return OnnxPredictor(path, device=device, spec=spec)
+    from model.torch_backend import TorchPredictor
+
+    return TorchPredictor(path, device=device, spec=spec)

@@ -1,0 +1,149 @@
+"""GeoPackage schema v1, declared once for writers and tests.
+
+Layers:
+
+``chips``
+    One polygon per classified chip, in the scene's CRS.
+``label_<name>``
+    One MultiPolygon per label: the dissolved footprint of chips tagged with it.
+``runs``
+    One row per run with its provenance (no geometry).
+
+Label names become column and layer names, so they are sanitised by
+:func:`sanitize_names`: lower case ASCII letters, digits and ``_``, unique,
+never starting with a digit and never longer than :data:`MAX_NAME`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Sequence
+
+SCHEMA_VERSION = 1
+MAX_NAME = 48
+
+CHIPS_LAYER = "chips"
+RUNS_LAYER = "runs"
+LABEL_LAYER_PREFIX = "label_"
+PROB_PREFIX = "p_"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One attribute field: name, pandas/numpy dtype and meaning."""
+
+    name: str
+    dtype: str
+    doc: str
+
+
+#: Fixed fields of the ``chips`` layer, before the per-label probability columns.
+CHIP_FIELDS: tuple[Field, ...] = (
+    Field("scene_id", "str", "scene identifier (file stem)"),
+    Field("row", "int32", "chip row in the grid"),
+    Field("col", "int32", "chip column in the grid"),
+    Field("x_off", "int32", "pixel column of the window read"),
+    Field("y_off", "int32", "pixel row of the window read"),
+    Field("width", "int32", "window width in scene pixels"),
+    Field("height", "int32", "window height in scene pixels"),
+    Field("valid_fraction", "float32", "share of valid pixels per GDAL's mask"),
+    Field("tags", "str", "space-separated tags, as in Kaggle"),
+    Field("n_tags", "int32", "number of tags"),
+    Field("top_label", "str", "label with the highest probability"),
+    Field("top_prob", "float32", "highest probability"),
+)
+
+#: Fields of each ``label_<name>`` layer.
+LABEL_FIELDS: tuple[Field, ...] = (
+    Field("label", "str", "label name as the model gives it"),
+    Field("n_chips", "int32", "chips tagged with the label"),
+    Field("area", "float64", "area of the dissolved footprint, in CRS units squared"),
+    Field("mean_prob", "float32", "mean probability of the label over those chips"),
+)
+
+#: Fields of the ``runs`` table.
+RUN_FIELDS: tuple[Field, ...] = (
+    Field("run_id", "str", "unique id of the run"),
+    Field("schema_version", "int32", "version of this schema"),
+    Field("software", "str", "scenetag version"),
+    Field("started_at", "str", "UTC start time, ISO 8601"),
+    Field("finished_at", "str", "UTC end time, ISO 8601"),
+    Field("status", "str", "ok, empty (nothing classified) or failed"),
+    Field("reason", "str", "why the status is not ok"),
+    Field("scene_path", "str", "absolute path of the scene"),
+    Field("scene_sha256", "str", "sha256 of the scene file"),
+    Field("scene_crs", "str", "CRS of the scene, as authority code or WKT"),
+    Field("model_name", "str", "model name from its spec"),
+    Field("model_sha256", "str", "sha256 of the model file"),
+    Field("model_spec", "str", "the model spec, JSON"),
+    Field("thresholds", "str", "label -> threshold, JSON"),
+    Field("options", "str", "run options, JSON"),
+    Field("signature", "str", "hash of scene, model, options and schema version"),
+    Field("n_chips_total", "int32", "chips in the grid"),
+    Field("n_chips_classified", "int32", "chips classified"),
+    Field("n_chips_skipped_nodata", "int32", "chips skipped for too little valid area"),
+    Field("n_chips_skipped_edge", "int32", "partial edge chips skipped by the edge policy"),
+    Field("seconds_total", "float64", "wall time of the run"),
+    Field("seconds_read", "float64", "time spent reading chips (summed over readers)"),
+    Field("seconds_infer", "float64", "time spent in the model"),
+    Field("seconds_write", "float64", "time spent writing the GeoPackage"),
+)
+
+
+def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str, ...]:
+    """Safe, unique SQL identifiers for ``labels``, in order.
+
+    Non-ASCII letters are transliterated where possible; anything else that is
+    not a letter, digit or ``_`` becomes ``_``.  Collisions get ``_2``, ``_3``...
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for label in labels:
+        text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode()
+        name = re.sub(r"[^0-9a-zA-Z_]+", "_", text).strip("_").lower()
+        if not name:
+            name = "label"
+        if name[0].isdigit():
+            name = "l_" + name
+        name = name[:max_len]
+        candidate, i = name, 2
+        while candidate in seen:
+            suffix = f"_{i}"
+            candidate = name[: max_len - len(suffix)] + suffix
+            i += 1
+        seen.add(candidate)
+        out.append(candidate)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """The schema for one model's labels: layer and column names derived once."""
+
+    labels: tuple[str, ...]
+
+    @property
+    def safe_names(self) -> tuple[str, ...]:
+        return sanitize_names(self.labels)
+
+    @property
+    def prob_columns(self) -> tuple[str, ...]:
+        """Probability column of each label in the ``chips`` layer."""
+        return tuple(PROB_PREFIX + n for n in self.safe_names)
+
+    @property
+    def label_layers(self) -> tuple[str, ...]:
+        """Layer name of each label's dissolved footprint."""
+        return tuple(LABEL_LAYER_PREFIX + n for n in self.safe_names)
+
+    @property
+    def chip_columns(self) -> tuple[str, ...]:
+        """All attribute columns of ``chips`` in order."""
+        return tuple(f.name for f in CHIP_FIELDS) + self.prob_columns
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer the GeoPackage holds."""
+        return (CHIPS_LAYER, *self.label_layers, RUNS_LAYER)

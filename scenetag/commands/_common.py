@@ -1,0 +1,69 @@
+"""What the CLI commands share: error handling, logging options, model options."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from scenetag.errors import ScenetagError
+
+
+class ScenetagClickError(click.ClickException):
+    """A library error shown as one line, with the error's own exit code."""
+
+    def __init__(self, error: ScenetagError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`ScenetagError` (and interrupts) into one-line CLI errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScenetagError as exc:
+            logging.getLogger("scenetag").debug("error detail", exc_info=True)
+            raise ScenetagClickError(exc) from exc
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    """Send logs to stderr at a level set by -v/-q counts (default WARNING... INFO)."""
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    logging.basicConfig(
+        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Third-party chatter stays quiet unless asked for.
+    for noisy in ("rasterio", "pyogrio", "fiona", "distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
+
+
+def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model PATH``: model file; the shipped default model when omitted."""
+    return click.option(
+        "--model", "-m", "model_path", type=click.Path(dir_okay=False), default=None,
+        help="Model file (.onnx, or a scenetag/Lightning checkpoint with --backend torch). "
+        "Default: the model shipped with scenetag.",
+    )(func)
+
+
+def spec_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--spec FILE``: a model spec JSON for models that carry none."""
+    return click.option(
+        "--spec", "spec_path", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="Model spec JSON (labels, thresholds, bands, mean/std...) for a model "
+        "that carries none in its metadata, or to override the stored one.",
+    )(func)

@@ -1,0 +1,148 @@
+"""``scenetag run SCENE``: classify one scene into a GeoPackage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from scenetag.commands._common import handle_errors, model_option, spec_option
+
+
+def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """``"3,2,1"`` → ``(3, 2, 1)``."""
+    if not value:
+        return None
+    try:
+        bands = tuple(int(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers, e.g. 3,2,1")
+    if any(b < 1 for b in bands):
+        raise click.BadParameter(f"band numbers are 1-based (as in GDAL), got {value!r}")
+    return bands
+
+
+def job_options(func):
+    """Options shared by ``run`` and ``batch``."""
+    opts = [
+        model_option, spec_option,
+        click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
+                     show_default=True, help="Inference backend; auto picks by the model file's suffix."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="cpu, cuda, cuda:N or auto."),
+        click.option("--bands", callback=parse_bands, metavar="I,J,K",
+                     help="1-based scene bands in the model's band order, e.g. 3,2,1 for a "
+                     "blue,green,red,nir scene and an RGB model. Default: by colour "
+                     "interpretation, else the first bands."),
+        click.option("--stride", type=click.IntRange(min=1), default=None,
+                     help="Chip stride in model pixels. Default: the chip size (no overlap)."),
+        click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Overlap between neighbouring chips as a fraction, instead of --stride."),
+        click.option("--edge", type=click.Choice(["shift", "pad", "skip"]), default="shift",
+                     show_default=True,
+                     help="Partial chips at the right and bottom edges: shift them inside the "
+                     "scene, pad them with invalid pixels, or skip (and count) them."),
+        click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Skip chips with a smaller share of valid pixels (GDAL mask: "
+                     "nodata, alpha or mask band) without running the model."),
+        click.option("--resample", is_flag=True,
+                     help="Read chips at the model's ground resolution instead of the scene's."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                     help="Chips per model call."),
+        click.option("--readers", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Reader threads."),
+        click.option("--to-crs", default=None, metavar="CRS",
+                     help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
+                  chip_size: int):
+    """RunOptions from CLI values (``chip_size`` comes from the model spec)."""
+    from jobs.options import RunOptions
+    from tiler.grid import stride_from_overlap
+
+    if stride is not None and overlap is not None:
+        raise click.UsageError("give --stride or --overlap, not both")
+    if overlap is not None:
+        stride = stride_from_overlap(chip_size, overlap)
+    if to_crs:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(to_crs)
+        except CRSError:
+            raise click.BadParameter(f"{to_crs!r} is not a CRS GDAL knows, e.g. EPSG:4326",
+                                     param_hint="--to-crs")
+    return RunOptions(bands=bands, stride=stride, edge=edge, min_valid=min_valid, resample=resample,
+                      batch_size=batch_size, readers=readers, to_crs=to_crs)
+
+
+def load_model(model_path, spec_path, backend, device):
+    """Load the predictor for CLI commands (the shipped default when no path is given)."""
+    from model.default import default_model_path
+    from model.predictor import load_predictor
+    from model.spec import ModelSpec
+
+    spec = ModelSpec.from_json(Path(spec_path).read_text()) if spec_path else None
+    path = model_path or default_model_path()
+    return load_predictor(path, backend=backend, device=device, spec=spec)
+
+
+def tqdm_progress(desc: str, enabled: bool):
+    """A factory of progress callbacks drawing a tqdm bar on stderr."""
+    def factory(total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="chip", file=sys.stderr, disable=not enabled,
+                   dynamic_ncols=True, leave=False)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= bar.total:
+                bar.close()
+        return update
+    return factory
+
+
+@click.command("run")
+@click.argument("scene", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="GeoPackage to write. Default: SCENE's name with .gpkg, in the current folder.")
+@job_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr. Default: on when stderr is a terminal.")
+@handle_errors
+def command(scene, output, model_path, spec_path, backend, device, bands, stride, overlap, edge,
+            min_valid, resample, batch_size, readers, to_crs, overwrite, progress):
+    """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
+
+    The scene is cut into chips of the model's size; chips with too little
+    valid area are skipped; the rest go through the model in batches and are
+    tagged at the model's thresholds.  The GeoPackage holds a `chips` layer
+    (footprints, probabilities, tags), one `label_<name>` layer per label and
+    a `runs` table with the provenance.
+    """
+    from jobs.scene_job import run_scene
+    from outputs_schema.writer import check_output
+
+    out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
+    check_output(out, overwrite)
+    predictor = load_model(model_path, spec_path, backend, device)
+    options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
+                            to_crs, predictor.spec.chip_size)
+    show = sys.stderr.isatty() if progress is None else progress
+    result = run_scene(scene, out, predictor, options, overwrite=overwrite,
+                       progress_factory=tqdm_progress(Path(scene).name, show))
+    click.echo(
+        f"{result.output}: {result.status}, {result.n_chips_classified} chips classified, "
+        f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
+        f"{result.seconds:.1f} s ({result.chips_per_second:.1f} chips/s)"
+        + (f"; {result.reason}" if result.reason else "")
+    )

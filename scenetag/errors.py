@@ -1,0 +1,77 @@
+"""One error hierarchy for the whole project.
+
+Every error raised on purpose derives from :class:`ScenetagError`.  Where a
+builtin fits, the subclass inherits it too, so ``except OSError`` still catches
+an unreadable scene.  Messages name the offending value and, where there is
+one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class ScenetagError(Exception):
+    """Root of every error scenetag raises on purpose."""
+
+    #: Process exit code the CLI uses for this error.
+    exit_code: int = 1
+
+
+class SceneError(ScenetagError):
+    """A scene cannot be used as given."""
+
+
+class SceneReadError(SceneError, OSError):
+    """The scene is missing, not a raster, or corrupt."""
+
+
+class GeoreferenceError(SceneError, ValueError):
+    """The scene has no CRS or no geotransform."""
+
+
+class BandError(SceneError, ValueError):
+    """Band selection does not fit the scene or the model."""
+
+
+class ModelError(ScenetagError):
+    """A model cannot be loaded or used."""
+
+
+class ModelLoadError(ModelError, OSError):
+    """The model file is missing or corrupt."""
+
+
+class ModelSpecError(ModelError, ValueError):
+    """The model spec is missing or invalid."""
+
+
+class OutputError(ScenetagError, OSError):
+    """An output cannot be written."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+class DataError(ScenetagError, ValueError):
+    """Training or evaluation data is unusable."""
+
+
+class LockedError(ScenetagError):
+    """Another run holds the lock on an output folder."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(ScenetagError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def require(module: str, *extras: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extras that bring it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        hint = " or ".join(f"pip install 'scenetag[{e}]'" for e in extras)
+        raise MissingDependencyError(f"{module} is not installed: {hint}") from exc

@@ -1,0 +1,102 @@
+"""Shared fixtures: real data, small generated rasters, and a small real model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data"))
+SCENES = DATA / "scenes"
+CHIPS = DATA / "chips" / "planet_amazon"
+
+
+def pytest_report_header(config):
+    import onnxruntime
+    import rasterio as rio
+
+    lines = [f"scenetag data: {DATA} ({'present' if SCENES.is_dir() else 'ABSENT: real-data tests skip'})",
+             f"GDAL {rio.__gdal_version__}, rasterio {rio.__version__}, onnxruntime {onnxruntime.__version__}"]
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__}")
+    except ImportError:
+        lines.append("torch not installed")
+    return lines
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long test, deselected by default (run with -m slow)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU, skipped without one")
+    config.addinivalue_line("markers", "qgis: needs PyQGIS (Debian's python3-qgis)")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+def real_scene(name: str) -> Path:
+    """Path of a real scene in the shared data, or skip the test saying why."""
+    path = SCENES / name
+    if not path.exists():
+        pytest.skip(f"real scene {path} is absent (shared data not laid beside the project)")
+    return path
+
+
+def real_scenes() -> list[str]:
+    """Names of every real scene (empty where the shared data is absent)."""
+    if not SCENES.is_dir():
+        return []
+    return sorted(p.name for p in SCENES.glob("*.tif"))
+
+
+@pytest.fixture
+def make_raster(tmp_path):
+    """Factory writing a small GeoTIFF: ``make_raster(name, data, **profile)``."""
+
+    def _make(name="scene.tif", data=None, *, width=300, height=200, count=3, dtype="uint8",
+              crs="EPSG:32633", transform=None, nodata=None, tiled=False, seed=0, **extra) -> Path:
+        rng = np.random.default_rng(seed)
+        if data is None:
+            hi = 255 if dtype == "uint8" else 4000
+            data = rng.integers(1, hi, size=(count, height, width)).astype(dtype)
+        count, height, width = data.shape
+        profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=str(data.dtype),
+                       crs=CRS.from_user_input(crs) if crs else None,
+                       transform=transform or Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0),
+                       nodata=nodata, **extra)
+        if tiled:
+            profile.update(tiled=True, blockxsize=64, blockysize=64)
+        path = tmp_path / name
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small timm model with random weights, exported to ONNX with a scenetag spec.
+
+    Chip size 64, 3 bands, 5 labels (one hostile name), resolution 10 m.
+    """
+    from tests.model_factory import export_tiny_model
+
+    return export_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")

@@ -1,0 +1,163 @@
+"""The chip grid: a pure function of raster size, chip size, stride and edge policy.
+
+Along each axis, chips start at ``0, stride, 2*stride, ...`` while they fit.
+What is left at the far edge is handled by the :class:`EdgePolicy`:
+
+``shift``
+    One more chip, moved back so it ends on the raster edge (it overlaps its
+    neighbour).  Every chip is full size.  Where the raster is smaller than one
+    chip, there is nothing to shift against and the chip is padded (``pad``).
+``pad``
+    One more chip at the next stride position, clipped to the raster; the
+    reader pads it to full size with invalid pixels.
+``skip``
+    The partial chip is dropped and counted in :attr:`Grid.n_skipped`.
+
+So, per axis with ``n_full = (L - chip) // stride + 1`` (0 when ``L < chip``)
+and a remainder when the last full chip ends before ``L``, the count is
+``n_full + 1`` under shift or pad and ``n_full`` under skip.  Footprints are
+always the window actually read.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from rasterio.windows import Window
+
+
+class EdgePolicy(str, enum.Enum):
+    """What to do with the partial chips at the right and bottom edges."""
+
+    SHIFT = "shift"
+    PAD = "pad"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One grid position: its row and column and the window it reads."""
+
+    row: int
+    col: int
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Chip offsets and sizes along one axis, and how many partial chips were skipped."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    n_skipped: int
+
+
+def axis_plan(length: int, chip: int, stride: int, edge: EdgePolicy) -> AxisPlan:
+    """Offsets and sizes of the chips along an axis of ``length`` pixels."""
+    if length < 1 or chip < 1 or stride < 1:
+        raise ValueError(f"length, chip and stride must be >= 1, got {length}, {chip}, {stride}")
+    edge = EdgePolicy(edge)
+    n_full = (length - chip) // stride + 1 if length >= chip else 0
+    offsets = [i * stride for i in range(n_full)]
+    sizes = [chip] * n_full
+    covered = offsets[-1] + chip if offsets else 0
+    skipped = 0
+    if covered < length:
+        if edge is EdgePolicy.SKIP:
+            skipped = 1
+        elif edge is EdgePolicy.SHIFT and length >= chip:
+            offsets.append(length - chip)
+            sizes.append(chip)
+        else:  # pad, or shift on an axis shorter than one chip
+            off = n_full * stride
+            offsets.append(off)
+            sizes.append(min(chip, length - off))
+    return AxisPlan(tuple(offsets), tuple(sizes), skipped)
+
+
+def grid_shape(width: int, height: int, chip: int, stride: int, edge: EdgePolicy) -> tuple[int, int]:
+    """``(n_rows, n_cols)`` of the grid, without building it."""
+    return (len(axis_plan(height, chip, stride, edge).offsets),
+            len(axis_plan(width, chip, stride, edge).offsets))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A chip grid over a raster of ``width`` x ``height`` pixels."""
+
+    width: int
+    height: int
+    chip: int
+    stride: int
+    edge: EdgePolicy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edge", EdgePolicy(self.edge))
+        if self.chip < 1 or self.stride < 1:
+            raise ValueError(f"chip and stride must be >= 1, got {self.chip}, {self.stride}")
+        if self.stride > self.chip:
+            raise ValueError(
+                f"stride {self.stride} is larger than the chip {self.chip}: pixels between "
+                "chips would never be classified"
+            )
+
+    @property
+    def _rows(self) -> AxisPlan:
+        return axis_plan(self.height, self.chip, self.stride, self.edge)
+
+    @property
+    def _cols(self) -> AxisPlan:
+        return axis_plan(self.width, self.chip, self.stride, self.edge)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_rows, n_cols)``."""
+        return len(self._rows.offsets), len(self._cols.offsets)
+
+    def __len__(self) -> int:
+        r, c = self.shape
+        return r * c
+
+    @property
+    def n_skipped(self) -> int:
+        """Partial edge chips dropped by the ``skip`` policy."""
+        rows, cols = self._rows, self._cols
+        nr, nc = len(rows.offsets), len(cols.offsets)
+        return (nr + rows.n_skipped) * (nc + cols.n_skipped) - nr * nc
+
+    def __iter__(self) -> Iterator[GridCell]:
+        rows, cols = self._rows, self._cols
+        for r, (y, h) in enumerate(zip(rows.offsets, rows.sizes)):
+            for c, (x, w) in enumerate(zip(cols.offsets, cols.sizes)):
+                yield GridCell(r, c, x, y, w, h)
+
+    def strips(self, rows_per_strip: int) -> list[list[GridCell]]:
+        """The grid's cells cut into strips of ``rows_per_strip`` chip rows."""
+        cells = list(self)
+        n_cols = self.shape[1]
+        per = max(1, rows_per_strip) * max(1, n_cols)
+        return [cells[i:i + per] for i in range(0, len(cells), per)]
+
+
+def chip_grid(
+    width: int, height: int, chip: int, stride: int | None = None, edge: EdgePolicy | str = EdgePolicy.SHIFT
+) -> Grid:
+    """The chip grid over a ``width`` x ``height`` raster (stride defaults to the chip size)."""
+    return Grid(width, height, chip, chip if stride is None else stride, EdgePolicy(edge))
+
+
+def stride_from_overlap(chip: int, overlap: float) -> int:
+    """Stride for a fractional ``overlap`` in [0, 1) between neighbouring chips."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return max(1, int(math.floor(chip * (1 - overlap) + 1e-9)))

@@ -1,0 +1,191 @@
+"""Open a scene once, validate it, and describe it.
+
+:func:`open_scene` turns GDAL's failures into :class:`~scenetag.errors.SceneError`
+subclasses with messages that say what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
+
+from model.spec import ModelSpec
+from scenetag.errors import BandError, GeoreferenceError, SceneReadError
+
+log = logging.getLogger(__name__)
+
+_COLOR_NAMES = {
+    ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue",
+    ColorInterp.alpha: "alpha", ColorInterp.gray: "gray",
+}
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the job needs to know about a scene, read once."""
+
+    path: str
+    scene_id: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    colorinterp: tuple[str, ...]
+    block_shape: tuple[int, int]
+    tiled: bool
+    has_alpha: bool
+    resolution_m: float
+
+    @property
+    def is_uint8(self) -> bool:
+        return self.dtype == "uint8"
+
+
+def open_scene(path: str | Path) -> SceneInfo:
+    """Open ``path`` and describe it; refuse what is not a georeferenced raster."""
+    p = Path(path)
+    if not p.exists():
+        raise SceneReadError(f"scene {str(p)!r} does not exist")
+    if p.is_dir():
+        raise SceneReadError(f"scene {str(p)!r} is a folder: give a raster file")
+    try:
+        with rasterio.open(p) as src:
+            info = _describe(src, p)
+    except RasterioError as exc:
+        raise SceneReadError(
+            f"scene {str(p)!r} is not a raster GDAL can read ({_first_line(exc)})"
+        ) from exc
+    return info
+
+
+def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
+    if src.crs is None:
+        hint = (" It has RPCs: orthorectify it first, e.g. "
+                "`gdalwarp -rpc -t_srs EPSG:4326 in.tif out.tif`.") if src.rpcs else ""
+        if src.gcps[0]:
+            hint = " It has GCPs: warp it first, e.g. `gdalwarp -t_srs EPSG:4326 in.tif out.tif`."
+        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map.{hint}")
+    if src.transform == Affine.identity():
+        raise GeoreferenceError(
+            f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map: "
+            "georeference it first (e.g. with gdal_translate -a_ullr or gdalwarp)"
+        )
+    dtypes = set(src.dtypes)
+    if len(dtypes) != 1:
+        raise SceneReadError(f"scene {str(p)!r} mixes band types {sorted(dtypes)}: convert it to one type")
+    colorinterp = tuple(_COLOR_NAMES.get(ci, ci.name) for ci in src.colorinterp)
+    has_alpha = any(MaskFlags.alpha in flags for flags in src.mask_flag_enums)
+    return SceneInfo(
+        path=str(p.resolve()),
+        scene_id=p.stem,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=src.dtypes[0],
+        crs=src.crs,
+        transform=src.transform,
+        nodata=src.nodata,
+        colorinterp=colorinterp,
+        block_shape=tuple(src.block_shapes[0]),
+        tiled=bool(src.profile.get("tiled", False)),
+        has_alpha=has_alpha,
+        resolution_m=ground_resolution_m(src.crs, src.transform, src.width, src.height),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def ground_resolution_m(crs: CRS, transform: Affine, width: int, height: int) -> float:
+    """Mean metres per pixel; for a geographic CRS, measured at the scene centre."""
+    if crs.is_geographic:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+        cx, cy = transform * (width / 2.0, height / 2.0)
+        x1, y1 = transform * (width / 2.0 + 1, height / 2.0)
+        x2, y2 = transform * (width / 2.0, height / 2.0 + 1)
+        _, _, dx = geod.inv(cx, cy, x1, y1)
+        _, _, dy = geod.inv(cx, cy, x2, y2)
+        return float((abs(dx) + abs(dy)) / 2.0)
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    px = math.hypot(transform.a, transform.d)
+    py = math.hypot(transform.b, transform.e)
+    return float((px + py) / 2.0 * factor)
+
+
+def select_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """1-based scene band indexes in the model's band order.
+
+    Explicit ``bands`` win.  Otherwise bands are matched by colour
+    interpretation (e.g. red, green, blue), and failing that the first
+    ``n`` non-alpha bands are taken.
+    """
+    n = spec.n_bands
+    if bands:
+        bands = tuple(int(b) for b in bands)
+        if len(bands) != n:
+            raise BandError(
+                f"model expects {n} bands ({', '.join(spec.bands)}), --bands gives {len(bands)}: "
+                f"pass {n} band indexes, e.g. --bands {','.join(str(i + 1) for i in range(n))}"
+            )
+        bad = [b for b in bands if not 1 <= b <= info.count]
+        if bad:
+            raise BandError(
+                f"band index {bad[0]} is out of range: scene {info.scene_id!r} has bands 1..{info.count}"
+            )
+        return bands
+    by_name = {name: i + 1 for i, name in enumerate(info.colorinterp)}
+    if all(b in by_name for b in spec.bands):
+        return tuple(by_name[b] for b in spec.bands)
+    usable = [i + 1 for i, name in enumerate(info.colorinterp) if name != "alpha"]
+    if len(usable) < n:
+        raise BandError(
+            f"model expects {n} bands ({', '.join(spec.bands)}), scene {info.scene_id!r} has "
+            f"{len(usable)} usable: choose bands with --bands, e.g. --bands "
+            + ",".join(str(usable[i % len(usable)]) for i in range(n))
+        )
+    chosen = tuple(usable[:n])
+    if len(usable) > n:
+        log.warning(
+            "scene %s has %d bands (%s) and the model expects %s: using bands %s; "
+            "pass --bands to choose others", info.scene_id, info.count,
+            ", ".join(info.colorinterp), ", ".join(spec.bands), ",".join(map(str, chosen)),
+        )
+    return chosen
+
+
+def resolution_factor(info: SceneInfo, spec: ModelSpec, resample: bool) -> float:
+    """Scene pixels per model pixel when resampling, else 1; warns on a >2x mismatch."""
+    ratio = spec.resolution_m / info.resolution_m
+    if not resample and (ratio > 2.0 or ratio < 0.5):
+        log.warning(
+            "scene %s is %.2f m/pixel and the model expects %.2f m/pixel (%.1fx): "
+            "tags may be unreliable; pass --resample to read chips at the model's resolution",
+            info.scene_id, info.resolution_m, spec.resolution_m, max(ratio, 1 / ratio),
+        )
+    return ratio if resample else 1.0
+
+
+def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: int = 1024) -> np.ma.MaskedArray:
+    """A masked read of the whole scene at most ``max_side`` pixels on a side (uses overviews)."""
+    scale = max(src.width, src.height) / max_side
+    if scale <= 1:
+        return src.read(list(bands), masked=True)
+    shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+    return src.read(list(bands), out_shape=shape, masked=True)
