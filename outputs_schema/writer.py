@@ -28,6 +28,7 @@ from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema,
+    tag_names,
 )
 from scenetag.errors import OutputError, OutputExistsError
 
@@ -92,7 +93,8 @@ def chips_frame(table: ChipTable, schema: OutputSchema, spec: ModelSpec, scene_i
     thr = np.asarray(spec.thresholds, np.float32)
     tagged = probs >= thr[None, :]
     labels = np.asarray(spec.labels, dtype=object)
-    tags = [" ".join(labels[row]) for row in tagged]
+    tag_words = np.asarray(tag_names(spec.labels), dtype=object)
+    tags = [" ".join(tag_words[row]) for row in tagged]
     top = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
     data: dict[str, Any] = {
         "scene_id": np.full(len(table), scene_id, dtype=object),

@@ -72,16 +72,18 @@ def open_scene(path: str | Path) -> SceneInfo:
 
 
 def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
+    if src.rpcs:
+        fix = ("It has RPCs: orthorectify it first, e.g. "
+               "`gdalwarp -rpc -t_srs EPSG:4326 in.tif out.tif`.")
+    elif src.gcps[0]:
+        fix = "It has GCPs: warp it first, e.g. `gdalwarp -t_srs EPSG:4326 in.tif out.tif`."
+    else:
+        fix = "Georeference it first (e.g. `gdal_translate -a_srs ... -a_ullr ...`)."
     if src.crs is None:
-        hint = (" It has RPCs: orthorectify it first, e.g. "
-                "`gdalwarp -rpc -t_srs EPSG:4326 in.tif out.tif`.") if src.rpcs else ""
-        if src.gcps[0]:
-            hint = " It has GCPs: warp it first, e.g. `gdalwarp -t_srs EPSG:4326 in.tif out.tif`."
-        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map.{hint}")
+        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map. {fix}")
     if src.transform == Affine.identity():
         raise GeoreferenceError(
-            f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map: "
-            "georeference it first (e.g. with gdal_translate -a_ullr or gdalwarp)"
+            f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. {fix}"
         )
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:

@@ -1,0 +1,519 @@
+"""Many scenes as many scene jobs on Dask.
+
+Each scene goes through the three steps of :mod:`jobs.scene_job`, as tasks:
+
+``scenetag-prepare``
+    Hash the scene, compare the signature recorded in an existing output
+    (skip the scene when it matches), else :func:`~jobs.scene_job.plan_scene`.
+``scenetag-classify``
+    :func:`~jobs.scene_job.classify_cells` on one strip of chip rows.  A large
+    scene is many strips, so one huge scene keeps the whole cluster busy.
+    These are the only tasks that run the model; they ask for the resource
+    ``GPU=1`` where the workers declare GPUs.
+``scenetag-write``
+    The scene's single writer: :meth:`ChipTable.concat` of its strips and
+    :func:`~jobs.scene_job.write_scene` (atomic).
+
+The model reaches each worker once: its bytes travel in a worker plugin,
+which the scheduler also hands to workers that join (or restart) later, and
+each worker process builds one predictor per model sha256 on first use.
+Tasks carry only a small :class:`ModelRef`.
+
+Failure policy: a :class:`~scenetag.errors.ScenetagError` from any task of a
+scene (unreadable or corrupt scene, bad georeference, unwritable output...)
+is an expected per-scene failure; the scene is tried again from the start
+up to ``retries`` times, then recorded as failed while the others go on.
+Model errors and anything else are not about one scene: they cancel the
+batch and are raised.  A worker that dies is Dask's business: its tasks are
+recomputed elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from distributed import WorkerPlugin
+
+from jobs.cluster import ClusterError, ClusterInfo, connect, describe, local_gpu_count
+from jobs.inputs import expand_inputs, output_paths
+from jobs.lock import OutputLock
+from jobs.options import RunOptions
+from jobs.report import BatchReport, SceneRecord
+from jobs.scene_job import ScenePlan, SceneResult, classify_cells, plan_scene, signature, write_scene
+from model.predictor import file_sha256
+from model.spec import ModelSpec
+from outputs_schema.records import ChipTable
+from outputs_schema.schema import RUNS_LAYER
+from scenetag.errors import ModelError, ModelLoadError, OutputError, OutputExistsError, SceneReadError, ScenetagError
+from tiler.grid import GridCell
+
+log = logging.getLogger(__name__)
+
+#: Chips per classify task: a scene with more is split into strips of chip rows.
+DEFAULT_CHIPS_PER_TASK = 256
+#: Report file written into the output folder unless another is named.
+REPORT_NAME = "batch-report.json"
+
+
+# --------------------------------------------------------------------------- the model on workers
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model as tasks see it: small and picklable (the bytes travel in :class:`ModelPlugin`).
+
+    It also stands in for the predictor where only its identity is needed
+    (:func:`~jobs.scene_job.write_scene` reads ``sha256``).
+    """
+
+    path: str
+    sha256: str
+    spec: ModelSpec
+    device: str = "cpu"
+    #: ONNX Runtime threads per task; 1 because tasks run side by side.
+    intra_op_threads: int = 1
+
+    @classmethod
+    def from_predictor(cls, predictor, device: str = "cpu", intra_op_threads: int = 1) -> "ModelRef":
+        return cls(str(predictor.path), predictor.sha256, predictor.spec, device, intra_op_threads)
+
+
+_lock = threading.Lock()
+#: plugin name → (ModelRef, model bytes), on each worker.
+_shipped: dict[str, tuple[ModelRef, bytes]] = {}
+#: (sha256, device, threads) → predictor, on each worker process.
+_predictors: dict[tuple, object] = {}
+#: Predictors built in this process (what the tests check: one per model per worker).
+_loads: list[str] = []
+
+
+class ModelPlugin(WorkerPlugin):
+    """Carries the model bytes to every worker, once, including workers that start later."""
+
+    def __init__(self, model: ModelRef, data: bytes) -> None:
+        self.model = model
+        self.data = data
+        self.name = f"scenetag-model-{model.sha256[:12]}-{uuid.uuid4().hex[:8]}"
+
+    def setup(self, worker) -> None:
+        with _lock:
+            _shipped[self.name] = (self.model, self.data)
+
+    def teardown(self, worker) -> None:
+        with _lock:
+            _shipped.pop(self.name, None)
+            if not any(ref.sha256 == self.model.sha256 for ref, _ in _shipped.values()):
+                for key in [k for k in _predictors if k[0] == self.model.sha256]:
+                    del _predictors[key]
+
+
+def get_predictor(model: ModelRef):
+    """This process's predictor for ``model``, built once from the shipped bytes."""
+    key = (model.sha256, model.device, model.intra_op_threads)
+    with _lock:
+        if key in _predictors:
+            return _predictors[key]
+        data = next((d for ref, d in _shipped.values() if ref.sha256 == model.sha256), None)
+        if data is None:
+            # Not shipped to this process (an in-process call): read the file, and check it.
+            log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
+            data = Path(model.path).read_bytes()
+        from model.onnx_backend import OnnxPredictor
+
+        predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec,
+                                  intra_op_threads=model.intra_op_threads, model_bytes=data)
+        if predictor.sha256 != model.sha256:
+            raise ModelLoadError(f"model {model.path!r} changed during the batch "
+                                 f"(sha256 {predictor.sha256[:12]}, expected {model.sha256[:12]})")
+        _predictors[key] = predictor
+        _loads.append(model.sha256)
+        return predictor
+
+
+def model_loads() -> list[str]:
+    """sha256 of each predictor this process has built (for tests and diagnostics)."""
+    return list(_loads)
+
+
+def model_bytes(predictor) -> bytes:
+    """The bytes of an ONNX predictor's model file, checked against its sha256."""
+    path = Path(predictor.path)
+    if path.suffix.lower() != ".onnx":
+        raise ModelLoadError(
+            f"batch ships ONNX models to the workers, and {str(path)!r} is not one: "
+            "export it first with `scenetag export`"
+        )
+    data = path.read_bytes()
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != predictor.sha256:
+        raise ModelLoadError(f"model {str(path)!r} changed since it was loaded: run again")
+    return data
+
+
+# --------------------------------------------------------------------------- the tasks
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A scene after its first task: skipped, or planned."""
+
+    scene: str
+    out: str
+    scene_sha256: str
+    signature: str
+    started_at: str
+    wall_start: float
+    plan: ScenePlan | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.plan is None
+
+
+def recorded_signature(out: str | os.PathLike) -> str | None:
+    """The signature in an existing output's ``runs`` table, or None when there is no output.
+
+    Raises :class:`OutputExistsError` when the file exists but is no scenetag GeoPackage.
+    """
+    out = Path(out)
+    if not out.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+        try:
+            row = con.execute(f'SELECT "signature" FROM "{RUNS_LAYER}" ORDER BY rowid DESC LIMIT 1').fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise OutputExistsError(
+            f"output {str(out)!r} exists and is not a scenetag GeoPackage ({exc}): "
+            "move it away, or pass --force to replace it"
+        ) from exc
+    return row[0] if row else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def prepare_scene(scene: str, out: str, model: ModelRef, options: RunOptions, force: bool) -> Prepared:
+    """Skip the scene if its output is up to date (unless ``force``), else plan it."""
+    wall_start, started_at = time.time(), _now()
+    if not Path(scene).is_file():
+        raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
+                             else f"scene {scene!r} is not a file")
+    try:
+        scene_sha = file_sha256(scene)
+    except OSError as exc:
+        raise SceneReadError(f"scene {scene!r} cannot be read ({exc})") from exc
+    sig = signature(scene_sha, model.sha256, model.spec, options)
+    if not force and recorded_signature(out) == sig:
+        return Prepared(scene, out, scene_sha, sig, started_at, wall_start)
+    plan = plan_scene(scene, model.spec, options)
+    return Prepared(scene, out, scene_sha, sig, started_at, wall_start, plan)
+
+
+def classify_strip(plan: ScenePlan, cells: Sequence[GridCell], model: ModelRef) -> ChipTable:
+    """Classify one strip of a planned scene with this worker's predictor."""
+    return classify_cells(plan, get_predictor(model), cells=cells)
+
+
+def write_output(prep: Prepared, model: ModelRef, *tables: ChipTable) -> SceneResult:
+    """The scene's single writer: join its strips and write the GeoPackage atomically."""
+    table = ChipTable.concat(tables, model.spec.n_labels)
+    # write_scene times from a perf_counter start; the scene started in another process.
+    t_start = time.perf_counter() - (time.time() - prep.wall_start)
+    return write_scene(prep.plan, table, model, prep.out, started_at=prep.started_at, t_start=t_start,
+                       overwrite=True, scene_sha256=prep.scene_sha256)
+
+
+# --------------------------------------------------------------------------- the orchestration
+
+
+def _is_scene_error(exc: BaseException) -> bool:
+    """Expected per-scene failures: scenetag errors that are not about the model."""
+    return isinstance(exc, ScenetagError) and not isinstance(exc, ModelError)
+
+
+@dataclass
+class _Scene:
+    record: SceneRecord
+    attempt: int = 0
+    wall_start: float = 0.0
+    futures: list = field(default_factory=list)
+    result: SceneResult | None = None
+
+
+def gpu_resources(client, gpu: bool | None) -> dict | None:
+    """``{"GPU": 1}`` when inference tasks should ask for a GPU: ``gpu`` True, or None and workers have one."""
+    if gpu is False:
+        return None
+    info = describe(client)
+    if info.gpu_workers:
+        return {"GPU": 1}
+    if gpu:
+        raise ClusterError(
+            f"--gpu asks for GPU workers, but none of the {info.n_workers} workers at {info.scheduler} "
+            "declares a GPU: start them with `dask worker SCHEDULER --resources GPU=1`"
+        )
+    return None
+
+
+def run_scenes(
+    client,
+    scenes: Sequence[str | os.PathLike],
+    outs: Sequence[str | os.PathLike],
+    model: ModelRef,
+    options: RunOptions,
+    *,
+    force: bool = False,
+    retries: int = 0,
+    chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
+    resources: dict | None = None,
+    on_done: Callable[[SceneRecord], None] | None = None,
+    records: Sequence[SceneRecord] | None = None,
+    raise_scene_errors: bool = False,
+) -> tuple[list[SceneRecord], dict[str, SceneResult]]:
+    """Run every scene through prepare → classify strips → write on ``client``'s cluster.
+
+    The model must already be on the workers (:class:`shipped`).  Returns a
+    record per scene, in input order (``records``, updated as scenes finish,
+    when given), and the :class:`SceneResult` of each scene written.  Raises
+    the first error that is not a per-scene failure, and with
+    ``raise_scene_errors`` also the first per-scene failure after its retries.
+    """
+    from dask.base import tokenize
+    from distributed import as_completed
+
+    if records is None:
+        records = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
+    states = [_Scene(r) for r in records]
+    pending = as_completed()
+    owner: dict[str, tuple[_Scene, int, str]] = {}
+    base = tokenize(model.sha256, options, force, uuid.uuid4().hex)
+
+    def submit(state: _Scene, stage: str, fn, *args, **kwargs):
+        key = f"scenetag-{stage}-{tokenize(base, state.record.scene, state.attempt, *kwargs.pop('key_extra', ()))}"
+        fut = client.submit(fn, *args, key=key, pure=False, **kwargs)
+        state.futures.append(fut)
+        return fut
+
+    def start(state: _Scene) -> None:
+        state.attempt += 1
+        state.record.attempts = state.attempt
+        if state.attempt == 1:
+            state.wall_start = time.time()
+        fut = submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
+                     force)
+        owner[fut.key] = (state, state.attempt, "prepare")
+        pending.add(fut)
+
+    def finish(state: _Scene, status: str) -> None:
+        state.record.status = status
+        if not state.record.seconds:
+            state.record.seconds = time.time() - state.wall_start
+        state.futures.clear()  # release the scene's results on the cluster
+        if on_done:
+            on_done(state.record)
+
+    def fail(state: _Scene, exc: BaseException) -> None:
+        client.cancel(state.futures)
+        state.futures.clear()
+        if state.attempt <= retries:
+            log.warning("%s failed (attempt %d of %d), trying again: %s", state.record.scene, state.attempt,
+                        retries + 1, exc)
+            start(state)
+            return
+        if raise_scene_errors:
+            raise exc
+        log.error("%s failed: %s", state.record.scene, exc)
+        state.record.error = str(exc) or type(exc).__name__
+        finish(state, "failed")
+
+    for state in states:
+        start(state)
+    try:
+        for fut in pending:
+            state, attempt, stage = owner.pop(fut.key, (None, 0, ""))
+            if state is None or attempt != state.attempt or fut.status == "cancelled":
+                continue
+            if fut.status == "error":
+                exc = fut.exception()
+                if not _is_scene_error(exc):
+                    fut.result()  # raises with the remote traceback
+                fail(state, exc)
+                continue
+            value = fut.result()
+            rec = state.record
+            if stage == "prepare":
+                prep: Prepared = value
+                if prep.skipped:
+                    rec.reason = "output up to date (same signature)"
+                    finish(state, "skipped")
+                    continue
+                plan = prep.plan
+                n_cols = max(1, plan.grid.shape[1])
+                strips = plan.grid.strips(max(1, chips_per_task // n_cols))
+                rec.strips = len(strips)
+                rec.chips_total = len(plan.grid) + plan.grid.n_skipped
+                classified = [submit(state, "classify", classify_strip, plan, cells, model, resources=resources,
+                                     key_extra=(i,))
+                              for i, cells in enumerate(strips)]
+                writer = submit(state, "write", write_output, prep, model, *classified)
+                owner[writer.key] = (state, state.attempt, "write")
+                pending.add(writer)
+            else:
+                result: SceneResult = value
+                state.result = result
+                rec.chips = result.n_chips_classified
+                rec.chips_total = result.n_chips_total
+                rec.chips_skipped_nodata = result.n_chips_skipped_nodata
+                rec.reason = result.reason
+                rec.seconds = time.time() - state.wall_start
+                finish(state, result.status)
+    except BaseException:
+        client.cancel([f for s in states for f in s.futures])
+        raise
+    results = {s.record.scene: s.result for s in states if s.result is not None}
+    return [s.record for s in states], results
+
+
+class shipped:
+    """Context manager: the model's bytes on every worker (a worker plugin), removed on exit."""
+
+    def __init__(self, client, model: ModelRef, data: bytes) -> None:
+        self.client = client
+        self.plugin = ModelPlugin(model, data)
+
+    def __enter__(self) -> ModelPlugin:
+        self.client.register_plugin(self.plugin, name=self.plugin.name)
+        return self.plugin
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.client.unregister_worker_plugin(self.plugin.name)
+        except Exception as err:  # noqa: BLE001 - cleanup must not hide the real error
+            log.debug("could not unregister %s: %s", self.plugin.name, err)
+
+
+def _use_local_gpu(gpu: bool | None, device: str) -> bool:
+    return bool(gpu) or (gpu is None and device != "cpu" and local_gpu_count() > 0)
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    predictor,
+    options: RunOptions,
+    *,
+    device: str = "cpu",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    gpu: bool | None = None,
+    force: bool = False,
+    retries: int = 0,
+    chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
+    report_path: str | os.PathLike | None = None,
+    dashboard_address: str | None = ":8787",
+    forward_logs: bool = False,
+    announce: Callable[[ClusterInfo], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[SceneRecord], None] | None = None,
+) -> BatchReport:
+    """Classify every scene of ``inputs`` into ``out_dir`` on a Dask cluster; returns the report.
+
+    ``predictor`` is the model as loaded on the client (its file is shipped to
+    the workers, which load it on ``device``).  The report is also written as
+    JSON to ``report_path`` (default ``out_dir/batch-report.json``).  Per-scene
+    failures are in the report; :attr:`BatchReport.succeeded` says whether
+    there were any.  Raises :class:`~scenetag.errors.LockedError` when another
+    batch holds ``out_dir``.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+    if not out_dir.is_dir():
+        raise OutputError(f"--out-dir {str(out_dir)!r} is not a folder")
+    report = BatchReport(started_at=_now(), out_dir=str(out_dir.resolve()),
+                         model={"name": predictor.spec.name, "path": str(predictor.path),
+                                "sha256": predictor.sha256, "device": device},
+                         options=options.to_dict())
+    report_path = Path(report_path) if report_path else out_dir / REPORT_NAME
+    with OutputLock(out_dir):
+        scenes = expand_inputs(inputs)
+        outs = output_paths(scenes, out_dir)
+        report.scenes = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
+        if on_start:
+            on_start(len(scenes))
+        if scenes:
+            data = model_bytes(predictor)
+            model = ModelRef.from_predictor(predictor, device)
+            with connect(scheduler, workers=workers, threads=threads, gpu=_use_local_gpu(gpu, device),
+                         dashboard_address=dashboard_address, announce=announce) as client:
+                info = describe(client)
+                report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
+                resources = gpu_resources(client, gpu)
+                if forward_logs:
+                    for name in ("jobs", "tiler", "model", "outputs_schema"):
+                        client.forward_logging(name, level=logging.INFO)
+                try:
+                    with shipped(client, model, data):
+                        run_scenes(client, scenes, outs, model, options, force=force, retries=retries,
+                                   chips_per_task=chips_per_task, resources=resources, on_done=on_done,
+                                   records=report.scenes)
+                finally:
+                    report.finished_at = _now()
+                    report.seconds = time.perf_counter() - t0
+                    report.write(report_path)
+        else:
+            log.warning("no scenes in %s: nothing to do", " ".join(map(str, inputs)))
+            report.finished_at = _now()
+            report.seconds = time.perf_counter() - t0
+            report.write(report_path)
+    log.info("report: %s", report_path)
+    return report
+
+
+def run_scene_on_cluster(
+    scene: str | os.PathLike,
+    out: str | os.PathLike,
+    predictor,
+    options: RunOptions,
+    *,
+    device: str = "cpu",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    gpu: bool | None = None,
+    chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
+    dashboard_address: str | None = ":8787",
+    announce: Callable[[ClusterInfo], None] | None = None,
+) -> SceneResult:
+    """``run`` on a cluster: one scene, split into strips, written to ``out``; raises its error.
+
+    The caller has already refused an existing ``out`` unless overwriting (as
+    ``run`` does with :func:`~outputs_schema.writer.check_output`).
+    """
+    data = model_bytes(predictor)
+    model = ModelRef.from_predictor(predictor, device)
+    with connect(scheduler, workers=workers, threads=threads, gpu=_use_local_gpu(gpu, device),
+                 dashboard_address=dashboard_address, announce=announce) as client:
+        resources = gpu_resources(client, gpu)
+        with shipped(client, model, data):
+            # A scene's ScenetagError is raised here, as `run` raises it in-process.
+            records, results = run_scenes(client, [Path(scene).resolve()], [Path(out)], model, options,
+                                          force=True, chips_per_task=chips_per_task, resources=resources,
+                                          raise_scene_errors=True)
+    return results[records[0].scene]

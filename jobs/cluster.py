@@ -1,0 +1,159 @@
+"""Where the work runs: a LocalCluster by default, or an existing Dask cluster.
+
+The scheduler address is chosen as dask chooses configuration: an explicit
+argument first, then the environment variable :data:`SCHEDULER_ENV`, then the
+default, which is a LocalCluster on this machine.  The value ``local`` asks
+for the LocalCluster even where the environment names a scheduler.
+
+Workers of an existing cluster must have scenetag installed and must see the
+scenes and the output folder at the same paths as the client (a shared file
+system), since they read the scenes and write the GeoPackages themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from scenetag.errors import ScenetagError
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the scheduler of an existing cluster.
+SCHEDULER_ENV = "SCENETAG_SCHEDULER"
+#: The value of ``--scheduler`` (or the variable) that asks for a LocalCluster.
+LOCAL = "local"
+#: Where the LocalCluster's dashboard listens; another free port is taken if it is in use.
+DEFAULT_DASHBOARD = ":8787"
+
+
+class ClusterError(ScenetagError, ConnectionError):
+    """The Dask scheduler cannot be reached or the cluster cannot start."""
+
+
+def resolve_scheduler(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The scheduler address to use, or None for a LocalCluster (argument > environment > default)."""
+    environ = os.environ if environ is None else environ
+    value = explicit if explicit else environ.get(SCHEDULER_ENV, "").strip() or None
+    if value is None or value.lower() == LOCAL:
+        return None
+    if "://" not in value:
+        value = f"tcp://{value}"
+    return value
+
+
+def local_gpu_count() -> int:
+    """NVIDIA GPUs this machine shows (respecting ``CUDA_VISIBLE_DEVICES``), without importing CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the job tells the user about the cluster it runs on."""
+
+    scheduler: str
+    dashboard: str | None
+    local: bool
+    n_workers: int
+    n_threads: int
+    gpu_workers: int
+
+
+def describe(client) -> ClusterInfo:
+    """Workers, threads and GPU resources of the cluster behind ``client``."""
+    info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+    workers = info.get("workers", {})
+    return ClusterInfo(
+        scheduler=client.scheduler.address,
+        dashboard=_dashboard(client),
+        local=client.cluster is not None,
+        n_workers=len(workers),
+        n_threads=sum(w.get("nthreads", 0) for w in workers.values()),
+        gpu_workers=sum(1 for w in workers.values() if w.get("resources", {}).get("GPU", 0) > 0),
+    )
+
+
+def _takes_n_workers(client) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def _dashboard(client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is not an error
+        return None
+
+
+@contextlib.contextmanager
+def connect(
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    threads: int | None = None,
+    gpu: bool = False,
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
+    timeout: float = 30.0,
+    announce: Callable[[ClusterInfo], None] | None = None,
+) -> Iterator:
+    """A :class:`distributed.Client` on the chosen cluster, closed (with a LocalCluster) on exit.
+
+    Args:
+        scheduler: ``tcp://HOST:PORT`` of an existing scheduler, ``local``, or
+            None for :data:`SCHEDULER_ENV` and then a LocalCluster.
+        workers: LocalCluster worker processes (default: one per CPU core).
+        threads: Threads per LocalCluster worker (default 1: tasks run side by side
+            in processes and ONNX Runtime uses one thread per task).
+        gpu: Give each LocalCluster worker the resource ``GPU=1``.
+        dashboard_address: Where the LocalCluster's dashboard listens; None for none.
+        timeout: Seconds to wait for an existing scheduler.
+        announce: Called with the :class:`ClusterInfo` once connected (the CLI
+            prints the dashboard link with it; library code prints nothing).
+    """
+    from distributed import Client, LocalCluster
+
+    address = resolve_scheduler(scheduler)
+    cluster = None
+    try:
+        if address is None:
+            n_workers = workers or os.cpu_count() or 1
+            kwargs: dict = {"n_workers": n_workers, "threads_per_worker": threads or 1,
+                            "processes": True, "dashboard_address": dashboard_address}
+            if gpu:
+                kwargs["resources"] = {"GPU": 1}
+            cluster = LocalCluster(**kwargs)
+            client = Client(cluster)
+        else:
+            if workers or threads:
+                log.warning("--workers and --threads size a LocalCluster; the cluster at %s keeps its own",
+                            address)
+            client = Client(address, timeout=timeout)
+    except OSError as exc:  # includes TimeoutError and CommClosedError's bases
+        if cluster is not None:
+            cluster.close()
+        where = address or "a LocalCluster"
+        raise ClusterError(
+            f"could not start or reach {where} ({exc}): check the address given by --scheduler "
+            f"or {SCHEDULER_ENV}, and that the scheduler is running"
+        ) from exc
+    try:
+        info = describe(client)
+        log.info("Dask scheduler %s: %d workers, %d threads%s; dashboard %s", info.scheduler,
+                 info.n_workers, info.n_threads,
+                 f", {info.gpu_workers} with a GPU" if info.gpu_workers else "", info.dashboard)
+        if announce is not None:
+            announce(info)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

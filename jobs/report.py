@@ -1,0 +1,105 @@
+"""The run report of a batch: one record per scene, as JSON and as a short summary.
+
+Statuses: ``ok`` (chips classified), ``empty`` (nothing to classify, an output
+was still written), ``skipped`` (the output was already up to date) and
+``failed`` (an expected per-scene error, after the retries; ``error`` says
+what).  Only ``failed`` makes the batch fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: Version of the report's JSON layout.
+REPORT_VERSION = 1
+STATUSES = ("ok", "empty", "skipped", "failed")
+
+
+@dataclass
+class SceneRecord:
+    """What happened to one scene."""
+
+    scene: str
+    output: str
+    status: str = "pending"
+    chips: int = 0
+    chips_total: int = 0
+    chips_skipped_nodata: int = 0
+    seconds: float = 0.0
+    attempts: int = 0
+    strips: int = 0
+    error: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class BatchReport:
+    """Every scene's record, plus what the batch ran on."""
+
+    started_at: str
+    finished_at: str = ""
+    seconds: float = 0.0
+    out_dir: str = ""
+    scheduler: str = ""
+    dashboard: str | None = None
+    n_workers: int = 0
+    model: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    scenes: list[SceneRecord] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Scenes per status (every status present, zeros included)."""
+        out = dict.fromkeys(STATUSES, 0)
+        for s in self.scenes:
+            out[s.status] = out.get(s.status, 0) + 1
+        return out
+
+    @property
+    def failed(self) -> list[SceneRecord]:
+        return [s for s in self.scenes if s.status == "failed"]
+
+    @property
+    def succeeded(self) -> bool:
+        """True when no scene failed."""
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["version"] = REPORT_VERSION
+        d["counts"] = self.counts()
+        d["succeeded"] = self.succeeded
+        return d
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the JSON report atomically (temporary file, then rename)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def summary(self, width: int = 40) -> str:
+        """A few lines for people: the totals, then one line per scene."""
+        c = self.counts()
+        n = len(self.scenes)
+        done = c["ok"] + c["empty"]
+        rate = f", {60 * done / self.seconds:.1f} scenes/min" if self.seconds and done else ""
+        lines = [f"{n} scene{'s' if n != 1 else ''}: {c['ok']} ok, {c['empty']} empty, "
+                 f"{c['skipped']} skipped, {c['failed']} failed in {self.seconds:.1f} s{rate}"]
+        for s in self.scenes:
+            name = Path(s.scene).name
+            name = name if len(name) <= width else name[: width - 1] + "…"
+            note = s.error or s.reason
+            lines.append(f"  {s.status:<7} {name:<{width}} {s.chips:>7} chips {s.seconds:>7.1f} s"
+                         + (f"  {note}" if note else ""))
+        return "\n".join(lines)

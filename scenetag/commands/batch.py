@@ -1,0 +1,135 @@
+"""``scenetag batch INPUTS... --out-dir DIR``: many scenes on a Dask cluster, safe to re-run from cron."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from scenetag.commands._common import handle_errors
+from scenetag.commands.run import build_options, job_options, load_model
+
+
+def scheduler_option(func):
+    """``--scheduler ADDRESS``: an existing Dask cluster (shared by ``run`` and ``batch``)."""
+    return click.option(
+        "--scheduler", metavar="ADDRESS", default=None,
+        help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786, or 'local' for a "
+        "LocalCluster. Default: $SCENETAG_SCHEDULER, else a LocalCluster on this machine.",
+    )(func)
+
+
+def cluster_options(func):
+    """LocalCluster size and GPU annotation (shared by ``run`` and ``batch``)."""
+    opts = [
+        scheduler_option,
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="LocalCluster worker processes. Default: one per CPU core."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Threads per LocalCluster worker. Default: 1."),
+        click.option("--gpu/--no-gpu", default=None,
+                     help="Send inference tasks only to workers with a GPU resource "
+                     "(dask worker --resources GPU=1). Default: when any worker declares one."),
+        click.option("--chips-per-task", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Scenes with more chips are split into strips of chip rows, one task each."),
+        click.option("--dashboard-address", default=":8787", show_default=True, metavar="[HOST]:PORT",
+                     help="Where the LocalCluster's dashboard listens (another port if taken)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def announce_dashboard(info) -> None:
+    """Print the cluster and its dashboard link on stderr."""
+    where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
+    click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
+    if info.dashboard:
+        click.echo(f"Dask dashboard: {info.dashboard}", err=True)
+
+
+def add_log_file(path: str) -> None:
+    """Also log to ``path``, at INFO or below, with times (stderr keeps its level)."""
+    root = logging.getLogger()
+    for h in root.handlers:
+        if h.level == logging.NOTSET:
+            h.setLevel(root.level)
+    handler = logging.FileHandler(path)
+    handler.setLevel(min(root.level, logging.INFO))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO))
+
+
+def _progress(enabled: bool):
+    state: dict = {}
+
+    def on_start(total: int) -> None:
+        from tqdm import tqdm
+
+        state["bar"] = tqdm(total=total, desc="scenes", unit="scene", file=sys.stderr, disable=not enabled,
+                            dynamic_ncols=True, leave=False)
+
+    def on_done(record) -> None:
+        bar = state.get("bar")
+        if bar is not None:
+            bar.update(1)
+            if bar.n >= bar.total:
+                bar.close()
+    return on_start, on_done
+
+
+@click.command("batch")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out-dir", "-d", type=click.Path(file_okay=False), required=True,
+              help="Folder for the GeoPackages (one per scene, named after it), the report and the lock.")
+@job_options
+@cluster_options
+@click.option("--force", is_flag=True, help="Redo scenes whose output is up to date.")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Tries again of a scene that fails (unreadable, corrupt...) before recording it.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON run report here. Default: OUT_DIR/batch-report.json.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the log here (INFO and up, with times), e.g. for cron.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr. Default: on when stderr is a terminal.")
+@handle_errors
+def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stride, overlap, edge, min_valid,
+            resample, batch_size, readers, to_crs, scheduler, workers, threads, gpu, chips_per_task,
+            dashboard_address, force, retries, report_path, log_file, progress):
+    """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
+
+    INPUTS are scene files, folders (their .tif/.tiff/.vrt/.jp2/.img files),
+    quoted globs ('drop/**/*.tif') or list files (.txt/.lst: one input per
+    line).  A scene whose GeoPackage is already there, made from the same
+    scene, model and options, is skipped; --force redoes it.  A scene that
+    fails is tried again (--retries), then recorded, and the others go on.
+
+    Prints a summary on stdout and writes a JSON report.  Exit codes: 0 all
+    scenes done or skipped, 1 some failed (or another error), 3 another
+    batch holds OUT_DIR.
+    """
+    from jobs.batch import run_batch
+    from scenetag.errors import ScenetagError
+
+    if log_file:
+        add_log_file(log_file)
+    predictor = load_model(model_path, spec_path, backend, "cpu")  # workers load it on --device
+    options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
+                            predictor.spec.chip_size)
+    show = sys.stderr.isatty() if progress is None else progress
+    on_start, on_done = _progress(show)
+    report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,
+                       workers=workers, threads=threads, gpu=gpu, force=force, retries=retries,
+                       chips_per_task=chips_per_task, report_path=report_path,
+                       dashboard_address=dashboard_address, forward_logs=bool(log_file),
+                       announce=announce_dashboard, on_start=on_start, on_done=on_done)
+    click.echo(report.summary())
+    click.echo(f"report: {report_path or Path(out_dir) / 'batch-report.json'}")
+    if not report.succeeded:
+        n = len(report.failed)
+        raise ScenetagError(f"{n} of {len(report.scenes)} scene{'s' if len(report.scenes) != 1 else ''} "
+                            "failed: see the report for why")

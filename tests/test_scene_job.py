@@ -1,0 +1,211 @@
+"""The scene job on every real scene and on generated rasters: what it writes is right."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.windows import Window, bounds as window_bounds
+
+from jobs.options import RunOptions
+from jobs.scene_job import plan_scene, run_scene
+from model.predictor import load_predictor
+from model.preprocess import normalize
+from outputs_schema.schema import CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
+from tests.conftest import SCENES, real_scene, real_scenes
+
+# Scenes the job must refuse, with the error class and part of the message.
+REFUSED = {"no_geotransform_rpcs.tif": "no geotransform.*RPCs.*gdalwarp -rpc"}
+# The scene's bands in the RGB model's order, where colour interpretation would mislead.
+BANDS = {"planetscope_borneo_3m_analytic.tif": (3, 2, 1), "planetscope_3m_epsg4326.tif": (3, 2, 1),
+         "all_nodata.tif": (3, 2, 1), "landsat_pucallpa_2020_epsg4326.tif": (3, 4, 2)}
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return load_predictor(tiny_model)
+
+
+def read_layers(path):
+    return {name: pyogrio.read_dataframe(path, layer=name) for name, _ in pyogrio.list_layers(path)}
+
+
+def check_output(path, plan, predictor, options):
+    """Every property the issue asks of a scene's GeoPackage."""
+    spec = predictor.spec
+    schema = OutputSchema(spec.labels)
+    layers = {k: v for k, v in pyogrio.list_layers(path) if k != "layer_styles"}  # QGIS styles table
+    assert list(layers) == list(schema.layers)
+    assert layers[CHIPS_LAYER] == "Polygon"
+    assert all(layers[name] == "MultiPolygon" for name in schema.label_layers)
+    chips = pyogrio.read_dataframe(path, layer=CHIPS_LAYER)
+    runs = pyogrio.read_dataframe(path, layer=RUNS_LAYER)
+    assert list(chips.columns[:-1]) == list(schema.chip_columns)
+    assert list(runs.columns) == [f.name for f in RUN_FIELDS]
+
+    # Chip counts: classified + skipped-for-nodata is the grid; the grid follows its formula.
+    run = runs.iloc[0]
+    assert run.n_chips_classified == len(chips)
+    assert run.n_chips_classified + run.n_chips_skipped_nodata == len(plan.grid)
+    assert run.n_chips_total == len(plan.grid) + plan.grid.n_skipped
+
+    # Skips agree with GDAL's mask, computed here independently.
+    with rasterio.open(plan.info.path) as src:
+        expected_valid = []
+        for cell in plan.grid:
+            m = src.dataset_mask(window=cell.window)
+            frac = np.count_nonzero(m) / float(plan.spec.chip_size ** 2)
+            if frac >= options.min_valid and frac > 0:
+                expected_valid.append((cell.row, cell.col, frac))
+    assert [(r, c) for r, c, _ in expected_valid] == list(zip(chips.row, chips.col))
+    np.testing.assert_allclose(chips.valid_fraction, [f for *_, f in expected_valid], atol=1e-6)
+
+    # Footprints are the windows read, in the scene's CRS.
+    for rec, geom in zip(chips.itertuples(), chips.geometry):
+        w = Window(rec.x_off, rec.y_off, rec.width, rec.height)
+        np.testing.assert_allclose(geom.bounds, window_bounds(w, plan.info.transform), rtol=0, atol=1e-6)
+    assert rasterio.crs.CRS.from_user_input(chips.crs) == plan.info.crs
+
+    # Probabilities in [0, 1]; tags are exactly the labels at or above their thresholds.
+    probs = chips[list(schema.prob_columns)].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    thr = np.asarray(spec.thresholds)
+    words = tag_names(spec.labels)
+    for tags, p in zip(chips.tags, probs):
+        assert tags.split() == [w for w, pi, t in zip(words, p, thr) if pi >= t]
+    if len(chips):
+        assert (chips.top_label == np.asarray(spec.labels)[probs.argmax(1)]).all()
+
+    # Label layers: dissolved footprint of the tagged chips.
+    for label, layer in zip(spec.labels, schema.label_layers):
+        frame = pyogrio.read_dataframe(path, layer=layer)
+        tagged = chips[chips[schema.prob_columns[spec.labels.index(label)]] >= spec.thresholds[spec.labels.index(label)]]
+        assert list(frame.columns[:-1]) == [f.name for f in LABEL_FIELDS]
+        if len(tagged) == 0:
+            assert len(frame) == 0
+            continue
+        assert frame.n_chips.iloc[0] == len(tagged)
+        assert frame.label.iloc[0] == label
+        assert frame.geometry.iloc[0].area == pytest.approx(tagged.geometry.union_all().area, rel=1e-9)
+
+    # The runs row is complete.
+    for f in RUN_FIELDS:
+        value = run[f.name]
+        assert value is not None and not (isinstance(value, float) and np.isnan(value)), f.name
+        if f.dtype == "str" and f.name != "reason":
+            assert value != "", f.name
+    assert json.loads(run.model_spec)["labels"] == list(spec.labels)
+    assert run.model_sha256 == predictor.sha256
+    assert len(run.scene_sha256) == 64
+    return chips, run
+
+
+@pytest.mark.parametrize("name", real_scenes() or ["(shared data absent)"])
+def test_every_real_scene(name, predictor, tmp_path):
+    scene = real_scene(name)
+    options = RunOptions(bands=BANDS.get(name))
+    out = tmp_path / "out.gpkg"
+    if name in REFUSED:
+        from scenetag.errors import GeoreferenceError
+
+        with pytest.raises(GeoreferenceError, match=REFUSED[name]):
+            run_scene(scene, out, predictor, options)
+        assert list(tmp_path.iterdir()) == []
+        return
+    result = run_scene(scene, out, predictor, options)
+    plan = plan_scene(scene, predictor.spec, options)
+    chips, run = check_output(out, plan, predictor, options)
+    assert result.n_chips_classified == len(chips)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gpkg"], "no temporary files left behind"
+    if name == "all_nodata.tif":
+        assert len(chips) == 0 and run.status == "empty" and "valid pixels" in run.reason
+    else:
+        assert run.status == "ok" and len(chips) > 0
+
+
+def test_probabilities_match_the_model_on_chips_read_directly(predictor, tmp_path):
+    """End to end, a chip's probabilities are the model's on that window's pixels."""
+    scene = real_scene("landsat7_rgb_byte.tif")
+    out = tmp_path / "o.gpkg"
+    run_scene(scene, out, predictor, RunOptions())
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    schema = OutputSchema(predictor.spec.labels)
+    with rasterio.open(scene) as src:
+        for rec in chips.head(5).itertuples():
+            w = Window(rec.x_off, rec.y_off, rec.width, rec.height)
+            data = src.read([1, 2, 3], window=w)
+            valid = src.dataset_mask(window=w) > 0
+            data = np.where(valid[None], data, 0).astype(np.uint8)
+            x = normalize(data[None], predictor.spec)
+            (p,) = predictor.session.run(None, {predictor.session.get_inputs()[0].name: x})
+            got = np.asarray([getattr(rec, c) for c in schema.prob_columns])
+            np.testing.assert_allclose(got, p[0], atol=1e-5)
+
+
+def test_uint16_scene_is_stretched_once_per_scene(predictor, make_raster, tmp_path):
+    data = np.random.default_rng(1).integers(1000, 5000, size=(3, 130, 140)).astype("uint16")
+    scene = make_raster("u16.tif", data)
+    plan = plan_scene(scene, predictor.spec, RunOptions())
+    flat = data.reshape(3, -1)
+    np.testing.assert_allclose(plan.stretch.low, np.percentile(flat, 2, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(plan.stretch.high, np.percentile(flat, 98, axis=1), rtol=1e-6)
+    with plan.reader() as reader:
+        chip = reader.read(next(iter(plan.grid)))
+    assert chip.pixels.dtype == np.uint8 and chip.pixels.min() == 0 and chip.pixels.max() == 255
+
+
+@pytest.mark.parametrize("edge, n", [("shift", 3 * 3), ("pad", 3 * 3), ("skip", 2 * 2)])
+def test_edge_policies_on_generated_raster(predictor, make_raster, tmp_path, edge, n):
+    scene = make_raster(width=150, height=140)  # 64-px chips: 2 full + a partial per axis
+    out = tmp_path / f"{edge}.gpkg"
+    result = run_scene(scene, out, predictor, RunOptions(edge=edge, min_valid=0.05))  # padded chips are part invalid
+    assert result.n_chips_classified == n
+    assert result.n_chips_skipped_edge == (9 - 4 if edge == "skip" else 0)
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    right = chips[chips.col == chips.col.max()]
+    if edge == "shift":
+        assert set(right.x_off) == {150 - 64} and set(right.width) == {64}
+    if edge == "pad":
+        assert set(right.x_off) == {128} and set(right.width) == {22}
+
+
+def test_alpha_and_nodata_masks_decide_validity(predictor, make_raster, tmp_path):
+    data = np.full((4, 128, 128), 200, np.uint8)
+    data[3] = 255
+    data[3, :, :64] = 0  # left half transparent
+    scene = make_raster("alpha.tif", data, photometric="RGB", alpha="YES")
+    result = run_scene(scene, tmp_path / "a.gpkg", predictor, RunOptions(min_valid=0.5))
+    assert result.n_chips_classified == 2 and result.n_chips_skipped_nodata == 2
+    data = np.full((3, 128, 128), 7, np.uint8)
+    data[:, 64:, :] = 0
+    scene = make_raster("nd.tif", data, nodata=0)
+    result = run_scene(scene, tmp_path / "n.gpkg", predictor, RunOptions(min_valid=0.5))
+    assert result.n_chips_classified == 2 and result.n_chips_skipped_nodata == 2
+
+
+def test_resample_reads_at_the_model_resolution(predictor, make_raster, tmp_path):
+    # 5 m scene, 10 m model: each chip covers 128 scene pixels.
+    from affine import Affine
+
+    scene = make_raster(width=256, height=256, transform=Affine(5, 0, 500000, 0, -5, 4000000))
+    plan = plan_scene(scene, predictor.spec, RunOptions(resample=True))
+    assert plan.factor == pytest.approx(2.0)
+    assert len(plan.grid) == 4 and {c.width for c in plan.grid} == {128}
+    result = run_scene(scene, tmp_path / "r.gpkg", predictor, RunOptions(resample=True))
+    assert result.n_chips_classified == 4
+
+
+def test_geographic_scene_resolution_in_metres():
+    from tiler.scene import open_scene
+
+    info = open_scene(real_scene("planetscope_3m_epsg4326.tif"))
+    assert 2.0 < info.resolution_m < 4.5
+
+
+def test_scenes_folder_is_documented():
+    if not SCENES.is_dir():
+        pytest.skip(f"{SCENES} is absent")
+    assert "no_geotransform_rpcs.tif" in real_scenes()

@@ -1,0 +1,62 @@
+"""ModelSpec: validation, JSON round trip, and storage in ONNX metadata."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.spec import PLANET_LABELS, ModelSpec, expand_thresholds
+from scenetag.errors import ModelSpecError
+
+
+def spec(**kw):
+    base = dict(name="m", arch="tf_efficientnet_lite0", labels=PLANET_LABELS, thresholds=0.2)
+    base.update(kw)
+    return ModelSpec.create(**base)
+
+
+def test_round_trip_json():
+    s = spec(thresholds={"haze": 0.3, "*": 0.25})
+    back = ModelSpec.from_json(s.to_json())
+    assert back == s
+    assert back.thresholds[PLANET_LABELS.index("haze")] == pytest.approx(0.3)
+    assert back.thresholds[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(labels=("a", "a")), "not unique"),
+    (dict(labels=()), "no labels"),
+    (dict(labels=("a", "b"), thresholds=[0.2, 0.3, 0.4]), "3 thresholds for 2 labels"),
+    (dict(thresholds=1.0), "must lie in (0, 1)"),
+    (dict(thresholds=0.0), "must lie in (0, 1)"),
+    (dict(thresholds=float("nan")), "must lie in (0, 1)"),
+    (dict(mean=(0.5, 0.5)), "mean has 2 values for 3 bands"),
+    (dict(std=(0.0, 1.0, 1.0)), "std must be positive"),
+    (dict(scaling="log"), "scaling 'log' is unknown"),
+    (dict(scaling="fixed"), "needs fixed_range"),
+    (dict(chip_size=4), "chip_size"),
+    (dict(resolution_m=0), "resolution_m"),
+])
+def test_invalid_specs_are_refused_with_the_value(kw, message):
+    with pytest.raises(ModelSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        spec(**kw)
+
+
+def test_unknown_fields_and_bad_json():
+    with pytest.raises(ModelSpecError, match="unknown fields"):
+        ModelSpec.from_dict({"name": "m", "arch": "a", "labels": ["x"], "colour": 1})
+    with pytest.raises(ModelSpecError, match="lacks the field 'labels'"):
+        ModelSpec.from_dict({"name": "m", "arch": "a"})
+    with pytest.raises(ModelSpecError, match="not valid JSON"):
+        ModelSpec.from_json("{nope")
+
+
+def test_threshold_map_with_unknown_label():
+    with pytest.raises(ModelSpecError, match="unknown labels"):
+        expand_thresholds({"nope": 0.5}, ["a"])
+
+
+def test_spec_travels_in_onnx_metadata(tiny_model):
+    from model.onnx_backend import read_spec
+    from tests.model_factory import tiny_spec
+
+    assert read_spec(tiny_model) == tiny_spec()
