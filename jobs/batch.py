@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 
 from distributed import WorkerPlugin
 
-from jobs.cluster import ClusterError, ClusterInfo, connect, describe, local_gpu_count
+from jobs.cluster import DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect, describe, local_gpu_count
 from jobs.inputs import expand_inputs, output_paths
 from jobs.lock import OutputLock
 from jobs.options import RunOptions
@@ -206,6 +206,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class SceneFailure:
+    """An expected per-scene failure, returned by a task as a value (not raised, so not logged as a crash)."""
+
+    error: ScenetagError
+    stage: str
+
+    def __str__(self) -> str:
+        return str(self.error) or type(self.error).__name__
+
+
+def _is_scene_error(exc: BaseException) -> bool:
+    """Expected per-scene failures: scenetag errors that are not about the model."""
+    return isinstance(exc, ScenetagError) and not isinstance(exc, ModelError)
+
+
 def prepare_scene(scene: str, out: str, model: ModelRef, options: RunOptions, force: bool) -> Prepared:
     """Skip the scene if its output is up to date (unless ``force``), else plan it."""
     wall_start, started_at = time.time(), _now()
@@ -237,12 +253,37 @@ def write_output(prep: Prepared, model: ModelRef, *tables: ChipTable) -> SceneRe
                        overwrite=True, scene_sha256=prep.scene_sha256)
 
 
+def _prepare_task(*args) -> Prepared | SceneFailure:
+    try:
+        return prepare_scene(*args)
+    except ScenetagError as exc:
+        if not _is_scene_error(exc):
+            raise
+        return SceneFailure(exc, "prepare")
+
+
+def _classify_task(plan: ScenePlan, cells: Sequence[GridCell], model: ModelRef) -> ChipTable | SceneFailure:
+    try:
+        return classify_strip(plan, cells, model)
+    except ScenetagError as exc:
+        if not _is_scene_error(exc):
+            raise
+        return SceneFailure(exc, "classify")
+
+
+def _write_task(prep: Prepared, model: ModelRef, *tables: ChipTable | SceneFailure) -> SceneResult | SceneFailure:
+    failed = next((t for t in tables if isinstance(t, SceneFailure)), None)
+    if failed is not None:
+        return failed
+    try:
+        return write_output(prep, model, *tables)
+    except ScenetagError as exc:
+        if not _is_scene_error(exc):
+            raise
+        return SceneFailure(exc, "write")
+
+
 # --------------------------------------------------------------------------- the orchestration
-
-
-def _is_scene_error(exc: BaseException) -> bool:
-    """Expected per-scene failures: scenetag errors that are not about the model."""
-    return isinstance(exc, ScenetagError) and not isinstance(exc, ModelError)
 
 
 @dataclass
@@ -313,7 +354,7 @@ def run_scenes(
         state.record.attempts = state.attempt
         if state.attempt == 1:
             state.wall_start = time.time()
-        fut = submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
+        fut = submit(state, "prepare", _prepare_task, state.record.scene, state.record.output, model, options,
                      force)
         owner[fut.key] = (state, state.attempt, "prepare")
         pending.add(fut)
@@ -326,7 +367,7 @@ def run_scenes(
         if on_done:
             on_done(state.record)
 
-    def fail(state: _Scene, exc: BaseException) -> None:
+    def fail(state: _Scene, exc: ScenetagError) -> None:
         client.cancel(state.futures)
         state.futures.clear()
         if state.attempt <= retries:
@@ -347,13 +388,10 @@ def run_scenes(
             state, attempt, stage = owner.pop(fut.key, (None, 0, ""))
             if state is None or attempt != state.attempt or fut.status == "cancelled":
                 continue
-            if fut.status == "error":
-                exc = fut.exception()
-                if not _is_scene_error(exc):
-                    fut.result()  # raises with the remote traceback
-                fail(state, exc)
+            value = fut.result()  # anything but a per-scene failure is raised here, with its traceback
+            if isinstance(value, SceneFailure):
+                fail(state, value.error)
                 continue
-            value = fut.result()
             rec = state.record
             if stage == "prepare":
                 prep: Prepared = value
@@ -366,10 +404,10 @@ def run_scenes(
                 strips = plan.grid.strips(max(1, chips_per_task // n_cols))
                 rec.strips = len(strips)
                 rec.chips_total = len(plan.grid) + plan.grid.n_skipped
-                classified = [submit(state, "classify", classify_strip, plan, cells, model, resources=resources,
+                classified = [submit(state, "classify", _classify_task, plan, cells, model, resources=resources,
                                      key_extra=(i,))
                               for i, cells in enumerate(strips)]
-                writer = submit(state, "write", write_output, prep, model, *classified)
+                writer = submit(state, "write", _write_task, prep, model, *classified)
                 owner[writer.key] = (state, state.attempt, "write")
                 pending.add(writer)
             else:
@@ -425,7 +463,7 @@ def run_batch(
     retries: int = 0,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
     report_path: str | os.PathLike | None = None,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
     forward_logs: bool = False,
     announce: Callable[[ClusterInfo], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -498,7 +536,7 @@ def run_scene_on_cluster(
     threads: int | None = None,
     gpu: bool | None = None,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
     announce: Callable[[ClusterInfo], None] | None = None,
 ) -> SceneResult:
     """``run`` on a cluster: one scene, split into strips, written to ``out``; raises its error.

@@ -28,7 +28,7 @@ SCHEDULER_ENV = "SCENETAG_SCHEDULER"
 #: The value of ``--scheduler`` (or the variable) that asks for a LocalCluster.
 LOCAL = "local"
 #: Where the LocalCluster's dashboard listens; another free port is taken if it is in use.
-DEFAULT_DASHBOARD = ":8787"
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
 
 
 class ClusterError(ScenetagError, ConnectionError):

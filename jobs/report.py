@@ -79,6 +79,7 @@ class BatchReport:
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes it private; a report is for everyone who reads the outputs
             with os.fdopen(fd, "w") as f:
                 json.dump(self.to_dict(), f, indent=2)
                 f.write("\n")

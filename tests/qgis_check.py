@@ -61,6 +61,9 @@ from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter  # noqa: E402
 from qgis.PyQt.QtXml import QDomDocument  # noqa: E402
 
 
+_APP: QgsApplication | None = None
+
+
 def log(msg: str) -> None:
     print(f"qgis_check: {msg}", file=sys.stderr)
 
@@ -315,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{args.gpkg} does not exist")
         return 1
 
-    app = QgsApplication([], False)
-    app.initQgis()
+    global _APP
+    _APP = QgsApplication([], False)
+    _APP.initQgis()
     messages: list[str] = []
     QgsApplication.messageLog().messageReceived.connect(lambda m, tag, level: messages.append(f"{tag}: {m}"))
     path = str(Path(args.gpkg).resolve())
@@ -327,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     layers: dict[str, QgsVectorLayer] = {}
     for name in names:
         report["layers"][name], layers[name] = layer_report(path, name)
-    vectors_and_scene: list = []
     if args.png:
         wanted = ([n for n in names if report["layers"][n].get("spatial")] if args.layers == "all"
                   else [n.strip() for n in args.layers.split(",") if n.strip()])
@@ -339,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             report["scene"] = {"path": args.scene, "valid": scene.isValid(), "crs": scene.crs().authid(),
                                "bands": bands}
         report["png"] = render(args.png, vectors, scene, args.width, args.legend)
-        vectors_and_scene = [vectors, scene]
-    app.processEvents()
+    _APP.processEvents()
     report["qgis_messages"] = messages
-    report["gdal_messages"] = [ln for ln in Path(_CPL_LOG.name).read_text(errors="replace").splitlines() if ln]
+    lines = [ln for ln in Path(_CPL_LOG.name).read_text(errors="replace").splitlines() if ln]
+    report["gdal_messages"] = list(dict.fromkeys(lines))  # each once, in order
     report["problems"] = problems_of(report)
     text = json.dumps(report, indent=1, default=str)
     if args.json:
@@ -350,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     os.unlink(_CPL_LOG.name)
-    # Layers must die before QGIS does, or the interpreter crashes on exit.
-    del layers, vectors_and_scene
-    QgsProject.instance().clear()
-    app.exitQgis()
     return 2 if args.strict and report["problems"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip exitQgis() and the interpreter's teardown: once a map has been rendered,
+    # PyQGIS objects destroyed in the wrong order crash it (segmentation fault).
+    os._exit(status)

@@ -65,9 +65,9 @@ def test_focal_gamma0_is_bce():
 
 def test_asl_hand_value():
     # positive (gamma_pos 0): 0.693147
-    # negative: p_m = 0.880797 - 0.05 = 0.830797; 0.830797^4 * -log(0.169203) = 0.476398 * 1.776631
+    # negative: p_m = 0.880797 - 0.05 = 0.830797; 0.830797^4 * -log(1 - 0.830797) = 0.476409 * 1.776657
     loss = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05)(LOGITS, TARGETS)
-    assert loss.item() == pytest.approx((0.693147 + 0.476398 * 1.776631) / 2, abs=1e-5)
+    assert loss.item() == pytest.approx((0.693147 + 0.476409 * 1.776657) / 2, abs=1e-5)
 
 
 def test_asl_discards_easy_negatives():

@@ -34,7 +34,7 @@ def cluster_options(func):
                      "(dask worker --resources GPU=1). Default: when any worker declares one."),
         click.option("--chips-per-task", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Scenes with more chips are split into strips of chip rows, one task each."),
-        click.option("--dashboard-address", default=":8787", show_default=True, metavar="[HOST]:PORT",
+        click.option("--dashboard-address", default="127.0.0.1:8787", show_default=True, metavar="[HOST]:PORT",
                      help="Where the LocalCluster's dashboard listens (another port if taken)."),
     ]
     for opt in reversed(opts):
@@ -48,6 +48,13 @@ def announce_dashboard(info) -> None:
     click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
     if info.dashboard:
         click.echo(f"Dask dashboard: {info.dashboard}", err=True)
+
+
+def quiet_dask() -> None:
+    """Keep distributed's INFO chatter out of our logs (importing it sets its own levels)."""
+    level = max(logging.WARNING, logging.getLogger().level)
+    for name in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(level)
 
 
 def add_log_file(path: str) -> None:
@@ -115,6 +122,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stri
     from jobs.batch import run_batch
     from scenetag.errors import ScenetagError
 
+    quiet_dask()
     if log_file:
         add_log_file(log_file)
     predictor = load_model(model_path, spec_path, backend, "cpu")  # workers load it on --device

@@ -1,0 +1,183 @@
+"""``cli.py run`` as a user meets it: results on stdout, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pyogrio
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from tests.conftest import ROOT, real_scene
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def only_files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_run_writes_geopackage_and_reports_on_stdout(tiny_model, tmp_path):
+    scene = real_scene("landsat7_rgb_byte.tif")
+    out = tmp_path / "l7.gpkg"
+    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert f"{len(chips)} chips classified" in res.stdout
+    assert str(out) in res.stdout
+    assert len(chips) > 50
+
+
+def test_existing_output_needs_overwrite(tiny_model, tmp_path):
+    scene = real_scene("landsat7_rgb_byte.tif")
+    out = tmp_path / "o.gpkg"
+    out.write_bytes(b"precious")
+    res = invoke("run", scene, "-o", out, "--model", tiny_model)
+    assert res.exit_code == 1
+    assert "exists: pass --overwrite" in res.output
+    assert out.read_bytes() == b"precious"
+    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--overwrite", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert len(pyogrio.read_dataframe(out, layer="chips")) > 0
+
+
+def corrupt_copy(src, dst, keep):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "not a raster GDAL can read"),
+    ("missing", "does not exist"),
+    ("truncated", "truncated or corrupt|not a raster GDAL can read"),
+    ("rpcs", "no geotransform"),
+    ("bands_count", "model expects 3 bands"),
+    ("bands_range", "band index 9 is out of range"),
+    ("bands_syntax", "not a comma-separated list"),
+])
+def test_bad_scenes_fail_in_one_line_and_write_nothing(tiny_model, tmp_path, case, message):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    args = []
+    if case == "text":
+        scene = tmp_path / "notes.tif"
+        scene.write_text("this is not a raster\n")
+    elif case == "missing":
+        scene = tmp_path / "nope.tif"
+    elif case == "truncated":
+        # A striped, uncompressed copy cut in half: the header opens, the data is gone.
+        import rasterio
+
+        full = tmp_path / "full.tif"
+        with rasterio.open(real_scene("landsat7_rgb_byte.tif")) as src:
+            profile = src.profile | {"tiled": False, "compress": None}
+            with rasterio.open(full, "w", **profile) as dst:
+                dst.write(src.read())
+        scene = corrupt_copy(full, tmp_path / "cut.tif", 0.5)
+    elif case == "rpcs":
+        scene = real_scene("no_geotransform_rpcs.tif")
+    else:
+        scene = real_scene("landsat7_rgb_byte.tif")
+        args = {"bands_count": ["--bands", "1,2"], "bands_range": ["--bands", "1,2,9"],
+                "bands_syntax": ["--bands", "red,green"]}[case]
+    res = invoke("run", scene, "-o", outdir / "o.gpkg", "--model", tiny_model, "--no-progress", *args)
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    import re
+
+    assert re.search(message, res.output), res.output
+    assert len([l for l in res.output.strip().splitlines() if l.startswith("Error")]) == 1
+    assert only_files(outdir) == []
+
+
+def test_bad_models(tmp_path, tiny_model):
+    scene = real_scene("landsat7_rgb_byte.tif")
+    out = tmp_path / "o.gpkg"
+    res = invoke("run", scene, "-o", out, "--model", tmp_path / "none.onnx")
+    assert res.exit_code == 1 and "does not exist" in res.output
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    res = invoke("run", scene, "-o", out, "--model", bad)
+    assert res.exit_code == 1 and "could not be loaded by ONNX Runtime" in res.output
+    # A real ONNX model without our metadata: say how to supply the labels.
+    proto = onnx.load(str(tiny_model))
+    del proto.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(proto, str(plain))
+    res = invoke("run", scene, "-o", out, "--model", plain)
+    assert res.exit_code == 1 and "--spec spec.json" in res.output
+    # ...and --spec supplies them.
+    from tests.model_factory import tiny_spec
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(tiny_spec().to_json())
+    res = invoke("run", scene, "-o", out, "--model", plain, "--spec", spec_file, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert not out.with_suffix(".tmp").exists() and out.exists()
+
+
+def test_unwritable_or_missing_output_folder(tiny_model, tmp_path):
+    scene = real_scene("landsat7_rgb_byte.tif")
+    res = invoke("run", scene, "-o", tmp_path / "no" / "such" / "o.gpkg", "--model", tiny_model)
+    assert res.exit_code == 1 and "does not exist: create it first" in res.output
+    if os.access("/proc/sys", os.W_OK):
+        pytest.skip("no unwritable folder on this machine (root on a writable /proc/sys)")
+    res = invoke("run", scene, "-o", "/proc/sys/o.gpkg", "--model", tiny_model)
+    assert res.exit_code == 1 and "not writable" in res.output
+
+
+def test_all_nodata_scene_gives_valid_empty_geopackage(tiny_model, tmp_path):
+    out = tmp_path / "empty.gpkg"
+    res = invoke("run", real_scene("all_nodata.tif"), "-o", out, "--model", tiny_model,
+                 "--bands", "3,2,1", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "empty" in res.stdout
+    assert len(pyogrio.read_dataframe(out, layer="chips")) == 0
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    assert runs.status[0] == "empty" and "valid pixels" in runs.reason[0]
+
+
+def test_scene_smaller_than_a_chip(tmp_path):
+    """266x227 px scene with 256 px chips: shifted across, padded down, both classified."""
+    from tests.model_factory import export_tiny_model, tiny_spec
+
+    model = export_tiny_model(tmp_path / "m256.onnx", tiny_spec(chip_size=256, resolution_m=3.0))
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", real_scene("planetscope_3m_epsg4326.tif"), "-o", out, "--model", model,
+                 "--bands", "3,2,1", "--no-progress")
+    assert res.exit_code == 0, res.output
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert list(zip(chips.x_off, chips.width, chips.height)) == [(0, 256, 227), (10, 256, 227)]
+
+
+def test_interrupted_run_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    import outputs_schema.writer as writer
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "runs_frame", boom)
+    res = CliRunner().invoke(main, ["run", str(real_scene("landsat7_rgb_byte.tif")), "-o",
+                                    str(tmp_path / "o.gpkg"), "--model", str(tiny_model), "--no-progress"])
+    assert res.exit_code == 130
+    assert only_files(tmp_path) == []
+
+
+def test_help_is_fast_and_explains():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "run", "--help"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0
+    for option in ("--bands", "--edge", "--min-valid", "--resample", "--overwrite", "--model", "--spec"):
+        assert option in out.stdout
+    heavy = [m for m in ("torch", "onnxruntime", "geopandas", "rasterio") if f"| {m}\n" in out.stderr]
+    assert heavy == [], f"--help imported {heavy}"
