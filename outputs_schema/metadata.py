@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from model.spec import ModelSpec
 from outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
+from outputs_schema.styles import xml_safe
 
 log = logging.getLogger(__name__)
 
@@ -121,22 +122,23 @@ def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSche
     root = ET.Element("qgis", version="3.22.0-Białowieża")
     for tag, text in (("identifier", layer), ("parentidentifier", ""), ("language", "en"),
                       ("type", "dataset"), ("title", title), ("abstract", abstract)):
-        ET.SubElement(root, tag).text = text
+        ET.SubElement(root, tag).text = xml_safe(text)
     kw = ET.SubElement(root, "keywords", vocabulary="scenetag:schema_version")
     ET.SubElement(kw, "keyword").text = str(SCHEMA_VERSION)
     kw = ET.SubElement(root, "keywords", vocabulary="scenetag:labels")
     for label in schema.labels:
-        ET.SubElement(kw, "keyword").text = label
+        ET.SubElement(kw, "keyword").text = xml_safe(label)
     links = ET.SubElement(root, "links")
     if run.get("scene_path"):
         path = Path(_text(run["scene_path"]))
-        ET.SubElement(links, "link", name="scene", type="file", url=path.as_uri() if path.is_absolute() else str(path),
+        url = path.as_uri() if path.is_absolute() else str(path)
+        ET.SubElement(links, "link", name="scene", type="file", url=xml_safe(url),
                       description="the classified scene", format="GeoTIFF", mimeType="image/tiff", size="")
     if "schema_version" not in run:
         ET.SubElement(root, "history").text = f"schema_version: {SCHEMA_VERSION}"
     for f in RUN_FIELDS:
         if f.name in run:
-            ET.SubElement(root, "history").text = f"{f.name}: {_text(run[f.name])}"
+            ET.SubElement(root, "history").text = xml_safe(f"{f.name}: {_text(run[f.name])}")
     ET.SubElement(root, "fees").text = ""
     ET.SubElement(root, "encoding").text = ""
     if crs is not None:

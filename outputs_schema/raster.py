@@ -7,13 +7,18 @@ without a classified chip (skipped for too little valid area) are
 :data:`NODATA`, which is NaN and declared as the nodata value.
 
 Georeferencing is the caller's ``transform`` of the grid, normally
-``scene_transform * Affine.scale(stride)`` with the stride in scene pixels:
-pixel ``(r, c)`` then covers the scene pixels from ``(r * stride, c * stride)``,
-that is the start of its chip.  Where chips overlap (stride < chip) a pixel
-covers only the first ``stride`` pixels of its chip; under the ``shift`` edge
-policy the last row and column of chips were moved back to end on the scene's
-edge, so their pixels sit one stride past where those chips were read.  The
-raster stays in the scene's CRS even when the vectors are reprojected
+``scene_transform @ Affine.scale(stride)`` (``*`` in older affine), with the
+stride in scene pixels.  Pixel ``(r, c)`` then starts at scene pixel
+``(r * stride, c * stride)``, where its chip starts, and is one stride wide:
+
+* where chips overlap (stride < chip), a pixel covers only the first
+  ``stride`` pixels of its chip;
+* under the ``shift`` edge policy the last row and column of chips were moved
+  back to end on the scene's edge, so their pixels lie up to one stride further
+  right or down than the chips that were read (the ``pad`` and ``skip``
+  policies keep every chip on the stride grid).
+
+The raster stays in the scene's CRS even when the vectors are reprojected
 (``--to-crs``): resampling probabilities would invent values.
 
 The file is written under a temporary name beside ``out`` and renamed when

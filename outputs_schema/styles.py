@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -91,6 +92,14 @@ class LayerStyle:
 
 
 # -- QML building blocks ----------------------------------------------------
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot hold (control characters) as U+FFFD."""
+    return _NOT_XML.sub("\ufffd", str(text))
+
+
 def _props(parent: ET.Element, props: Mapping[str, str]) -> None:
     """Symbol-layer properties both ways QGIS has stored them: an ``Option`` map
     (read by 3.22 and later) and the ``prop`` list (read by every 3.x)."""
@@ -146,7 +155,7 @@ def _finish(root: ET.Element, *, map_tip: str, preview: str,
 def _chips_map_tip(schema: OutputSchema) -> str:
     """HTML map tip of a chip: top label, tags and a table of every probability."""
     rows = "\n".join(
-        f'<tr><td>{html.escape(label)}</td><td align="right">[% format_number("{col}", 3) %]</td></tr>'
+        f'<tr><td>{html.escape(xml_safe(label))}</td><td align="right">[% format_number("{col}", 3) %]</td></tr>'
         for label, col in zip(schema.labels, schema.prob_columns)
     )
     return (
@@ -158,7 +167,7 @@ def _chips_map_tip(schema: OutputSchema) -> str:
 
 
 def _prob_aliases(schema: OutputSchema) -> dict[str, str]:
-    return {col: f"p({label})" for label, col in zip(schema.labels, schema.prob_columns)}
+    return {col: f"p({xml_safe(label)})" for label, col in zip(schema.labels, schema.prob_columns)}
 
 
 def chips_categorized_qml(schema: OutputSchema) -> str:
@@ -170,7 +179,8 @@ def chips_categorized_qml(schema: OutputSchema) -> str:
     syms = ET.SubElement(r, "symbols")
     for i, label in enumerate(schema.labels):
         c = label_color(label)
-        ET.SubElement(cats, "category", render="true", symbol=str(i), value=label, label=label)
+        ET.SubElement(cats, "category", render="true", symbol=str(i), value=xml_safe(label),
+                      label=xml_safe(label))
         syms.append(fill_symbol(str(i), c.qgis(CHIP_FILL_ALPHA), c.darker().qgis(0.9), 0.2))
     src = ET.SubElement(r, "source-symbol")
     src.append(fill_symbol("0", Color(200, 200, 200).qgis(CHIP_FILL_ALPHA), "35,35,35,230", 0.2))

@@ -184,10 +184,31 @@ def resolution_factor(info: SceneInfo, spec: ModelSpec, resample: bool) -> float
     return ratio if resample else 1.0
 
 
-def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: int = 1024) -> np.ma.MaskedArray:
-    """A masked read of the whole scene at most ``max_side`` pixels on a side (uses overviews)."""
+def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: int = 1024,
+                   max_blocks: int = 64) -> np.ma.MaskedArray:
+    """A masked sample of the whole scene for per-scene statistics.
+
+    With overviews (or a small scene), a read at most ``max_side`` pixels on a
+    side, which GDAL serves from the overviews.  Without overviews such a read
+    would decompress every block, so instead up to ``max_blocks`` whole blocks
+    spread evenly over the scene are read, and returned side by side.
+    """
     scale = max(src.width, src.height) / max_side
     if scale <= 1:
         return src.read(list(bands), masked=True)
-    shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-    return src.read(list(bands), out_shape=shape, masked=True)
+    if src.overviews(bands[0]):
+        shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        return src.read(list(bands), out_shape=shape, masked=True)
+    bh, bw = src.block_shapes[0]
+    bh, bw = min(bh, 512), min(bw, 512)
+    n_rows, n_cols = max(1, src.height // bh), max(1, src.width // bw)
+    per_side = max(1, int(math.sqrt(max_blocks)))
+    rows = np.unique(np.linspace(0, n_rows - 1, min(per_side, n_rows)).round().astype(int))
+    cols = np.unique(np.linspace(0, n_cols - 1, min(per_side, n_cols)).round().astype(int))
+    from rasterio.windows import Window
+
+    parts = [src.read(list(bands), window=Window(c * bw, r * bh, min(bw, src.width - c * bw),
+                                                  min(bh, src.height - r * bh)), masked=True)
+             .reshape(len(bands), 1, -1)
+             for r in rows for c in cols]
+    return np.ma.concatenate(parts, axis=2)

@@ -1,0 +1,293 @@
+"""Batch on real Dask clusters (LocalCluster, 2 worker processes) with real scenes and a real model.
+
+Nothing here is mocked: the scenes are the shared real scenes (copied, so one
+can be changed), the model is the tiny ONNX model, and the workers are
+processes that really die when a test kills them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from distributed import Client, LocalCluster, WorkerPlugin
+
+from jobs.batch import model_loads, run_batch, run_scene_on_cluster
+from jobs.cluster import ClusterError
+from jobs.lock import LOCK_NAME
+from jobs.options import RunOptions
+from jobs.scene_job import run_scene
+from model.predictor import load_predictor
+from tests.conftest import ROOT, real_scene
+
+SCENES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif", "landsat8_rgb16.tif")
+#: Small enough that the larger scenes are split into several strips.
+CHIPS_PER_TASK = 40
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return load_predictor(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    for name in SCENES:
+        shutil.copy(real_scene(name), folder / name)
+    return folder
+
+
+def chips(path: Path):
+    return pyogrio.read_dataframe(path, layer="chips", read_geometry=False)
+
+
+def runs(path: Path):
+    return pyogrio.read_dataframe(path, layer="runs", read_geometry=False)
+
+
+def assert_same_chips(batch_out: Path, run_out: Path) -> None:
+    """Same chips (grid positions and windows), probabilities within 1e-6, same tags."""
+    a, b = chips(batch_out), chips(run_out)
+    assert len(a) == len(b) > 0
+    for col in ("row", "col", "x_off", "y_off", "width", "height", "valid_fraction", "tags"):
+        assert (a[col].to_numpy() == b[col].to_numpy()).all(), col
+    probs = [c for c in a.columns if c.startswith("p_")]
+    assert probs
+    np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), rtol=0, atol=1e-6)
+    assert runs(batch_out)["signature"][0] == runs(run_out)["signature"][0]
+
+
+@pytest.fixture(scope="module")
+def reference(scenes_dir, predictor, tmp_path_factory):
+    """``run_scene`` (the path of ``cli.py run``) on each scene, in this process."""
+    folder = tmp_path_factory.mktemp("run")
+    return {name: run_scene(scenes_dir / name, folder / name.replace(".tif", ".gpkg"), predictor).output
+            for name in SCENES}
+
+
+def _batch(scenes_dir, out, predictor, cluster, options=RunOptions(), **kw):
+    return run_batch([scenes_dir], out, predictor, options, scheduler=cluster.scheduler_address,
+                     chips_per_task=CHIPS_PER_TASK, **kw)
+
+
+@pytest.fixture(scope="module")
+def first_batch(scenes_dir, predictor, cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("batch")
+    with Client(cluster) as client:
+        before = client.run(model_loads)
+        report = _batch(scenes_dir, out, predictor, cluster)
+        after = client.run(model_loads)
+    return out, report, before, after
+
+
+def test_batch_matches_run_for_each_scene(first_batch, reference, predictor):
+    out, report, before, after = first_batch
+    assert report.succeeded
+    assert [Path(s.scene).name for s in report.scenes] == sorted(SCENES)  # a folder, in name order
+    assert {s.status for s in report.scenes} == {"ok"}
+    assert max(s.strips for s in report.scenes) > 2  # big scenes really were split
+    for name in SCENES:
+        assert_same_chips(out / name.replace(".tif", ".gpkg"), Path(reference[name]))
+    # Many classify tasks, but the model was built at most once per worker process.
+    for worker, loads in after.items():
+        assert len(loads) - len(before[worker]) <= 1
+    assert sum(len(a) for a in after.values()) > sum(len(b) for b in before.values())
+
+
+def test_rerun_skips_everything(first_batch, scenes_dir, predictor, cluster):
+    out, *_ = first_batch
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.gpkg")}
+    report = _batch(scenes_dir, out, predictor, cluster)
+    assert report.succeeded
+    assert [s.status for s in report.scenes] == ["skipped"] * len(SCENES)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.gpkg")} == mtimes
+
+
+def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, cluster):
+    out, *_ = first_batch
+    status = lambda report: {Path(s.scene).name: s.status for s in report.scenes}  # noqa: E731
+
+    # Options that do not change results (batch size, readers) change nothing.
+    report = _batch(scenes_dir, out, predictor, cluster, RunOptions(batch_size=7, readers=1))
+    assert set(status(report).values()) == {"skipped"}
+
+    # A scene whose content changed is redone; the others are not.
+    changed = scenes_dir / "landsat8_rgb16.tif"
+    with rasterio.open(changed, "r+") as dst:
+        block = dst.read(1, window=((0, 8), (0, 8)))
+        dst.write(block + 1, 1, window=((0, 8), (0, 8)))
+    report = _batch(scenes_dir, out, predictor, cluster)
+    assert status(report) == {"landsat7_rgb_byte.tif": "skipped", "drone_rgba_alpha.tif": "skipped",
+                              "landsat8_rgb16.tif": "ok"}
+
+    # A result-affecting option redoes every scene, and the outputs record it.
+    report = _batch(scenes_dir, out, predictor, cluster, RunOptions(min_valid=0.9))
+    assert set(status(report).values()) == {"ok"}
+    assert '"min_valid": 0.9' in runs(out / "drone_rgba_alpha.gpkg")["options"][0]
+
+    # --force redoes scenes that are up to date.
+    report = _batch(scenes_dir, out, predictor, cluster, RunOptions(min_valid=0.9), force=True)
+    assert set(status(report).values()) == {"ok"}
+
+
+def test_run_on_a_cluster_matches_run(scenes_dir, reference, predictor, cluster, tmp_path):
+    out = tmp_path / "one.gpkg"
+    result = run_scene_on_cluster(scenes_dir / "drone_rgba_alpha.tif", out, predictor, RunOptions(),
+                                  scheduler=cluster.scheduler_address, chips_per_task=CHIPS_PER_TASK)
+    assert result.status == "ok" and result.output == str(out)
+    assert_same_chips(out, Path(reference["drone_rgba_alpha.tif"]))
+
+
+def test_gpu_asked_of_a_cluster_without_gpus_is_refused(scenes_dir, predictor, cluster, tmp_path):
+    with pytest.raises(ClusterError, match="declares a GPU"):
+        _batch(scenes_dir, tmp_path, predictor, cluster, gpu=True)
+
+
+def test_inference_lands_on_gpu_workers(scenes_dir, predictor, tmp_path):
+    """Workers that declare GPU=1 get the GPU-annotated inference tasks (the resource is declared, not real)."""
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as gpu_cluster:
+        report = run_batch([scenes_dir / "landsat8_rgb16.tif"], tmp_path, predictor, RunOptions(),
+                           scheduler=gpu_cluster.scheduler_address, chips_per_task=CHIPS_PER_TASK)
+        with Client(gpu_cluster) as client:
+            tasks = client.run_on_scheduler(
+                lambda dask_scheduler: {str(ts.key): ts.resource_restrictions
+                                        for ts in dask_scheduler.tasks.values()})
+    assert report.succeeded and report.scenes[0].status == "ok"
+    # The scheduler forgot released tasks; what it kept (if anything) shows the restriction.
+    assert all(r == {"GPU": 1} for k, r in tasks.items() if "scenetag-classify" in k)
+
+
+# --------------------------------------------------------------------------- a worker dies
+
+
+class KillOnce(WorkerPlugin):
+    """Kills its worker process when the first classify task starts, once per marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and "scenetag-classify" in str(key):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_batch_survives_a_killed_worker(scenes_dir, reference, predictor, tmp_path):
+    marker = tmp_path / "killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        with Client(c) as client:
+            pids = set(client.run(os.getpid).values())
+            client.register_plugin(KillOnce(str(marker)), name="kill-once")
+            out = tmp_path / "out"
+            report = run_batch([scenes_dir / n for n in SCENES], out, predictor, RunOptions(),
+                               scheduler=c.scheduler_address, chips_per_task=CHIPS_PER_TASK)
+            client.wait_for_workers(2, timeout=60)
+            pids_after = set(client.run(os.getpid).values())
+    killed = int(marker.read_text())
+    assert killed in pids and killed not in pids_after  # a worker process really died mid-job
+    assert report.succeeded
+    assert {s.status for s in report.scenes} == {"ok"}
+    for name in SCENES:
+        assert_same_chips(out / name.replace(".tif", ".gpkg"), Path(reference[name]))
+    assert not list(out.glob(".*.tmp.gpkg*"))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def corrupt_copy(make_raster, name="corrupt.tif") -> Path:
+    """A tiled, compressed GeoTIFF whose middle third is overwritten: it opens, but blocks fail."""
+    path = make_raster(name, width=400, height=400, tiled=True, compress="deflate")
+    data = bytearray(path.read_bytes())
+    n = len(data)
+    data[n // 3: 2 * n // 3] = np.random.default_rng(1).integers(0, 255, 2 * n // 3 - n // 3, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_cli_corrupt_scene_is_recorded_and_the_others_succeed(scenes_dir, tiny_model, make_raster, tmp_path):
+    from cli import main
+
+    bad = corrupt_copy(make_raster)
+    out = tmp_path / "out"
+    report_path = tmp_path / "report.json"
+    log_file = tmp_path / "batch.log"
+    args = ["batch", str(scenes_dir), str(bad), "--out-dir", str(out), "-m", str(tiny_model),
+            "--workers", "2", "--dashboard-address", ":0", "--chips-per-task", str(CHIPS_PER_TASK),
+            "--retries", "1", "--report", str(report_path), "--log-file", str(log_file), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 1, result.output
+    assert "1 of 4 scenes failed" in result.output
+    assert "Dask dashboard: http://" in result.output  # stderr, mixed in by CliRunner
+    import json
+
+    report = json.loads(report_path.read_text())
+    by_name = {Path(s["scene"]).name: s for s in report["scenes"]}
+    assert report["counts"] == {"ok": 3, "empty": 0, "skipped": 0, "failed": 1}
+    failed = by_name["corrupt.tif"]
+    assert failed["status"] == "failed" and failed["attempts"] == 2
+    assert "could not be read" in failed["error"] and "corrupt.tif" in failed["error"]
+    for name in SCENES:
+        assert by_name[name]["status"] == "ok" and by_name[name]["chips"] > 0
+        assert len(chips(out / name.replace(".tif", ".gpkg"))) == by_name[name]["chips"]
+    assert not (out / "corrupt.gpkg").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.replace(".tif", ".gpkg") for n in SCENES)
+    assert "corrupt.tif failed" in log_file.read_text()
+
+
+def test_two_batches_on_one_folder_one_refuses(scenes_dir, tiny_model, tmp_path):
+    from cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    many = tmp_path / "many.txt"  # enough work that the first batch still runs when the second starts
+    many.write_text("\n".join(str(scenes_dir / n) for n in SCENES) + "\n")
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "batch", str(many), "--out-dir", str(out), "-m", str(tiny_model),
+         "--workers", "1", "--dashboard-address", ":0", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the lock file holds the first batch's pid once it is locked
+            text = (out / LOCK_NAME).read_text() if (out / LOCK_NAME).exists() else ""
+            if f'"pid": {first.pid}' in text:
+                break
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        second = CliRunner().invoke(main, ["batch", str(many), "--out-dir", str(out), "-m", str(tiny_model),
+                                           "--no-progress"])
+        still_running = first.poll() is None
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert still_running, "the first batch finished before the second started: the test proved nothing"
+    assert second.exit_code == 3, second.output
+    assert "is in use by another batch run" in second.output and f"pid {first.pid}" in second.output
+    assert first.returncode == 0, stderr
+    assert "3 scenes: 3 ok" in stdout
+    assert not (out / LOCK_NAME).exists()
