@@ -127,7 +127,11 @@ def connect(
         if address is None:
             n_workers = workers or os.cpu_count() or 1
             kwargs: dict = {"n_workers": n_workers, "threads_per_worker": threads or 1,
-                            "processes": True, "dashboard_address": dashboard_address}
+                            "processes": True}
+            if dashboard_address is None:
+                kwargs["scheduler_kwargs"] = {"dashboard": False}
+            else:
+                kwargs["dashboard_address"] = dashboard_address
             if gpu:
                 kwargs["resources"] = {"GPU": 1}
             cluster = LocalCluster(**kwargs)

@@ -200,6 +200,25 @@ def scene_layer(path: str, bands: list[int] | None) -> QgsRasterLayer:
     return layer
 
 
+def raster_report(path: str) -> dict:
+    """What QGIS sees of the probability raster: bands, their names, nodata, CRS."""
+    layer = QgsRasterLayer(path, "probabilities", "gdal")
+    if not layer.isValid():
+        return {"valid": False}
+    dp = layer.dataProvider()
+    bands = range(1, layer.bandCount() + 1)
+    return {
+        "valid": True,
+        "crs": layer.crs().authid(),
+        "width": layer.width(),
+        "height": layer.height(),
+        "band_count": layer.bandCount(),
+        "band_names": [layer.bandName(b) for b in bands],
+        "nodata": [str(dp.sourceNoDataValue(b)) if dp.sourceHasNoDataValue(b) else None for b in bands],
+        "renderer": layer.renderer().type() if layer.renderer() else None,
+    }
+
+
 def draw_legend(image: QImage, entries: list[tuple[str, QColor]], title: str) -> None:
     """Colour swatches with their labels, bottom left, on a white box."""
     if not entries:
@@ -293,6 +312,8 @@ def problems_of(report: dict) -> list[str]:
     for name, info in report["layers"].items():
         if not info.get("valid"):
             out.append(f"layer {name} is not valid")
+    if "raster" in report and not report["raster"].get("valid"):
+        out.append("the probability raster is not valid")
     out += [f"GDAL: {m}" for m in report["gdal_messages"] if "partially supported" in m]
     png = report.get("png")
     if png and png["non_background_fraction"] < 0.05:
@@ -311,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: chips)")
     ap.add_argument("--width", type=int, default=900)
     ap.add_argument("--legend", action="store_true", help="draw a legend of the top labels")
+    ap.add_argument("--raster", help="probability GeoTIFF (--raster output) to open too")
     ap.add_argument("--json", help="write the report here instead of stdout")
     ap.add_argument("--strict", action="store_true", help="exit 2 when the report lists problems")
     args = ap.parse_args(argv)
@@ -331,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     layers: dict[str, QgsVectorLayer] = {}
     for name in names:
         report["layers"][name], layers[name] = layer_report(path, name)
+    if args.raster:
+        report["raster"] = raster_report(args.raster)
     if args.png:
         wanted = ([n for n in names if report["layers"][n].get("spatial")] if args.layers == "all"
                   else [n.strip() for n in args.layers.split(",") if n.strip()])

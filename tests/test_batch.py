@@ -37,7 +37,7 @@ CHIPS_PER_TASK = 40
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
 
 
@@ -162,7 +162,7 @@ def test_gpu_asked_of_a_cluster_without_gpus_is_refused(scenes_dir, predictor, c
 
 def test_inference_lands_on_gpu_workers(scenes_dir, predictor, tmp_path):
     """Workers that declare GPU=1 get the GPU-annotated inference tasks (the resource is declared, not real)."""
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
                       resources={"GPU": 1}) as gpu_cluster:
         report = run_batch([scenes_dir / "landsat8_rgb16.tif"], tmp_path, predictor, RunOptions(),
                            scheduler=gpu_cluster.scheduler_address, chips_per_task=CHIPS_PER_TASK)
@@ -197,7 +197,7 @@ class KillOnce(WorkerPlugin):
 
 def test_batch_survives_a_killed_worker(scenes_dir, reference, predictor, tmp_path):
     marker = tmp_path / "killed"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         with Client(c) as client:
             pids = set(client.run(os.getpid).values())
             client.register_plugin(KillOnce(str(marker)), name="kill-once")

@@ -16,6 +16,10 @@ from scenetag.errors import ModelLoadError, ModelSpecError
 from tests.model_fixtures import SMALL_ARCH, SMALL_LABELS, small_model, small_spec
 
 
+class Arbitrary:
+    """An arbitrary pickled object: weights_only=True must refuse to build it."""
+
+
 def chips(n=3, size=64, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
 
@@ -102,10 +106,8 @@ def test_strip_prefixes_drops_non_network_keys():
 
 
 def test_pickled_objects_are_refused(tmp_path):
-    import collections
-
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": small_model().state_dict(), "obj": collections.Counter(a=1)}, path)
+    torch.save({"state_dict": small_model().state_dict(), "obj": Arbitrary()}, path)
     with pytest.raises(ModelLoadError, match="weights_only"):
         load_checkpoint(path, spec=small_spec())
 

@@ -181,3 +181,12 @@ def test_help_is_fast_and_explains():
         assert option in out.stdout
     heavy = [m for m in ("torch", "onnxruntime", "geopandas", "rasterio") if f"| {m}\n" in out.stderr]
     assert heavy == [], f"--help imported {heavy}"
+
+
+def test_progress_goes_to_stderr_and_results_to_stdout(tiny_model, tmp_path):
+    out = tmp_path / "p.gpkg"
+    res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--progress")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().count("\n") == 0 and "chips classified" in res.stdout
+    assert "chip/s" in res.stderr or "chips/s" in res.stderr or "s/chip" in res.stderr
+    assert "/156" in res.stderr  # done/total of the 13 x 12 grid

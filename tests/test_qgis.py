@@ -1,0 +1,202 @@
+"""The GeoPackage of a real scene, opened in a real QGIS (Debian's PyQGIS 3.22).
+
+The scene job classifies Borneo with the tiny model; ``tests/qgis_check.py``
+then runs under ``/usr/bin/python3`` and reports, as JSON, what QGIS sees.
+Skipped, with the reason, where PyQGIS is not installed (``.ci/run`` installs
+``python3-qgis qgis-providers``).
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from affine import Affine
+
+from outputs_schema import styles
+from outputs_schema.colors import label_color
+from outputs_schema.raster import write_probability_raster
+from outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
+from tests.conftest import real_scene
+from tests.qgis_fixtures import QGIS_PYTHON, ensure_metadata, qgis_unavailable, run_qgis_check
+
+pytestmark = pytest.mark.qgis
+
+BORNEO = "planetscope_borneo_3m_analytic.tif"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_qgis():
+    reason = qgis_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def borneo(tmp_path_factory, tiny_model):
+    """Borneo through the scene job, its probability raster, and QGIS's report on both."""
+    from jobs.options import RunOptions
+    from jobs.scene_job import classify_cells, plan_scene, write_scene
+    from model.predictor import load_predictor
+
+    scene = real_scene(BORNEO)
+    folder = tmp_path_factory.mktemp("qgis")
+    predictor = load_predictor(tiny_model)
+    plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
+    table = classify_cells(plan, predictor)
+    gpkg = folder / "borneo.gpkg"
+    write_scene(plan, table, predictor, gpkg, started_at="2026-01-01T00:00:00+00:00", t_start=0.0)
+    ensure_metadata(gpkg, predictor.spec)
+    cells = list(plan.grid)
+    raster = write_probability_raster(folder / "borneo_prob.tif", table, predictor.spec.labels,
+                                      max(c.row for c in cells) + 1, max(c.col for c in cells) + 1,
+                                      plan.info.transform @ Affine.scale(plan.grid.stride), plan.info.crs)
+    png = folder / "borneo.png"
+    report = run_qgis_check(gpkg, "--scene", str(scene), "--bands", "3,2,1", "--png", str(png),
+                            "--raster", str(raster), "--legend")
+    return {"gpkg": gpkg, "png": png, "report": report, "spec": predictor.spec, "scene": scene,
+            "chips": pyogrio.read_dataframe(gpkg, layer=CHIPS_LAYER)}
+
+
+def test_every_layer_is_valid_with_scene_crs_and_counts(borneo):
+    report, spec = borneo["report"], borneo["spec"]
+    schema = OutputSchema(spec.labels)
+    assert report["qgis_version"].startswith("3.")
+    assert report["layer_names"] == list(schema.layers)  # layer_styles is not listed as a layer
+    assert report["problems"] == []
+    con = sqlite3.connect(borneo["gpkg"])
+    for name in schema.layers:
+        info = report["layers"][name]
+        assert info["valid"], name
+        expected = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+        assert info["feature_count"] == expected, name
+        if name != RUNS_LAYER:
+            assert info["crs"] == "EPSG:32649", name
+    con.close()
+    assert report["layers"][CHIPS_LAYER]["feature_count"] == len(borneo["chips"]) > 0
+    assert report["layers"][RUNS_LAYER]["spatial"] is False
+
+
+def test_geopackage_1_2_opens_without_partial_support_warning(borneo):
+    report = borneo["report"]
+    assert report["gpkg"]["user_version"] == 10200
+    assert not [m for m in report["gdal_messages"] if "partially supported" in m]
+
+
+def test_the_warning_check_can_fail_on_a_1_4_geopackage(borneo, tmp_path):
+    copy = tmp_path / "v14.gpkg"
+    shutil.copyfile(borneo["gpkg"], copy)
+    con = sqlite3.connect(copy)
+    con.execute("PRAGMA user_version = 10400")
+    con.close()
+    report = run_qgis_check(copy)
+    assert any("10400" in m and "partially supported" in m for m in report["gdal_messages"])
+    assert report["problems"]
+
+
+def test_default_styles_from_the_geopackage_were_applied(borneo):
+    report, spec = borneo["report"], borneo["spec"]
+    schema = OutputSchema(spec.labels)
+    chips = report["layers"][CHIPS_LAYER]["renderer"]
+    assert chips["type"] == "categorizedSymbol" and chips["attribute"] == "top_label"
+    assert [c["value"] for c in chips["categories"]] == list(spec.labels)
+    for cat in chips["categories"]:
+        assert cat["hex"] == label_color(cat["value"]).hex
+        assert 0 < cat["fill_opacity"] < 1
+    for label, layer in zip(spec.labels, schema.label_layers):
+        r = report["layers"][layer]["renderer"]
+        assert r["type"] == "singleSymbol", layer
+        assert r["symbol"]["hex"] == label_color(label).hex, layer
+        assert 0 < r["symbol"]["fill_opacity"] < 1, layer
+
+
+def test_stored_styles_switchable_in_qgis(borneo):
+    report, spec = borneo["report"], borneo["spec"]
+    schema = OutputSchema(spec.labels)
+    stored = report["layers"][CHIPS_LAYER]["stored_styles"]
+    assert [s["name"] for s in stored] == ["top_label", *styles.prob_style_names(spec.labels)]
+    assert all(s["parsed"] for s in stored)
+    for s, col in zip(stored[1:], schema.prob_columns):
+        assert s["renderer"]["type"] == "graduatedSymbol" and s["renderer"]["attribute"] == col
+        assert len(s["renderer"]["ranges"]) == 4
+
+
+def test_map_tip_shows_tags_and_probabilities_of_the_feature(borneo):
+    report, spec = borneo["report"], borneo["spec"]
+    info = report["layers"][CHIPS_LAYER]
+    first = borneo["chips"].iloc[0]
+    sample = info["map_tip_sample"]
+    assert f"tags: {first['tags']}" in sample
+    assert f"<b>{first['top_label']}</b> ({first['top_prob']:.3f})" in sample
+    for label, col in zip(spec.labels, OutputSchema(spec.labels).prob_columns):
+        assert f'<td>{html.escape(label)}</td><td align="right">{first[col]:.3f}</td>' in sample
+    assert info["aliases"]["p_clear"] == "p(clear)"
+
+
+def test_metadata_visible_in_layer_properties(borneo):
+    for name, info in borneo["report"]["layers"].items():
+        md = info["metadata"]
+        assert "planetscope_borneo_3m_analytic" in md["title"], name
+        assert "schema v1" in md["abstract"], name
+        assert md["keywords"]["scenetag:schema_version"] == ["1"], name
+        assert any(h.startswith("signature: ") for h in md["history"]), name
+
+
+def test_probability_raster_opens_with_label_band_names(borneo):
+    r = borneo["report"]["raster"]
+    spec = borneo["spec"]
+    assert r["valid"] and r["crs"] == "EPSG:32649"
+    assert r["band_count"] == spec.n_labels
+    assert [n.split(": ", 1)[1] for n in r["band_names"]] == list(spec.labels)
+    assert r["nodata"] == ["nan"] * spec.n_labels
+    assert (r["width"], r["height"]) == (8, 8)
+
+
+def test_rendering_over_the_scene_is_not_blank(borneo):
+    png = borneo["report"]["png"]
+    assert png["errors"] == []
+    assert Path(png["path"]) == borneo["png"]
+    with rasterio.open(borneo["png"]) as src:
+        rgb = src.read()[:3].astype(int)
+    assert rgb.shape[1:] == (png["height"], png["width"])
+    not_white = (rgb < 250).any(axis=0)
+    assert 0.15 < not_white.mean() < 0.95  # the 27 % valid scene plus chips, on white
+    assert len(np.unique(rgb.reshape(3, -1), axis=1)) > 500  # imagery, not flat fills
+    # A classified chip's pixels carry its label's colour blended over the imagery.
+    assert png["non_background_fraction"] > 0.15
+
+
+def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):
+    from jobs.options import RunOptions
+    from jobs.scene_job import run_scene
+    from model.predictor import load_predictor
+
+    out = tmp_path / "borneo_4326.gpkg"
+    run_scene(borneo["scene"], out, load_predictor(tiny_model), RunOptions(bands=(3, 2, 1), to_crs="EPSG:4326"))
+    report = run_qgis_check(out, "--scene", str(borneo["scene"]), "--bands", "3,2,1",
+                            "--png", str(tmp_path / "4326.png"), "--width", "300")
+    schema = OutputSchema(borneo["spec"].labels)
+    assert report["problems"] == []
+    for layer in (CHIPS_LAYER, *schema.label_layers):
+        assert report["layers"][layer]["crs"] == "EPSG:4326", layer
+    assert report["layers"][CHIPS_LAYER]["feature_count"] == len(borneo["chips"])
+    west, south, east, north = report["layers"][CHIPS_LAYER]["extent"]
+    assert 110 < west < east < 115 and 0 < south < north < 2  # Borneo, in degrees
+    assert report["layers"][CHIPS_LAYER]["renderer"]["type"] == "categorizedSymbol"
+    assert report["png"]["non_background_fraction"] > 0.15
+
+
+def test_gdal_validator_accepts_the_geopackage(borneo):
+    validator = Path("/usr/lib/python3/dist-packages/osgeo_utils/samples/validate_gpkg.py")
+    if not validator.exists():
+        pytest.skip(f"{validator} is absent (Debian's python3-gdal ships it)")
+    proc = subprocess.run([QGIS_PYTHON, str(validator), str(borneo["gpkg"])], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,75 @@
+"""The schema's names: hostile labels become safe, unique layer and column names."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pyogrio
+import pytest
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.crs import CRS
+
+from model.spec import PLANET_LABELS, ModelSpec
+from outputs_schema.records import ChipTable
+from outputs_schema.schema import MAX_NAME, OutputSchema, sanitize_names, tag_names
+from outputs_schema.writer import write_geopackage
+from scenetag.errors import OutputError
+
+HOSTILE = ('it\'s "quoted"', "two words", "x; DROP TABLE chips;--", "Ünïcödé", "1st", "two_words",
+           "", "   ", "a" * 200, "tags", "geom`etry")
+
+
+def test_planet_labels_stay_as_they_are():
+    assert sanitize_names(PLANET_LABELS) == PLANET_LABELS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=80), min_size=1, max_size=30))
+def test_sanitized_names_are_safe_and_unique(labels):
+    names = sanitize_names(labels)
+    assert len(names) == len(labels) == len(set(names))
+    for n in names:
+        assert n and len(n) <= MAX_NAME and not n[0].isdigit()
+        assert all(c.isascii() and (c.isalnum() or c == "_") for c in n)
+
+
+def test_hostile_labels_survive_a_round_trip(tmp_path):
+    labels = tuple(l for l in HOSTILE if l.strip())
+    spec = ModelSpec.create("hostile", "none", labels, 0.5, chip_size=16)
+    schema = OutputSchema(labels)
+    n = 4
+    probs = np.linspace(0.1, 0.9, n * len(labels)).reshape(n, len(labels)).astype(np.float32)
+    rows = [(0, i, 16 * i, 0, 16, 16, 1.0) for i in range(n)]
+    out = tmp_path / "h.gpkg"
+    run = {f: "x" for f in ("run_id", "software", "started_at", "finished_at", "status", "reason",
+                            "scene_path", "scene_sha256", "scene_crs", "model_name", "model_sha256",
+                            "model_spec", "thresholds", "options", "signature")}
+    run.update(schema_version=1, n_chips_total=n, n_chips_classified=n, n_chips_skipped_nodata=0,
+               n_chips_skipped_edge=0, seconds_total=0.0, seconds_read=0.0, seconds_infer=0.0,
+               seconds_write=0.0)
+    write_geopackage(out, table=ChipTable.from_rows(rows, probs), spec=spec, scene_id="s",
+                     transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=run)
+    layers = [name for name, _ in pyogrio.list_layers(out) if name != "layer_styles"]
+    assert layers == list(schema.layers)
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    for col, i in zip(schema.prob_columns, range(len(labels))):
+        np.testing.assert_allclose(chips[col], probs[:, i], rtol=1e-6)
+    words = tag_names(labels)
+    assert chips.tags.iloc[-1].split() == [w for w, p in zip(words, probs[-1]) if p >= 0.5]
+    for label, layer in zip(labels, schema.label_layers):
+        frame = pyogrio.read_dataframe(out, layer=layer)
+        assert list(frame.label) == ([label] if (probs[:, labels.index(label)] >= 0.5).any() else [])
+    # The SQL in a label name did nothing: every table is still there.
+    with sqlite3.connect(out) as con:
+        tables = {r[0] for r in con.execute("select table_name from gpkg_contents")}
+    assert {"chips", "runs"} <= tables
+
+
+def test_writer_refuses_a_non_gpkg_name(tmp_path):
+    with pytest.raises(OutputError, match="must end in .gpkg"):
+        write_geopackage(tmp_path / "x.shp", table=ChipTable.empty(1),
+                         spec=ModelSpec.create("m", "a", ["a"]), scene_id="s",
+                         transform=Affine.identity(), crs=CRS.from_epsg(4326), run={})
