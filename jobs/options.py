@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from scenetag.errors import OptionError
 from tiler.grid import EdgePolicy
 
 
@@ -32,15 +33,18 @@ class RunOptions:
     to_crs: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "edge", EdgePolicy(self.edge))
+        try:
+            object.__setattr__(self, "edge", EdgePolicy(self.edge))
+        except ValueError:
+            raise OptionError(f"edge policy {self.edge!r} is unknown: use shift, pad or skip") from None
         if self.bands is not None:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
         if not 0.0 <= self.min_valid <= 1.0:
-            raise ValueError(f"min_valid must be in [0, 1], got {self.min_valid}")
+            raise OptionError(f"min_valid must be in [0, 1], got {self.min_valid}")
         if self.batch_size < 1 or self.readers < 1:
-            raise ValueError("batch_size and readers must be >= 1")
+            raise OptionError(f"batch_size and readers must be >= 1, got {self.batch_size} and {self.readers}")
         if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
+            raise OptionError(f"stride must be >= 1, got {self.stride}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
 from outputs_schema.writer import check_output, write_geopackage
-from scenetag.errors import ScenetagError
+from scenetag.errors import OptionError
 from tiler.grid import Grid, GridCell, chip_grid
 from tiler.reader import ChipRead, ChipReader
 from tiler.scaling import Stretch, scene_stretch
@@ -101,7 +102,7 @@ def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> 
     src_chip = max(1, round(spec.chip_size * factor))
     stride = options.stride if options.stride is not None else spec.chip_size
     if stride > spec.chip_size:
-        raise ScenetagError(
+        raise OptionError(
             f"stride {stride} is larger than the chip size {spec.chip_size}: use a stride "
             "of at most the chip size (or --overlap)"
         )
@@ -227,7 +228,7 @@ def write_scene(
     status, reason = _status(plan, table)
     t_write = time.perf_counter()
     run = {
-        "run_id": hashlib.sha1(f"{info.path}{started_at}{time.time_ns()}".encode()).hexdigest()[:16],
+        "run_id": uuid.uuid4().hex,
         "schema_version": SCHEMA_VERSION,
         "software": f"scenetag {scenetag.__version__}",
         "started_at": started_at,

@@ -52,6 +52,10 @@ class OutputExistsError(OutputError, FileExistsError):
     """The output exists and overwriting was not asked for."""
 
 
+class OptionError(ScenetagError, ValueError):
+    """A job option is out of range or contradicts another."""
+
+
 class DataError(ScenetagError, ValueError):
     """Training or evaluation data is unusable."""
 

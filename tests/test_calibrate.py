@@ -86,3 +86,88 @@ def test_crossfit_reports_both():
 def test_bad_metric():
     with pytest.raises(ValueError, match="f3"):
         calibrate(np.zeros((4, 2)), np.zeros((4, 2)), metric="f3")
+
+
+# -- evaluate and calibrate commands on real chips ------------------------------
+def _small_run(tmp_path, n=40):
+    """A small checkpoint trained on nothing, with the split of a 40-chip label set beside it."""
+    from model.checkpoint import save_checkpoint
+    from model.data import make_split, read_labels, write_split
+    from tests.model_fixtures import SMALL_LABELS, planet_subset, small_model, small_spec
+
+    images, csv = planet_subset(tmp_path, n, labels=SMALL_LABELS)
+    table = read_labels(csv, SMALL_LABELS)
+    split = make_split(table, 0.5, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_split(split, run / "split.json")
+    spec = small_spec(extra={"split": {k: split[k] for k in ("seed", "val_fraction", "data_digest")}})
+    ckpt = save_checkpoint(run / "best.pt", small_model(spec), spec)
+    return images, csv, ckpt, split
+
+
+def test_evaluate_command_on_val_split(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from scenetag.commands.evaluate import command
+
+    images, csv, ckpt, split = _small_run(tmp_path)
+    res = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize",
+                                       "--format", "json", "--json-out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["n_images"] == len(split["val"]) and result["split"] == "val"
+    assert "split.json" in result["split_source"]
+    assert 0 <= result["samples_f2"] <= 1 and set(result["per_class"]) == {"clear", "cloudy", "haze", "primary", "water"}
+    assert json.loads((tmp_path / "e.json").read_text())["samples_f2"] == result["samples_f2"]
+    table = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize"])
+    assert table.exit_code == 0 and "samples_f2" in table.output and "primary" in table.output
+
+
+def test_evaluate_rebuilds_split_from_spec_seed(tmp_path):
+    from click.testing import CliRunner
+
+    from scenetag.commands.evaluate import command
+
+    images, csv, ckpt, split = _small_run(tmp_path)
+    (ckpt.parent / "split.json").unlink()
+    res = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "recomputed" in res.output
+
+
+def test_evaluate_refuses_split_of_other_data(tmp_path):
+    from click.testing import CliRunner
+
+    from scenetag.commands.evaluate import command
+
+    images, csv, ckpt, _ = _small_run(tmp_path)
+    (ckpt.parent / "split.json").unlink()
+    csv.write_text("\n".join(csv.read_text().splitlines()[:-3]) + "\n")  # other data
+    res = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize"])
+    assert res.exit_code == 1 and "other labelled data" in res.output
+
+
+def test_calibrate_command_writes_model_with_thresholds(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from model.checkpoint import load_checkpoint
+    from scenetag.commands.calibrate import command
+
+    images, csv, ckpt, split = _small_run(tmp_path)
+    out = tmp_path / "cal.pt"
+    res = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize", "--metric", "f1",
+                                       "--min-support", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output[: res.output.rindex("}") + 1])
+    assert record["after"]["samples"] >= record["before"]["samples"]
+    assert record["n_images"] == len(split["val"])
+    _, spec, _ = load_checkpoint(out)
+    assert list(spec.thresholds) == [record["thresholds"][lab] for lab in spec.labels]
+    assert spec.extra["calibration"]["metric"] == "f1"
+    again = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize", "--out", str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.output
