@@ -30,6 +30,7 @@ recomputed elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -153,8 +154,6 @@ def model_bytes(predictor) -> bytes:
             "export it first with `scenetag export`"
         )
     data = path.read_bytes()
-    import hashlib
-
     if hashlib.sha256(data).hexdigest() != predictor.sha256:
         raise ModelLoadError(f"model {str(path)!r} changed since it was loaded: run again")
     return data
@@ -339,13 +338,17 @@ def run_scenes(
     if records is None:
         records = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
     states = [_Scene(r) for r in records]
-    pending = as_completed()
+    # Bound to this client's loop: by default it takes the default client's (dask/distributed#4317).
+    pending = as_completed(loop=client.loop)
     owner: dict[str, tuple[_Scene, int, str]] = {}
-    base = tokenize(model.sha256, options, force, uuid.uuid4().hex)
+    # Prepare and write touch files (they are not pure), so their keys are new in every batch;
+    # a strip's key is a function of what determines its result: scene content, model, options.
+    batch_token = uuid.uuid4().hex
 
-    def submit(state: _Scene, stage: str, fn, *args, **kwargs):
-        key = f"scenetag-{stage}-{tokenize(base, state.record.scene, state.attempt, *kwargs.pop('key_extra', ()))}"
-        fut = client.submit(fn, *args, key=key, pure=False, **kwargs)
+    def submit(state: _Scene, stage: str, fn, *args, token=None, **kwargs):
+        token = token if token is not None else tokenize(batch_token, state.record.scene, state.record.output)
+        fut = client.submit(fn, *args, key=f"scenetag-{stage}-{tokenize(token, state.attempt)}", pure=False,
+                            **kwargs)
         state.futures.append(fut)
         return fut
 
@@ -400,12 +403,14 @@ def run_scenes(
                     finish(state, "skipped")
                     continue
                 plan = prep.plan
-                n_cols = max(1, plan.grid.shape[1])
-                strips = plan.grid.strips(max(1, chips_per_task // n_cols))
+                rows = max(1, chips_per_task // max(1, plan.grid.shape[1]))
+                strips = plan.grid.strips(rows)
                 rec.strips = len(strips)
                 rec.chips_total = len(plan.grid) + plan.grid.n_skipped
+                content = (prep.scene, prep.scene_sha256, model.sha256, model.spec.to_dict(), model.device, options.to_dict(),
+                           rows)
                 classified = [submit(state, "classify", _classify_task, plan, cells, model, resources=resources,
-                                     key_extra=(i,))
+                                     token=tokenize(*content, i))
                               for i, cells in enumerate(strips)]
                 writer = submit(state, "write", _write_task, prep, model, *classified)
                 owner[writer.key] = (state, state.attempt, "write")
@@ -442,6 +447,26 @@ class shipped:
             self.client.unregister_worker_plugin(self.plugin.name)
         except Exception as err:  # noqa: BLE001 - cleanup must not hide the real error
             log.debug("could not unregister %s: %s", self.plugin.name, err)
+
+
+def sweep_leftovers(out_dir: Path, min_age_s: float = 3600.0) -> list[Path]:
+    """Remove the writer's temporary files that a killed run left in ``out_dir`` (older than ``min_age_s``).
+
+    Called under the folder's lock, so no batch is writing them; the age keeps
+    clear of a ``run`` writing into the same folder at this moment.
+    """
+    removed = []
+    now = time.time()
+    for tmp in out_dir.glob(".*.tmp.gpkg*"):
+        try:
+            if now - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.warning("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out_dir)
+    return removed
 
 
 def _use_local_gpu(gpu: bool | None, device: str) -> bool:
@@ -490,6 +515,7 @@ def run_batch(
                          options=options.to_dict())
     report_path = Path(report_path) if report_path else out_dir / REPORT_NAME
     with OutputLock(out_dir):
+        sweep_leftovers(out_dir)
         scenes = expand_inputs(inputs)
         outs = output_paths(scenes, out_dir)
         report.scenes = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]

@@ -131,7 +131,12 @@ def export_onnx(
     size = spec.chip_size
     dummy = torch.zeros(2, spec.n_bands, size, size)
     tmp = out.with_name(out.name + ".tmp")
-    with torch.inference_mode():
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which needs a
+        # static-shape trace of timm's TF-"same" padding; the legacy one is verified below.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             wrapped, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

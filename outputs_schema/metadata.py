@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from model.spec import ModelSpec
 from outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
 from outputs_schema.styles import xml_safe
+from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,19 @@ def _titles(schema: OutputSchema, scene_id: str) -> dict[str, tuple[str, str]]:
 
 
 def add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, run: Mapping[str, Any]) -> None:
-    """Write the schema version and ``run`` provenance into the GeoPackage's metadata tables."""
+    """Write the schema version and ``run`` provenance into the GeoPackage's metadata tables.
+
+    Call it once every layer, ``runs`` included, is written.  Raises ValueError
+    when a layer is missing and :class:`OutputError` when the GeoPackage cannot
+    be written.
+    """
+    try:
+        _add_metadata(gpkg_path, schema, spec, run)
+    except sqlite3.Error as exc:
+        raise OutputError(f"could not store metadata in {str(gpkg_path)!r}: {exc}") from exc
+
+
+def _add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, run: Mapping[str, Any]) -> None:
     con = sqlite3.connect(str(gpkg_path))
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")}

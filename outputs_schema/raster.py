@@ -6,22 +6,23 @@ at grid row ``r``, column ``c`` (``ChipTable.row`` / ``.col``).  Grid positions
 without a classified chip (skipped for too little valid area) are
 :data:`NODATA`, which is NaN and declared as the nodata value.
 
-Georeferencing is the caller's ``transform`` of the grid, normally
-``scene_transform @ Affine.scale(stride)`` (``*`` in older affine), with the
-stride in scene pixels.  Pixel ``(r, c)`` then starts at scene pixel
-``(r * stride, c * stride)``, where its chip starts, and is one stride wide:
-
-* where chips overlap (stride < chip), a pixel covers only the first
-  ``stride`` pixels of its chip;
-* under the ``shift`` edge policy the last row and column of chips were moved
-  back to end on the scene's edge, so their pixels lie up to one stride further
-  right or down than the chips that were read (the ``pad`` and ``skip``
-  policies keep every chip on the stride grid).
+Georeferencing is the caller's ``transform`` of the grid; use
+:func:`grid_transform`: ``scene_transform @ Affine.translation(o, o) @
+Affine.scale(stride)`` with the stride in scene pixels and ``o = (chip -
+stride) / 2``, so that each pixel is one stride wide and centred on its chip
+(with no overlap, ``o = 0`` and a pixel is its chip).  Under the ``shift``
+edge policy the last row and column of chips were moved back to end on the
+scene's edge, so their pixels lie up to one stride further right or down than
+the chips that were read (``pad`` and ``skip`` keep every chip on the grid).
 
 The raster stays in the scene's CRS even when the vectors are reprojected
 (``--to-crs``): resampling probabilities would invent values.
 
-The file is written under a temporary name beside ``out`` and renamed when
+Beside it goes ``<name>.qml``, the style QGIS loads with the raster by
+default: the first label's band as a 0..1 heat map (magma), NaN transparent;
+another band is one click away in Layer Properties > Symbology.
+
+Both files are written under temporary names beside ``out`` and renamed when
 complete, so a killed job leaves no half-written raster.
 """
 
@@ -41,6 +42,7 @@ from rasterio.crs import CRS
 
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
+from outputs_schema.styles import probability_raster_qml
 from scenetag.errors import OutputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,22 @@ NODATA = float("nan")
 #: GDAL COG creation options: lossless, float predictor, overviews when large enough.
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "BLOCKSIZE": "256", "OVERVIEWS": "AUTO",
                "RESAMPLING": "AVERAGE"}
+
+
+def grid_transform(scene_transform: Affine, stride: int, chip: int | None = None) -> Affine:
+    """Transform of the probability raster: one pixel of ``stride`` scene pixels per grid position.
+
+    ``stride`` and ``chip`` are the grid's, in scene pixels (``ScenePlan.grid.stride``
+    and ``.chip``).  Without ``chip``, pixel (r, c) starts where chip (r, c) starts;
+    with it, the pixel is centred on the chip, which differs only where chips
+    overlap (stride < chip) and keeps the heat map over what each chip saw.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1 scene pixel, got {stride}")
+    if chip is not None and chip < stride:
+        raise ValueError(f"chip {chip} is smaller than the stride {stride}")
+    offset = 0.0 if chip is None else (chip - stride) / 2
+    return scene_transform @ Affine.translation(offset, offset) @ Affine.scale(stride)
 
 
 def probability_grid(table: ChipTable, n_labels: int, n_rows: int, n_cols: int) -> np.ndarray:
@@ -88,10 +106,13 @@ def write_probability_raster(
     *,
     overwrite: bool = False,
     tags: Mapping[str, str] | None = None,
+    style: bool = True,
 ) -> Path:
     """Write the chip probabilities of ``table`` as a COG at ``out``; returns ``out``.
 
     ``tags`` are added to the dataset metadata (e.g. the run id or signature).
+    With ``style``, the QGIS heat-map style goes beside it as ``<name>.qml``
+    (left alone where it exists and ``overwrite`` is not set).
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -100,7 +121,10 @@ def write_probability_raster(
     if not labels:
         raise ValueError("no labels: the raster needs one band per label")
     data = probability_grid(table, len(labels), n_rows, n_cols)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp.tif")
+    token = uuid.uuid4().hex[:12]
+    tmp = out.with_name(f".{out.name}.{token}.tmp.tif")
+    qml = out.with_suffix(".qml")
+    tmp_qml = qml.with_name(f".{qml.name}.{token}.tmp")
     profile = dict(driver="COG", width=n_cols, height=n_rows, count=len(labels), dtype="float32",
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
@@ -113,11 +137,15 @@ def write_probability_raster(
                             scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
                             **{str(k): str(v) for k, v in (tags or {}).items()})
         os.replace(tmp, out)
+        if style and (overwrite or not qml.exists()):
+            tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
+            os.replace(tmp_qml, qml)
     except (OSError, rasterio.errors.RasterioError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for leftover in (tmp, tmp_qml):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
     log.info("wrote %s: %d bands, %dx%d grid, %d of %d positions classified",
              out, len(labels), n_rows, n_cols, len(table), n_rows * n_cols)
     return out

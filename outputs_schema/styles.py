@@ -22,6 +22,10 @@ Styles written (QML, QGIS 3.22 syntax, which later releases read too):
     Default: a single semi-transparent fill in the label's colour.  Map tips
     show the label, chip count, mean probability and area.
 
+Each row gets an ``update_time`` in a second of its own (see
+:func:`_distinct_seconds`).  :func:`probability_raster_qml` is the heat-map
+style that :mod:`outputs_schema.raster` writes beside the probability raster.
+
 Label names go into XML through :mod:`xml.etree`, and into SQL as bound
 parameters, so no label can break the QML or the table.
 """
@@ -34,12 +38,14 @@ import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from model.spec import ModelSpec
 from outputs_schema.colors import Color, label_color
 from outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
+from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +253,48 @@ def label_layer_qml(label: str) -> str:
     tip = ('<b>[% "label" %]</b><br/>\n'
            'chips: [% "n_chips" %]<br/>\n'
            'mean probability: [% format_number("mean_prob", 3) %]<br/>\n'
-           'area: [% format_number("area", 0) %]')
+           'area: [% "area" %] (layer CRS units squared)')
     return _finish(root, map_tip=tip, preview='"label"')
+
+
+#: Stops of the heat-map ramp of the probability raster: value, colour (matplotlib's
+#: magma) and opacity, which rises with the probability so unlikely areas show the scene.
+HEAT_RAMP: tuple[tuple[float, str, int], ...] = (
+    (0.0, "#000004", 0), (0.25, "#51127c", 70), (0.5, "#b73779", 150), (0.75, "#fc8961", 200),
+    (1.0, "#fcfdbf", 230),
+)
+
+
+def probability_raster_qml(label: str, band: int = 1, opacity: float = 1.0) -> str:
+    """QGIS style of the probability raster: ``band`` as a 0..1 heat map over the scene.
+
+    Low probabilities are transparent, high ones nearly opaque; NaN shows nothing.
+    """
+    root = ET.Element("qgis", version=QML_VERSION, styleCategories="Symbology|Rendering")
+    pipe = ET.SubElement(root, "pipe")
+    provider = ET.SubElement(pipe, "provider")
+    ET.SubElement(provider, "resampling", enabled="false", zoomedInResamplingMethod="nearestNeighbour",
+                  zoomedOutResamplingMethod="nearestNeighbour", maxOversampling="2")
+    r = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band=str(band),
+                      opacity=f"{opacity:g}", alphaBand="-1", classificationMin="0", classificationMax="1",
+                      nodataColor="")
+    mmo = ET.SubElement(r, "minMaxOrigin")
+    for tag, text in (("limits", "None"), ("extent", "WholeRaster"), ("statAccuracy", "Estimated"),
+                      ("cumulativeCutLower", "0.02"), ("cumulativeCutUpper", "0.98"), ("stdDevFactor", "2")):
+        ET.SubElement(mmo, tag).text = text
+    shader = ET.SubElement(ET.SubElement(r, "rastershader"), "colorrampshader", colorRampType="INTERPOLATED",
+                           classificationMode="1", clip="0", minimumValue="0", maximumValue="1",
+                           labelPrecision="2")
+    for value, color, alpha in HEAT_RAMP:
+        ET.SubElement(shader, "item", alpha=str(alpha), value=f"{value:g}", color=color,
+                      label=f"p({xml_safe(label)}) {value:.2f}" if value in (0.0, 1.0) else f"{value:.2f}")
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", invertColors="0", colorizeOn="0",
+                  colorizeRed="255", colorizeGreen="128", colorizeBlue="128", colorizeStrength="100")
+    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.indent(root, space=" ")
+    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def prob_style_names(labels: Sequence[str]) -> tuple[str, ...]:
@@ -295,6 +341,26 @@ def ensure_style_table(con: sqlite3.Connection) -> None:
         )
 
 
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.000Z"
+
+
+def _distinct_seconds(taken: set[str], n: int) -> list[str]:
+    """``n`` update times, newest first, each in a second of its own and none in ``taken``.
+
+    QGIS 3.22 lists the styles of the other layers grouped by update time to
+    the second, and repeats every style of a group once per member of that
+    group: 35 styles written in the same second would show 35 times each.
+    """
+    t = datetime.now(timezone.utc).replace(microsecond=0)
+    out: list[str] = []
+    while len(out) < n:
+        stamp = t.strftime(_TIME_FORMAT)
+        if stamp[:19] not in taken:
+            out.append(stamp)
+        t -= timedelta(seconds=1)
+    return out
+
+
 def write_styles(gpkg_path: str | Path, styles: Sequence[LayerStyle]) -> None:
     """Insert ``styles`` into the GeoPackage, replacing rows of the same layer and style name."""
     con = sqlite3.connect(str(gpkg_path))
@@ -304,31 +370,41 @@ def write_styles(gpkg_path: str | Path, styles: Sequence[LayerStyle]) -> None:
             for s in styles:
                 con.execute(f'DELETE FROM "{STYLE_TABLE}" WHERE f_table_name=? AND styleName=?',
                             (s.layer, s.name))
+            taken = {str(r[0])[:19] for r in con.execute(f'SELECT update_time FROM "{STYLE_TABLE}"') if r[0]}
+            for s, stamp in zip(styles, _distinct_seconds(taken, len(styles))):
                 if s.default:  # one default per layer, as QGIS keeps it
                     con.execute(f'UPDATE "{STYLE_TABLE}" SET useAsDefault=0 WHERE f_table_name=? '
                                 "AND f_geometry_column=?", (s.layer, s.geometry_column))
                 con.execute(
                     f'INSERT INTO "{STYLE_TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
-                    "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
-                    "VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, '', NULL)",
-                    (s.layer, s.geometry_column, s.name, s.qml, s.sld, 1 if s.default else 0, s.description),
+                    "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, "
+                    "update_time) VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, '', NULL, ?)",
+                    (s.layer, s.geometry_column, s.name, s.qml, s.sld, 1 if s.default else 0, s.description,
+                     stamp),
                 )
     finally:
         con.close()
 
 
 def add_styles(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec) -> None:
-    """Store the QGIS styles of ``schema``'s layers in the GeoPackage at ``gpkg_path``."""
-    con = sqlite3.connect(str(gpkg_path))
+    """Store the QGIS styles of ``schema``'s layers in the GeoPackage at ``gpkg_path``.
+
+    Raises ValueError when a layer is missing and :class:`OutputError` when
+    the GeoPackage cannot be written.
+    """
     try:
-        geometry_columns = _geometry_columns(con)
-    finally:
-        con.close()
-    missing = [layer for layer in (CHIPS_LAYER, *schema.label_layers) if layer not in geometry_columns]
-    if missing:
-        raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their styles")
-    styles = build_styles(schema, spec, geometry_columns)
-    write_styles(gpkg_path, styles)
+        con = sqlite3.connect(str(gpkg_path))
+        try:
+            geometry_columns = _geometry_columns(con)
+        finally:
+            con.close()
+        missing = [layer for layer in (CHIPS_LAYER, *schema.label_layers) if layer not in geometry_columns]
+        if missing:
+            raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their styles")
+        styles = build_styles(schema, spec, geometry_columns)
+        write_styles(gpkg_path, styles)
+    except sqlite3.Error as exc:
+        raise OutputError(f"could not store QGIS styles in {str(gpkg_path)!r}: {exc}") from exc
     log.debug("stored %d QGIS styles in %s", len(styles), gpkg_path)
 
 

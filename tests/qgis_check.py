@@ -12,7 +12,9 @@ feature count, geometry type, the renderer of the default style QGIS applied
 on load (type, categories with colours, or the single symbol's colour), the
 styles stored in the GeoPackage (and the renderer each one parses to), the map
 tip template and a map tip evaluated on the first feature, field aliases, and
-the layer metadata (title, abstract, keywords).  It also gives the GeoPackage
+the layer metadata (title, abstract, keywords), and the renderer type of each
+default style as stored in ``layer_styles`` (``stored_defaults``, read with
+sqlite3, to compare with what QGIS applied).  It also gives the GeoPackage
 ``user_version``, every GDAL message (``gdal_messages``, through ``CPL_LOG``),
 and for the PNG its size and how much of it is not background.
 
@@ -29,6 +31,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -98,13 +101,14 @@ def renderer_info(renderer) -> dict:
     return info
 
 
-def stored_styles(layer: QgsVectorLayer) -> list[dict]:
-    """Styles stored for the layer in its data source, each with the renderer it parses to."""
+def stored_styles(layer: QgsVectorLayer) -> tuple[list[dict], int]:
+    """Styles stored for the layer, each with the renderer it parses to, and how many
+    entries (its own and the other layers') QGIS's Load Style dialog would list."""
     out = []
     try:
         count, ids, names, descriptions, _err = layer.listStylesInDatabase()
     except Exception as exc:  # noqa: BLE001 - report, don't die
-        return [{"error": str(exc)}]
+        return [{"error": str(exc)}], 0
     for sid, name, desc in list(zip(ids, names, descriptions))[:count]:
         qml = layer.getStyleFromDatabase(sid)
         if isinstance(qml, tuple):  # PyQGIS returns (qml, error)
@@ -117,7 +121,7 @@ def stored_styles(layer: QgsVectorLayer) -> list[dict]:
             parsed, _msg = probe.importNamedStyle(doc)
         out.append({"id": sid, "name": name, "description": desc, "parsed": bool(parsed),
                     "renderer": renderer_info(probe.renderer()) if parsed else None})
-    return out
+    return out, len(ids)
 
 
 def map_tip_sample(layer: QgsVectorLayer) -> str | None:
@@ -166,8 +170,8 @@ def layer_report(path: str, name: str) -> tuple[dict, QgsVectorLayer]:
             "renderer": renderer_info(layer.renderer()),
             "map_tip": layer.mapTipTemplate(),
             "map_tip_sample": map_tip_sample(layer),
-            "stored_styles": stored_styles(layer),
         })
+        info["stored_styles"], info["styles_listed"] = stored_styles(layer)
     return info, layer
 
 
@@ -306,12 +310,37 @@ def gpkg_info(path: str) -> dict:
         con.close()
 
 
+def stored_default_renderers(path: str) -> dict[str, str]:
+    """Layer -> renderer type of its default style in ``layer_styles``, read with sqlite3."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='layer_styles'").fetchone():
+            return {}
+        rows = con.execute("SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault").fetchall()
+    finally:
+        con.close()
+    out = {}
+    for table, qml in rows:
+        try:
+            renderer = ET.fromstring(qml.split("\n", 1)[1] if qml.startswith("<!DOCTYPE") else qml).find(
+                "renderer-v2")
+        except ET.ParseError:
+            out[table] = "unparsable"
+            continue
+        out[table] = renderer.get("type") if renderer is not None else "none"
+    return out
+
+
 def problems_of(report: dict) -> list[str]:
     """Self-evident failures, for ``--strict``."""
     out = []
     for name, info in report["layers"].items():
         if not info.get("valid"):
             out.append(f"layer {name} is not valid")
+        stored = report["stored_defaults"].get(name)
+        applied = (info.get("renderer") or {}).get("type")
+        if stored and stored != applied:
+            out.append(f"layer {name}: default style is {stored} in the GeoPackage, QGIS applied {applied}")
     if "raster" in report and not report["raster"].get("valid"):
         out.append("the probability raster is not valid")
     out += [f"GDAL: {m}" for m in report["gdal_messages"] if "partially supported" in m]
@@ -347,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     QgsApplication.messageLog().messageReceived.connect(lambda m, tag, level: messages.append(f"{tag}: {m}"))
     path = str(Path(args.gpkg).resolve())
     report: dict = {"qgis_version": Qgis.QGIS_VERSION, "gpkg": {"path": path, **gpkg_info(path)}}
+    report["stored_defaults"] = stored_default_renderers(path)
     names = list_layers(path)
     report["layer_names"] = names
     report["layers"] = {}
@@ -376,12 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(text)
     else:
         print(text)
-    os.unlink(_CPL_LOG.name)
     return 2 if args.strict and report["problems"] else 0
 
 
 if __name__ == "__main__":
-    status = main()
+    try:
+        status = main()
+    finally:
+        os.unlink(_CPL_LOG.name)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip exitQgis() and the interpreter's teardown: once a map has been rendered,

@@ -20,7 +20,7 @@ import pyogrio
 import pytest
 import rasterio
 from click.testing import CliRunner
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster, SchedulerPlugin, WorkerPlugin
 
 from jobs.batch import model_loads, run_batch, run_scene_on_cluster
 from jobs.cluster import ClusterError
@@ -90,9 +90,11 @@ def _batch(scenes_dir, out, predictor, cluster, options=RunOptions(), **kw):
 @pytest.fixture(scope="module")
 def first_batch(scenes_dir, predictor, cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch")
+    # One client at a time in this process (see test_batch_survives_a_killed_worker).
     with Client(cluster) as client:
         before = client.run(model_loads)
-        report = _batch(scenes_dir, out, predictor, cluster)
+    report = _batch(scenes_dir, out, predictor, cluster)
+    with Client(cluster) as client:
         after = client.run(model_loads)
     return out, report, before, after
 
@@ -120,8 +122,10 @@ def test_rerun_skips_everything(first_batch, scenes_dir, predictor, cluster):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.gpkg")} == mtimes
 
 
-def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, cluster):
-    out, *_ = first_batch
+def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, cluster, tmp_path):
+    # Copies of the scenes and of the first batch's outputs, since one scene is changed.
+    scenes_dir = Path(shutil.copytree(scenes_dir, tmp_path / "scenes"))
+    out = Path(shutil.copytree(first_batch[0], tmp_path / "out"))
     status = lambda report: {Path(s.scene).name: s.status for s in report.scenes}  # noqa: E731
 
     # Options that do not change results (batch size, readers) change nothing.
@@ -160,19 +164,42 @@ def test_gpu_asked_of_a_cluster_without_gpus_is_refused(scenes_dir, predictor, c
         _batch(scenes_dir, tmp_path, predictor, cluster, gpu=True)
 
 
+class TaskPlaces(SchedulerPlugin):
+    """Records the worker and resource restrictions of each task the scheduler sends out."""
+
+    name = "task-places"
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.places: dict[str, tuple[str, dict | None]] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing":
+            ts = self.scheduler.tasks[key]
+            self.places[str(key)] = (ts.processing_on.name, ts.resource_restrictions)
+
+
 def test_inference_lands_on_gpu_workers(scenes_dir, predictor, tmp_path):
-    """Workers that declare GPU=1 get the GPU-annotated inference tasks (the resource is declared, not real)."""
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
-                      resources={"GPU": 1}) as gpu_cluster:
-        report = run_batch([scenes_dir / "landsat8_rgb16.tif"], tmp_path, predictor, RunOptions(),
-                           scheduler=gpu_cluster.scheduler_address, chips_per_task=CHIPS_PER_TASK)
-        with Client(gpu_cluster) as client:
-            tasks = client.run_on_scheduler(
-                lambda dask_scheduler: {str(ts.key): ts.resource_restrictions
-                                        for ts in dask_scheduler.tasks.values()})
-    assert report.succeeded and report.scenes[0].status == "ok"
-    # The scheduler forgot released tasks; what it kept (if anything) shows the restriction.
-    assert all(r == {"GPU": 1} for k, r in tasks.items() if "scenetag-classify" in k)
+    """On a cluster of one CPU and one GPU worker, every classify task runs on the GPU worker.
+
+    The GPU is declared (``--resources GPU=1``), not real: it is what Dask schedules by.
+    """
+    from distributed import Scheduler, SpecCluster, Worker
+
+    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}},
+               "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as mixed:
+        places = TaskPlaces(mixed.scheduler)
+        mixed.scheduler.add_plugin(places)
+        report = run_batch([scenes_dir], tmp_path, predictor, RunOptions(), scheduler=mixed.scheduler_address,
+                           chips_per_task=CHIPS_PER_TASK)
+    assert report.succeeded and {s.status for s in report.scenes} == {"ok"}
+    classify = {k: v for k, v in places.places.items() if k.startswith("scenetag-classify")}
+    assert len(classify) == sum(s.strips for s in report.scenes) > 2
+    assert all(place == ("gpu", {"GPU": 1}) for place in classify.values()), classify
+    others = [v for k, v in places.places.items() if not k.startswith("scenetag-classify")]
+    assert others and all(restriction is None for _, restriction in others)  # hashing, writing: anywhere
 
 
 # --------------------------------------------------------------------------- a worker dies
@@ -198,12 +225,14 @@ class KillOnce(WorkerPlugin):
 def test_batch_survives_a_killed_worker(scenes_dir, reference, predictor, tmp_path):
     marker = tmp_path / "killed"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        # One client at a time: the batch's own client must be the only one waiting on futures.
         with Client(c) as client:
             pids = set(client.run(os.getpid).values())
             client.register_plugin(KillOnce(str(marker)), name="kill-once")
-            out = tmp_path / "out"
-            report = run_batch([scenes_dir / n for n in SCENES], out, predictor, RunOptions(),
-                               scheduler=c.scheduler_address, chips_per_task=CHIPS_PER_TASK)
+        out = tmp_path / "out"
+        report = run_batch([scenes_dir / n for n in SCENES], out, predictor, RunOptions(),
+                           scheduler=c.scheduler_address, chips_per_task=CHIPS_PER_TASK)
+        with Client(c) as client:
             client.wait_for_workers(2, timeout=60)
             pids_after = set(client.run(os.getpid).values())
     killed = int(marker.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,17 @@ def test_recorded_signature_refuses_a_foreign_file(tmp_path):
     foreign.write_text("not a geopackage")
     with pytest.raises(OutputExistsError, match="not a scenetag GeoPackage"):
         recorded_signature(foreign)
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
+    from jobs.batch import sweep_leftovers
+
+    old = tmp_path / ".scene.gpkg.0123456789ab.tmp.gpkg"
+    old.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / ".other.gpkg.0123456789ab.tmp.gpkg"
+    fresh.write_bytes(b"being written")
+    kept = tmp_path / "scene.gpkg"
+    kept.write_bytes(b"")
+    assert sweep_leftovers(tmp_path) == [old]
+    assert fresh.exists() and kept.exists() and not old.exists()

@@ -190,3 +190,21 @@ def test_progress_goes_to_stderr_and_results_to_stdout(tiny_model, tmp_path):
     assert res.stdout.strip().count("\n") == 0 and "chips classified" in res.stdout
     assert "chip/s" in res.stderr or "chips/s" in res.stderr or "s/chip" in res.stderr
     assert "/156" in res.stderr  # done/total of the 13 x 12 grid
+
+
+def test_run_on_an_existing_cluster_matches_run_in_process(tiny_model, tmp_path):
+    from distributed import LocalCluster
+
+    scene = real_scene("landsat7_rgb_byte.tif")
+    here, there = tmp_path / "here.gpkg", tmp_path / "there.gpkg"
+    assert invoke("run", scene, "-o", here, "--model", tiny_model, "--no-progress").exit_code == 0
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        res = invoke("run", scene, "-o", there, "--model", tiny_model, "--scheduler", cluster.scheduler_address)
+    assert res.exit_code == 0, res.output
+    assert "Dask cluster at" in res.stderr
+    a = pyogrio.read_dataframe(here, layer="chips")
+    b = pyogrio.read_dataframe(there, layer="chips")
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    prob = [c for c in a.columns if c.startswith("p_")]
+    np.testing.assert_allclose(a[prob].to_numpy(), b[prob].to_numpy(), atol=1e-6)
+    assert (a.tags == b.tags).all()

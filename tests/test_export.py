@@ -95,12 +95,13 @@ def test_cli_exports_lightning_checkpoint(tmp_path):
     model, ckpt = lightning_ckpt(tmp_path)
     out = tmp_path / "l.onnx"
     res = CliRunner().invoke(command, [str(ckpt), "--out", str(out), "--arch", SMALL_ARCH,
-                                       "--labels", ",".join(SMALL_LABELS), "--thresholds", "*=0.3,haze=0.6", "--name", "imported"])
+                                       "--labels", ",".join(SMALL_LABELS), "--thresholds", "*=0.3,haze=0.6", "--name", "imported",
+                                       "--chip-size", "64"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["max_diff"] <= TOLERANCE
     spec = read_onnx_spec(out)
-    assert spec.name == "imported" and spec.labels == SMALL_LABELS
+    assert spec.name == "imported" and spec.labels == SMALL_LABELS and spec.chip_size == 64
     assert spec.thresholds == (0.3, 0.3, 0.6, 0.3, 0.3)
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
     with torch.inference_mode():

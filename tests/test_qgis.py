@@ -12,6 +12,7 @@ import html
 import shutil
 import sqlite3
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -19,11 +20,10 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from affine import Affine
 
 from outputs_schema import styles
 from outputs_schema.colors import label_color
-from outputs_schema.raster import write_probability_raster
+from outputs_schema.raster import grid_transform, write_probability_raster
 from outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
 from tests.conftest import real_scene
 from tests.qgis_fixtures import QGIS_PYTHON, ensure_metadata, qgis_unavailable, run_qgis_check
@@ -53,12 +53,10 @@ def borneo(tmp_path_factory, tiny_model):
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
     gpkg = folder / "borneo.gpkg"
-    write_scene(plan, table, predictor, gpkg, started_at="2026-01-01T00:00:00+00:00", t_start=0.0)
+    write_scene(plan, table, predictor, gpkg, started_at="2026-01-01T00:00:00+00:00", t_start=time.perf_counter())
     ensure_metadata(gpkg, predictor.spec)
-    cells = list(plan.grid)
-    raster = write_probability_raster(folder / "borneo_prob.tif", table, predictor.spec.labels,
-                                      max(c.row for c in cells) + 1, max(c.col for c in cells) + 1,
-                                      plan.info.transform @ Affine.scale(plan.grid.stride), plan.info.crs)
+    raster = write_probability_raster(folder / "borneo_prob.tif", table, predictor.spec.labels, *plan.grid.shape,
+                                      grid_transform(plan.info.transform, plan.grid.stride, plan.grid.chip), plan.info.crs)
     png = folder / "borneo.png"
     report = run_qgis_check(gpkg, "--scene", str(scene), "--bands", "3,2,1", "--png", str(png),
                             "--raster", str(raster), "--legend")
@@ -71,7 +69,7 @@ def test_every_layer_is_valid_with_scene_crs_and_counts(borneo):
     schema = OutputSchema(spec.labels)
     assert report["qgis_version"].startswith("3.")
     assert report["layer_names"] == list(schema.layers)  # layer_styles is not listed as a layer
-    assert report["problems"] == []
+    assert report["problems"] == []  # includes: every stored default style is the one QGIS applied
     con = sqlite3.connect(borneo["gpkg"])
     for name in schema.layers:
         info = report["layers"][name]
@@ -91,15 +89,21 @@ def test_geopackage_1_2_opens_without_partial_support_warning(borneo):
     assert not [m for m in report["gdal_messages"] if "partially supported" in m]
 
 
-def test_the_warning_check_can_fail_on_a_1_4_geopackage(borneo, tmp_path):
-    copy = tmp_path / "v14.gpkg"
+def test_the_checks_can_fail_on_a_1_4_geopackage_with_a_broken_style(borneo, tmp_path):
+    """Negative control: the warning and a default style QGIS cannot apply are both caught."""
+    copy = tmp_path / "broken.gpkg"
     shutil.copyfile(borneo["gpkg"], copy)
     con = sqlite3.connect(copy)
     con.execute("PRAGMA user_version = 10400")
+    con.execute("UPDATE layer_styles SET styleQML = replace(styleQML, 'categorizedSymbol', 'noSuchRenderer') "
+                "WHERE f_table_name = 'chips' AND useAsDefault")
+    con.commit()
     con.close()
     report = run_qgis_check(copy)
     assert any("10400" in m and "partially supported" in m for m in report["gdal_messages"])
-    assert report["problems"]
+    assert report["layers"][CHIPS_LAYER]["renderer"]["type"] != "categorizedSymbol"
+    assert any("10400" in p for p in report["problems"])
+    assert any(p.startswith("layer chips: default style is noSuchRenderer") for p in report["problems"])
 
 
 def test_default_styles_from_the_geopackage_were_applied(borneo):
@@ -124,6 +128,8 @@ def test_stored_styles_switchable_in_qgis(borneo):
     stored = report["layers"][CHIPS_LAYER]["stored_styles"]
     assert [s["name"] for s in stored] == ["top_label", *styles.prob_style_names(spec.labels)]
     assert all(s["parsed"] for s in stored)
+    # Every style of the file listed once in QGIS's Load Style dialog, none repeated.
+    assert report["layers"][CHIPS_LAYER]["styles_listed"] == len(styles.read_styles(borneo["gpkg"]))
     for s, col in zip(stored[1:], schema.prob_columns):
         assert s["renderer"]["type"] == "graduatedSymbol" and s["renderer"]["attribute"] == col
         assert len(s["renderer"]["ranges"]) == 4
@@ -158,15 +164,17 @@ def test_probability_raster_opens_with_label_band_names(borneo):
     assert [n.split(": ", 1)[1] for n in r["band_names"]] == list(spec.labels)
     assert r["nodata"] == ["nan"] * spec.n_labels
     assert (r["width"], r["height"]) == (8, 8)
+    assert r["renderer"] == "singlebandpseudocolor"  # the heat-map .qml beside it was loaded
 
 
 def test_rendering_over_the_scene_is_not_blank(borneo):
     png = borneo["report"]["png"]
     assert png["errors"] == []
     assert Path(png["path"]) == borneo["png"]
-    with warnings.catch_warnings(), rasterio.open(borneo["png"]) as src:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        rgb = src.read()[:3].astype(int)
+        with rasterio.open(borneo["png"]) as src:
+            rgb = src.read()[:3].astype(int)
     assert rgb.shape[1:] == (png["height"], png["width"])
     not_white = (rgb < 250).any(axis=0)
     assert 0.15 < not_white.mean() < 0.95  # the 27 % valid scene plus chips, on white

@@ -11,7 +11,7 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outputs_schema.raster import NODATA, probability_grid, write_probability_raster
+from outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
 from outputs_schema.records import ChipTable
 from scenetag.errors import OutputError, OutputExistsError
 from tests.conftest import real_scene
@@ -53,7 +53,53 @@ def test_round_trip_is_a_cog_with_label_bands(tmp_path, crs, shape):
         assert src.compression.value == "DEFLATE"
         assert src.tags(3)["label"] == LABELS[2]
         assert src.tags()["scenetag_schema_version"] == "1"
-    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.qml", "p.tif"]  # no temporary left
+
+
+def test_heat_map_style_goes_beside_the_raster(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    table = synthetic_table(2, 2, 2)
+    out = write_probability_raster(tmp_path / "p.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
+                                   "EPSG:32633")
+    root = ET.fromstring((tmp_path / "p.qml").read_text().split("\n", 1)[1])
+    r = root.find("pipe/rasterrenderer")
+    assert r.get("type") == "singlebandpseudocolor" and r.get("band") == "1"
+    items = r.findall("rastershader/colorrampshader/item")
+    values = [float(i.get("value")) for i in items]
+    assert values[0] == 0.0 and values[-1] == 1.0 and values == sorted(values)
+    alphas = [int(i.get("alpha")) for i in items]
+    assert alphas[0] == 0 and alphas == sorted(alphas)  # unlikely areas let the scene show
+    assert "p(water)" in r.find("rastershader/colorrampshader/item").get("label")
+    # A style of the user's own is kept unless --overwrite; style=False writes none.
+    (tmp_path / "p.qml").write_text("mine")
+    out.unlink()
+    write_probability_raster(out, table, ("water", "clear"), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
+    assert (tmp_path / "p.qml").read_text() == "mine"
+    write_probability_raster(tmp_path / "q.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
+                             "EPSG:32633", style=False)
+    assert not (tmp_path / "q.qml").exists()
+
+
+@given(st.integers(1, 64), st.integers(0, 4), st.integers(0, 50), st.integers(0, 50))
+@settings(max_examples=40, deadline=None)
+def test_grid_transform_centres_each_pixel_on_its_chip(stride, extra, r, c):
+    chip = stride * (1 + extra)
+    t = grid_transform(SCENE_TRANSFORM, stride, chip)
+    x, y = t * (c + 0.5, r + 0.5)
+    cx, cy = SCENE_TRANSFORM * (c * stride + chip / 2, r * stride + chip / 2)
+    assert (x, y) == pytest.approx((cx, cy))
+    assert t.a == SCENE_TRANSFORM.a * stride  # one stride per pixel
+    # Without overlap, or without the chip, a pixel starts where its chip starts.
+    start = SCENE_TRANSFORM * (c * stride, r * stride)
+    assert grid_transform(SCENE_TRANSFORM, stride) * (c, r) == pytest.approx(start)
+
+
+def test_grid_transform_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="stride"):
+        grid_transform(SCENE_TRANSFORM, 0)
+    with pytest.raises(ValueError, match="smaller than the stride"):
+        grid_transform(SCENE_TRANSFORM, 64, 32)
 
 
 @given(st.integers(1, 9), st.integers(1, 9), st.floats(0, 1), st.integers(0, 2**16))
@@ -122,12 +168,10 @@ def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
     predictor = load_predictor(tiny_model)
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
-    cells = list(plan.grid)
-    n_rows = max(c.row for c in cells) + 1
-    n_cols = max(c.col for c in cells) + 1
+    n_rows, n_cols = plan.grid.shape
     stride = plan.grid.stride
     out = write_probability_raster(tmp_path / "borneo_prob.tif", table, predictor.spec.labels, n_rows, n_cols,
-                                   plan.info.transform @ Affine.scale(stride), plan.info.crs)
+                                   grid_transform(plan.info.transform, stride, plan.grid.chip), plan.info.crs)
     assert_matches_table(out, table, predictor.spec.labels, n_rows, n_cols)
     with rasterio.open(out) as src, rasterio.open(scene) as sc:
         assert src.crs == sc.crs

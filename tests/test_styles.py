@@ -125,6 +125,8 @@ def test_one_default_style_per_layer_matching_qgis_lookup(gpkg, spec):
             assert r["f_geometry_column"] == geom[layer]
             assert 0 < len(r["styleName"]) <= styles.MAX_STYLE_NAME
             assert r["update_time"].endswith("Z")
+    # Each row in a second of its own: QGIS 3.22 repeats styles that share one in its list.
+    assert len({r["update_time"][:19] for r in rows}) == len(rows)
     assert {r["f_table_name"] for r in rows} == {CHIPS_LAYER, *schema.label_layers}
     names = [r["styleName"] for r in rows if r["f_table_name"] == CHIPS_LAYER]
     assert names == ["top_label", *styles.prob_style_names(spec.labels)]
@@ -278,3 +280,14 @@ def test_geopackage_is_version_1_2(gpkg):
     assert con.execute("PRAGMA user_version").fetchone()[0] == 10200
     assert con.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47  # 'GPKG'
     con.close()
+
+
+def test_corrupt_geopackage_is_an_output_error(tmp_path, spec):
+    from scenetag.errors import OutputError
+
+    bad = tmp_path / "bad.gpkg"
+    bad.write_bytes(b"not a database" * 100)
+    with pytest.raises(OutputError, match="could not store metadata"):
+        metadata.add_metadata(bad, OutputSchema(spec.labels), spec, fake_run())
+    with pytest.raises(OutputError, match="could not store QGIS styles"):
+        styles.add_styles(bad, OutputSchema(spec.labels), spec)

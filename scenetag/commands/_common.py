@@ -67,3 +67,13 @@ def spec_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Model spec JSON (labels, thresholds, bands, mean/std...) for a model "
         "that carries none in its metadata, or to override the stored one.",
     )(func)
+
+
+def scheduler_option(func):
+    """``--scheduler ADDRESS``: an existing Dask cluster (shared by ``run`` and ``batch``)."""
+    return click.option(
+        "--scheduler", metavar="ADDRESS", default=None,
+        help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786; 'local' ignores "
+        "$SCENETAG_SCHEDULER. Default: $SCENETAG_SCHEDULER if set; otherwise `batch` starts a "
+        "LocalCluster on this machine and `run` works in this process.",
+    )(func)

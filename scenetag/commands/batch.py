@@ -8,17 +8,8 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors
+from scenetag.commands._common import handle_errors, scheduler_option
 from scenetag.commands.run import build_options, job_options, load_model
-
-
-def scheduler_option(func):
-    """``--scheduler ADDRESS``: an existing Dask cluster (shared by ``run`` and ``batch``)."""
-    return click.option(
-        "--scheduler", metavar="ADDRESS", default=None,
-        help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786, or 'local' for a "
-        "LocalCluster. Default: $SCENETAG_SCHEDULER, else a LocalCluster on this machine.",
-    )(func)
 
 
 def cluster_options(func):
@@ -57,17 +48,21 @@ def quiet_dask() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def add_log_file(path: str) -> None:
-    """Also log to ``path``, at INFO or below, with times (stderr keeps its level)."""
+def add_log_file(path: str) -> logging.Handler:
+    """Also log to ``path``, at INFO or below, with times (stderr keeps its level); returns the handler."""
     root = logging.getLogger()
     for h in root.handlers:
         if h.level == logging.NOTSET:
             h.setLevel(root.level)
-    handler = logging.FileHandler(path)
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write the log file {path!r}: {exc.strerror}", param_hint="--log-file")
     handler.setLevel(min(root.level, logging.INFO))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
+    return handler
 
 
 def _progress(enabled: bool):
@@ -119,25 +114,28 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stri
     scenes done or skipped, 1 some failed (or another error), 3 another
     batch holds OUT_DIR.
     """
-    from jobs.batch import run_batch
+    from jobs.batch import REPORT_NAME, run_batch
     from scenetag.errors import ScenetagError
 
     quiet_dask()
-    if log_file:
-        add_log_file(log_file)
-    predictor = load_model(model_path, spec_path, backend, "cpu")  # workers load it on --device
-    options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                            predictor.spec.chip_size)
-    show = sys.stderr.isatty() if progress is None else progress
-    on_start, on_done = _progress(show)
-    report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,
-                       workers=workers, threads=threads, gpu=gpu, force=force, retries=retries,
-                       chips_per_task=chips_per_task, report_path=report_path,
-                       dashboard_address=dashboard_address, forward_logs=bool(log_file),
-                       announce=announce_dashboard, on_start=on_start, on_done=on_done)
+    handler = add_log_file(log_file) if log_file else None
+    try:
+        predictor = load_model(model_path, spec_path, backend, "cpu")  # the workers load it on --device
+        options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
+                                predictor.spec.chip_size)
+        show = sys.stderr.isatty() if progress is None else progress
+        on_start, on_done = _progress(show)
+        report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,
+                           workers=workers, threads=threads, gpu=gpu, force=force, retries=retries,
+                           chips_per_task=chips_per_task, report_path=report_path,
+                           dashboard_address=dashboard_address, forward_logs=bool(log_file),
+                           announce=announce_dashboard, on_start=on_start, on_done=on_done)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     click.echo(report.summary())
-    click.echo(f"report: {report_path or Path(out_dir) / 'batch-report.json'}")
+    click.echo(f"report: {report_path or Path(out_dir) / REPORT_NAME}")
     if not report.succeeded:
-        n = len(report.failed)
-        raise ScenetagError(f"{n} of {len(report.scenes)} scene{'s' if len(report.scenes) != 1 else ''} "
-                            "failed: see the report for why")
+        n, total = len(report.failed), len(report.scenes)
+        raise ScenetagError(f"{n} of {total} scene{'s' if total != 1 else ''} failed: see the report for why")

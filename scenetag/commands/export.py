@@ -38,6 +38,8 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
               help="Label names in output order, for checkpoints without a spec.")
 @click.option("--thresholds", default=None, metavar="T|LABEL=T,...", help="Thresholds to store in the spec.")
 @click.option("--name", default=None, help="Model name to store in the spec.")
+@click.option("--chip-size", type=click.IntRange(min=8), default=None,
+              help="Chip size to store in the spec and export at (for checkpoints without a spec; default 256).")
 @click.option("--opset", type=click.IntRange(min=11), default=17, show_default=True)
 @click.option("--check-chips", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of real chips (jpg/png) to compare torch and ONNX Runtime on, besides random chips.")
@@ -47,7 +49,7 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
               help="Largest allowed probability difference between torch and ONNX Runtime.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @handle_errors
-def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name, opset, check_chips, n_check,
+def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name, chip_size, opset, check_chips, n_check,
             tolerance, overwrite):
     """Export CHECKPOINT (ours, a plain state dict, or Lightning's) to ONNX.
 
@@ -67,10 +69,12 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
     labels = parse_label_names(label_names)
     thr = parse_thresholds(thresholds, labels or ())
     model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr)
-    if name:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if name:
         spec = replace(spec, name=name)
+    if chip_size:
+        spec = replace(spec, chip_size=chip_size)
     real = None
     if check_chips is not None:
         from model.data import IMAGE_SUFFIXES, load_images

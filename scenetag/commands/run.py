@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, model_option, spec_option
+from scenetag.commands._common import handle_errors, model_option, scheduler_option, spec_option
 
 
 def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -116,11 +116,12 @@ def tqdm_progress(desc: str, enabled: bool):
               help="GeoPackage to write. Default: SCENE's name with .gpkg, in the current folder.")
 @job_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@scheduler_option
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
 def command(scene, output, model_path, spec_path, backend, device, bands, stride, overlap, edge,
-            min_valid, resample, batch_size, readers, to_crs, overwrite, progress):
+            min_valid, resample, batch_size, readers, to_crs, overwrite, scheduler, progress):
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
     The scene is cut into chips of the model's size; chips with too little
@@ -132,14 +133,25 @@ def command(scene, output, model_path, spec_path, backend, device, bands, stride
     from jobs.scene_job import run_scene
     from outputs_schema.writer import check_output
 
+    from jobs.cluster import resolve_scheduler
+
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     check_output(out, overwrite)
-    predictor = load_model(model_path, spec_path, backend, device)
+    on_cluster = resolve_scheduler(scheduler) is not None
+    # On a cluster the workers load the model on --device; here it is only read.
+    predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device)
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
                             to_crs, predictor.spec.chip_size)
-    show = sys.stderr.isatty() if progress is None else progress
-    result = run_scene(scene, out, predictor, options, overwrite=overwrite,
-                       progress_factory=tqdm_progress(Path(scene).name, show))
+    if on_cluster:
+        from jobs.batch import run_scene_on_cluster
+        from scenetag.commands.batch import announce_dashboard
+
+        result = run_scene_on_cluster(scene, out, predictor, options, device=device,
+                                      scheduler=scheduler, announce=announce_dashboard)
+    else:
+        show = sys.stderr.isatty() if progress is None else progress
+        result = run_scene(scene, out, predictor, options, overwrite=overwrite,
+                           progress_factory=tqdm_progress(Path(scene).name, show))
     click.echo(
         f"{result.output}: {result.status}, {result.n_chips_classified} chips classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
