@@ -21,6 +21,7 @@ class RunOptions:
         batch_size: Chips per model call.
         readers: Reader threads.
         to_crs: Write vectors in this CRS (e.g. "EPSG:4326"); None keeps the scene's.
+        raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
     """
 
     bands: tuple[int, ...] | None = None
@@ -31,6 +32,7 @@ class RunOptions:
     batch_size: int = 32
     readers: int = 2
     to_crs: str | None = None
+    raster: bool = False
 
     def __post_init__(self) -> None:
         try:

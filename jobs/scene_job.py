@@ -40,7 +40,7 @@ from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
 from outputs_schema.writer import check_output, write_geopackage
-from scenetag.errors import OptionError
+from scenetag.errors import OptionError, OutputExistsError
 from tiler.grid import Grid, GridCell, chip_grid
 from tiler.reader import ChipRead, ChipReader
 from tiler.scaling import Stretch, scene_stretch
@@ -211,6 +211,19 @@ def _status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
                      f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
 
 
+def raster_path(out: str | Path) -> Path:
+    """Where ``--raster`` writes the probability GeoTIFF for the GeoPackage ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + "_prob.tif")
+
+
+def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None:
+    """Refuse existing outputs (unless ``overwrite``) or an unwritable folder before any work."""
+    check_output(out, overwrite)
+    if options.raster and raster_path(out).exists() and not overwrite:
+        raise OutputExistsError(f"output {str(raster_path(out))!r} exists: pass --overwrite to replace it")
+
+
 def write_scene(
     plan: ScenePlan,
     table: ChipTable,
@@ -261,6 +274,15 @@ def write_scene(
     to_crs = CRS.from_user_input(opts.to_crs) if opts.to_crs else None
     write_geopackage(out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
                      crs=info.crs, run=run, overwrite=overwrite, to_crs=to_crs)
+    if opts.raster:
+        from outputs_schema.raster import grid_transform, write_probability_raster
+
+        write_probability_raster(
+            raster_path(out), table, spec.labels, *plan.grid.shape,
+            grid_transform(info.transform, plan.grid.stride, plan.grid.chip), info.crs,
+            overwrite=True,  # refused up front by check_outputs unless --overwrite
+            tags={"scenetag_run_id": run["run_id"], "scenetag_signature": run["signature"]},
+        )
     seconds = time.perf_counter() - t_start
     return SceneResult(
         scene=info.path, output=str(out), status=status, reason=reason,
@@ -284,7 +306,7 @@ def run_scene(
     """Classify one scene and write its GeoPackage (the path of ``cli.py run``)."""
     t_start = time.perf_counter()
     started_at = _now()
-    check_output(out, overwrite)
+    check_outputs(out, options, overwrite)
     plan = plan_scene(scene_path, predictor.spec, options)
     progress = progress_factory(len(plan.grid)) if progress_factory else None
     table = classify_cells(plan, predictor, progress=progress)

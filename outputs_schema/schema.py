@@ -59,7 +59,7 @@ CHIP_FIELDS: tuple[Field, ...] = (
 LABEL_FIELDS: tuple[Field, ...] = (
     Field("label", "str", "label name as the model gives it"),
     Field("n_chips", "int32", "chips tagged with the label"),
-    Field("area", "float64", "area of the dissolved footprint, in CRS units squared"),
+    Field("area", "float64", "area of the dissolved footprint in the scene CRS's units squared (also with --to-crs)"),
     Field("mean_prob", "float32", "mean probability of the label over those chips"),
 )
 

@@ -25,6 +25,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from model.spec import ModelSpec
+from outputs_schema import metadata, styles
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema,
@@ -171,28 +172,28 @@ def write_geopackage(
     out = check_output(out, overwrite)
     schema = OutputSchema(spec.labels)
     chips = chips_frame(table, schema, spec, scene_id, transform, crs)
+    tagged = table.probs >= np.asarray(spec.thresholds, np.float32)[None, :]
+    geoms = np.asarray(chips.geometry.values)
+    # Label layers are dissolved (and their areas measured) in the scene's CRS.
+    label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], geoms, crs)
+                    for i, label in enumerate(spec.labels)]
     if to_crs is not None:
         chips = chips.to_crs(to_crs.to_wkt())
-    out_crs = CRS.from_user_input(chips.crs) if chips.crs is not None else crs
-    tagged = table.probs >= np.asarray(spec.thresholds, np.float32)[None, :]
-    geoms = chips.geometry.values.to_numpy() if hasattr(chips.geometry.values, "to_numpy") else np.asarray(chips.geometry)
+        label_frames = [f.to_crs(to_crs.to_wkt()) for f in label_frames]
     run = dict(run)
     t0 = time.perf_counter()
     try:
         with atomic_path(out) as tmp:
             _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
-            for i, (label, layer) in enumerate(zip(spec.labels, schema.label_layers)):
-                frame = label_frame(label, tagged[:, i], table.probs[:, i], geoms, out_crs)
+            for frame, layer in zip(label_frames, schema.label_layers):
                 _write(tmp, frame, layer, "MultiPolygon")
             # The provenance row is written last, so it can time the layers before it.
             elapsed = time.perf_counter() - t0
             run["seconds_write"] = elapsed
             run["seconds_total"] = float(run.get("seconds_total") or 0.0) + elapsed
             _write(tmp, runs_frame(run), RUNS_LAYER, None)
-            from outputs_schema import styles  # noqa: PLC0415 - optional module
-
-            if hasattr(styles, "add_styles"):
-                styles.add_styles(tmp, schema, spec)
+            styles.add_styles(tmp, schema, spec)
+            metadata.add_metadata(tmp, schema, spec, run)
     except OSError as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     except pyogrio.errors.DataSourceError as exc:

@@ -50,8 +50,9 @@ def main(work: Path) -> None:
     for key in ("samples_f2", "samples_f1", "micro_f1", "micro_f2", "macro_f1", "macro_f2", "macro_f1_supported"):
         name = key if key != "macro_f1_supported" else "macro_f1 over labels with ≥5 val positives"
         print(f"| {name} | {g[key]:.4f} | {c[key]:.4f} |")
-    print(f"| samples_f2, 2-fold out-of-fold | {cf['global']['samples']:.4f} | {cf['calibrated']['samples']:.4f} |")
-    print(f"| macro_f2, 2-fold out-of-fold | {cf['global']['macro']:.4f} | {cf['calibrated']['macro']:.4f} |")
+    print(f"| samples_f2, out-of-fold ({cf['repeats']} x {cf['folds']}-fold) | {cf['global']['samples']:.4f} | "
+          f"{cf['calibrated']['samples']:.4f} (sd of difference {cf['samples_diff_sd']:.4f}) |")
+    print(f"| macro_f2, out-of-fold | {cf['global']['macro']:.4f} | {cf['calibrated']['macro']:.4f} |")
     print(f"\nsupported labels: {', '.join(c['supported_labels'])}")
     ex = work / "export.json"
     if ex.is_file():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import fbeta_score
 
-from model.calibrate import GRID, calibrate, crossfit
+from model.calibrate import calibrate, crossfit, grid_within
 from model.metrics import fbeta
 
 
@@ -44,10 +44,18 @@ def test_matches_brute_force_on_noisy_problem():
     p = np.clip(0.35 * y + rng.normal(0.3, 0.2, y.shape), 0.001, 0.999).astype(np.float32)
     cal = calibrate(y, p, metric="f2", min_support=5)
     for j in range(3):
-        brute = max(fbeta_score(y[:, j], p[:, j] >= t, beta=2, zero_division=0) for t in GRID)
+        brute = max(fbeta_score(y[:, j], p[:, j] >= t, beta=2, zero_division=0) for t in grid_within())
         got = fbeta_score(y[:, j], p[:, j] >= cal.thresholds[j], beta=2, zero_division=0)
         if cal.reasons[j] == "calibrated":
             assert got == pytest.approx(brute, abs=1e-12)
+
+
+def test_bounds_limit_the_search():
+    y, p = separable([0.02, 0.5, 0.98])
+    cal = calibrate(y, p, "f1", min_support=5, bounds=(0.05, 0.95))
+    np.testing.assert_allclose(cal.thresholds, [0.05, 0.5, 0.95])
+    cal = calibrate(y, p, "f1", min_support=5, bounds=(0.01, 0.99))
+    np.testing.assert_allclose(cal.thresholds, [0.02, 0.5, 0.98])
 
 
 def test_min_support_keeps_global():

@@ -208,3 +208,28 @@ def test_run_on_an_existing_cluster_matches_run_in_process(tiny_model, tmp_path)
     prob = [c for c in a.columns if c.startswith("p_")]
     np.testing.assert_allclose(a[prob].to_numpy(), b[prob].to_numpy(), atol=1e-6)
     assert (a.tags == b.tags).all()
+
+
+def test_raster_and_to_crs(tiny_model, tmp_path):
+    import rasterio
+
+    from tests.model_factory import TINY_LABELS
+
+    out = tmp_path / "l7.gpkg"
+    res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model,
+                 "--raster", "--to-crs", "EPSG:4326", "--no-progress")
+    assert res.exit_code == 0, res.output
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert chips.crs.to_epsg() == 4326
+    tif = tmp_path / "l7_prob.tif"
+    with rasterio.open(tif) as src:
+        assert src.count == len(TINY_LABELS)
+        assert src.descriptions == TINY_LABELS
+        assert (src.height, src.width) == (12, 13)  # the 64-px grid over 791x718
+        probs = src.read()
+    np.testing.assert_allclose(probs[0, chips.row, chips.col], chips.p_clear, rtol=1e-6)
+    assert np.isnan(probs[0]).sum() == 12 * 13 - len(chips)  # skipped chips are nodata
+    # An existing raster is refused like an existing GeoPackage.
+    out.unlink()
+    res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--raster")
+    assert res.exit_code == 1 and "_prob.tif' exists" in res.output and not out.exists()

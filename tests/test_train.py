@@ -178,11 +178,13 @@ def test_train_refuses_unknown_tags_by_default(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_epoch_full_resolution_default_arch(tmp_path):
-    """The default configuration (lite0, 256 px, ImageNet weights) for one short epoch."""
+def test_two_epochs_full_resolution_default_arch(tmp_path):
+    """The default configuration (lite0, 256 px, ImageNet weights) for two short epochs: the loss goes down."""
     from model.train import TrainConfig, train
 
     images, csv = planet_subset(tmp_path, 96)
-    cfg = TrainConfig(epochs=1, batch_size=16, labels=PLANET_LABELS, threads=2)
+    cfg = TrainConfig(epochs=2, batch_size=16, labels=PLANET_LABELS, threads=2)
     res = train(images, csv, tmp_path / "o", cfg, progress=False)
-    assert res["history"][0]["train_loss"] < 0.7
+    first, second = res["history"]
+    assert second["train_loss"] < first["train_loss"]
+    assert second["val_loss"] < first["val_loss"]

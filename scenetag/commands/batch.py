@@ -100,7 +100,7 @@ def _progress(enabled: bool):
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
 def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stride, overlap, edge, min_valid,
-            resample, batch_size, readers, to_crs, scheduler, workers, threads, gpu, chips_per_task,
+            resample, batch_size, readers, to_crs, raster, scheduler, workers, threads, gpu, chips_per_task,
             dashboard_address, force, retries, report_path, log_file, progress):
     """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
 
@@ -122,7 +122,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stri
     try:
         predictor = load_model(model_path, spec_path, backend, "cpu")  # the workers load it on --device
         options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                                predictor.spec.chip_size)
+                                raster, predictor.spec.chip_size)
         show = sys.stderr.isatty() if progress is None else progress
         on_start, on_done = _progress(show)
         report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,

@@ -19,13 +19,16 @@ from scenetag.commands.evaluate import eval_options, load_probs
               help="Per-class metric the thresholds maximise (f2: Kaggle's samples-F2 favours recall).")
 @click.option("--global-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Threshold of labels under --min-support, and the baseline to beat.")
+@click.option("--bounds", type=(float, float), default=(0.05, 0.95), show_default=True, metavar="LOW HIGH",
+              help="Search thresholds only within [LOW, HIGH]: on a small validation set the outer "
+              "tails rest on one or two chips.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the model with calibrated thresholds here (same format as MODEL). "
               "Without it, only the report is printed.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @handle_errors
 def command(model_path, data, spec_path, labels_csv, split, split_file, backend, device, batch_size, resize,
-            min_support, metric, global_threshold, out_path, overwrite):
+            min_support, metric, global_threshold, bounds, out_path, overwrite):
     """Fit per-class thresholds of MODEL on DATA (by default its validation split).
 
     Prints the thresholds and the metrics before (global threshold) and after
@@ -41,17 +44,20 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
     predictor, table, probs, source = load_probs(model_path, data, labels_csv, spec_path, split, split_file,
                                                  backend, device, batch_size, resize)
     spec = predictor.spec
-    cal = calibrate(table.targets, probs, metric, global_threshold, min_support)
+    if not 0 < bounds[0] <= global_threshold <= bounds[1] < 1:
+        raise click.BadParameter(f"need 0 < {bounds[0]} <= global threshold {global_threshold} <= {bounds[1]} < 1",
+                                 param_hint="--bounds")
+    cal = calibrate(table.targets, probs, metric, global_threshold, min_support, bounds)
     record = cal.to_dict(spec.labels) | {
         "split": split, "split_source": source, "n_images": len(table),
         "support": table.counts(),
-        "crossfit": crossfit(table.targets, probs, metric, global_threshold, min_support),
+        "crossfit": crossfit(table.targets, probs, metric, global_threshold, min_support, bounds=bounds),
     }
     new_spec = spec.with_thresholds(list(cal.thresholds))
     from dataclasses import replace
 
     extra = dict(new_spec.extra)
-    extra["calibration"] = {k: record[k] for k in ("metric", "global_threshold", "min_support", "split",
+    extra["calibration"] = {k: record[k] for k in ("metric", "global_threshold", "min_support", "bounds", "split",
                                                     "n_images", "before", "after", "reasons")}
     new_spec = replace(new_spec, extra=extra)
     if out_path is not None:

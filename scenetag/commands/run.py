@@ -54,6 +54,9 @@ def job_options(func):
                      help="Reader threads."),
         click.option("--to-crs", default=None, metavar="CRS",
                      help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
+        click.option("--raster", is_flag=True,
+                     help="Also write <output>_prob.tif: a COG heat map with one band per label "
+                     "and one pixel per chip position (NaN where a chip was skipped)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -61,7 +64,7 @@ def job_options(func):
 
 
 def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                  chip_size: int):
+                  raster, chip_size: int):
     """RunOptions from CLI values (``chip_size`` comes from the model spec)."""
     from jobs.options import RunOptions
     from tiler.grid import stride_from_overlap
@@ -80,7 +83,7 @@ def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size,
             raise click.BadParameter(f"{to_crs!r} is not a CRS GDAL knows, e.g. EPSG:4326",
                                      param_hint="--to-crs")
     return RunOptions(bands=bands, stride=stride, edge=edge, min_valid=min_valid, resample=resample,
-                      batch_size=batch_size, readers=readers, to_crs=to_crs)
+                      batch_size=batch_size, readers=readers, to_crs=to_crs, raster=raster)
 
 
 def load_model(model_path, spec_path, backend, device):
@@ -121,7 +124,7 @@ def tqdm_progress(desc: str, enabled: bool):
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
 def command(scene, output, model_path, spec_path, backend, device, bands, stride, overlap, edge,
-            min_valid, resample, batch_size, readers, to_crs, overwrite, scheduler, progress):
+            min_valid, resample, batch_size, readers, to_crs, raster, overwrite, scheduler, progress):
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
     The scene is cut into chips of the model's size; chips with too little
@@ -130,18 +133,17 @@ def command(scene, output, model_path, spec_path, backend, device, bands, stride
     (footprints, probabilities, tags), one `label_<name>` layer per label and
     a `runs` table with the provenance.
     """
-    from jobs.scene_job import run_scene
-    from outputs_schema.writer import check_output
+    from jobs.scene_job import check_outputs, run_scene
 
     from jobs.cluster import resolve_scheduler
 
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
-    check_output(out, overwrite)
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on --device; here it is only read.
     predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device)
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
-                            to_crs, predictor.spec.chip_size)
+                            to_crs, raster, predictor.spec.chip_size)
+    check_outputs(out, options, overwrite)
     if on_cluster:
         from jobs.batch import run_scene_on_cluster
         from scenetag.commands.batch import announce_dashboard
