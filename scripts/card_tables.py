@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(work: Path) -> None:
-    from model.calibrate import crossfit
     from model.metrics import evaluate
 
     metrics = json.loads((work / "metrics.json").read_text())

@@ -102,7 +102,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("out")
-    r.add_argument("--runs", nargs="+", default=["bce", "wbce-sqrt", "focal-g1", "focal-g2", "asl"], choices=list(RUNS))
+    r.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     r.add_argument("--chip-size", type=int, default=128)
     r.add_argument("--epochs", type=int, default=6)
     r.add_argument("--patience", type=int, default=3)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from model.data import augment_batch, load_images, make_split, read_labels, split_indices
 from model.spec import PLANET_LABELS
-from scenetag.errors import DataError, OutputExistsError
+from scenetag.errors import DataError
 from tests.model_fixtures import PLANET_CSV, SMALL_ARCH, planet_or_skip, planet_subset, real_chips
 
 
