@@ -60,7 +60,7 @@ bench: install-all
 
 # Reproduces model/default/scenetag-default.onnx from the shared chips (see its MODEL_CARD.md).
 default-model: install-all
-	$(BIN)/python -m model.build_default --data $(DATA)/chips/planet_amazon
+	PYTHON=$(BIN)/python SCENETAG_CHIPS=$(DATA)/chips/planet_amazon bash scripts/train_default.sh
 
 clean:
 	rm -rf $(OUT) .pytest_cache
