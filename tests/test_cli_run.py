@@ -233,3 +233,29 @@ def test_raster_and_to_crs(tiny_model, tmp_path):
     out.unlink()
     res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--raster")
     assert res.exit_code == 1 and "_prob.tif' exists" in res.output and not out.exists()
+
+
+def test_torch_backend_matches_onnx_end_to_end(tmp_path):
+    """The same weights as a checkpoint (torch backend) and as ONNX give the same GeoPackage."""
+    from model.checkpoint import save_checkpoint
+    from model.export import export_onnx
+    from tests.model_factory import tiny_network, tiny_spec
+
+    spec = tiny_spec()
+    net = tiny_network(spec, seed=3)
+    ckpt = save_checkpoint(tmp_path / "m.pt", net, spec)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(net, spec, onnx_path, n_random=1)
+    scene = real_scene("drone_rgba_alpha.tif")
+    outs = {}
+    for name, model in (("torch", ckpt), ("onnx", onnx_path)):
+        outs[name] = tmp_path / f"{name}.gpkg"
+        res = invoke("run", scene, "-o", outs[name], "--model", model, "--no-progress")
+        assert res.exit_code == 0, res.output
+    a = pyogrio.read_dataframe(outs["torch"], layer="chips")
+    b = pyogrio.read_dataframe(outs["onnx"], layer="chips")
+    prob = [c for c in a.columns if c.startswith("p_")]
+    assert len(a) == len(b) > 10
+    np.testing.assert_allclose(a[prob].to_numpy(), b[prob].to_numpy(), atol=1e-4)
+    runs = pyogrio.read_dataframe(outs["torch"], layer="runs")
+    assert runs.model_sha256[0] != pyogrio.read_dataframe(outs["onnx"], layer="runs").model_sha256[0]
