@@ -28,7 +28,7 @@ from model.spec import ModelSpec
 from outputs_schema import metadata, styles
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
-    CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema,
+    CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema,
     tag_names,
 )
 from scenetag.errors import OutputError, OutputExistsError
@@ -211,7 +211,3 @@ def _write(path: Path, frame: pd.DataFrame, layer: str, geometry_type: str | Non
         kwargs["dataset_options"] = dict(dataset_options)
     pyogrio.write_dataframe(frame, path, **kwargs)
 
-
-def schema_version() -> int:
-    """The schema version this writer writes."""
-    return SCHEMA_VERSION

@@ -14,7 +14,7 @@ from jobs.options import RunOptions
 from jobs.scene_job import plan_scene, run_scene
 from model.predictor import load_predictor
 from model.preprocess import normalize
-from outputs_schema.schema import CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
+from outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
 from tests.conftest import SCENES, real_scene, real_scenes
 
 # Scenes the job must refuse, with the error class and part of the message.

@@ -57,7 +57,7 @@ def add_log_file(path: str) -> logging.Handler:
     try:
         handler = logging.FileHandler(path)
     except OSError as exc:
-        raise click.BadParameter(f"cannot write the log file {path!r}: {exc.strerror}", param_hint="--log-file")
+        raise click.BadParameter(f"cannot write the log file {path!r}: {exc.strerror}", param_hint="--log-file") from None
     handler.setLevel(min(root.level, logging.INFO))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)

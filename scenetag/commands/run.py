@@ -17,7 +17,7 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         bands = tuple(int(v) for v in value.replace(" ", "").split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers, e.g. 3,2,1")
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers, e.g. 3,2,1") from None
     if any(b < 1 for b in bands):
         raise click.BadParameter(f"band numbers are 1-based (as in GDAL), got {value!r}")
     return bands
@@ -81,7 +81,7 @@ def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size,
             CRS.from_user_input(to_crs)
         except CRSError:
             raise click.BadParameter(f"{to_crs!r} is not a CRS GDAL knows, e.g. EPSG:4326",
-                                     param_hint="--to-crs")
+                                     param_hint="--to-crs") from None
     return RunOptions(bands=bands, stride=stride, edge=edge, min_valid=min_valid, resample=resample,
                       batch_size=batch_size, readers=readers, to_crs=to_crs, raster=raster)
 
