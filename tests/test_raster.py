@@ -86,13 +86,13 @@ def test_heat_map_style_goes_beside_the_raster(tmp_path):
 def test_grid_transform_centres_each_pixel_on_its_chip(stride, extra, r, c):
     chip = stride * (1 + extra)
     t = grid_transform(SCENE_TRANSFORM, stride, chip)
-    x, y = t * (c + 0.5, r + 0.5)
-    cx, cy = SCENE_TRANSFORM * (c * stride + chip / 2, r * stride + chip / 2)
+    x, y = t @ (c + 0.5, r + 0.5)
+    cx, cy = SCENE_TRANSFORM @ (c * stride + chip / 2, r * stride + chip / 2)
     assert (x, y) == pytest.approx((cx, cy))
     assert t.a == SCENE_TRANSFORM.a * stride  # one stride per pixel
     # Without overlap, or without the chip, a pixel starts where its chip starts.
-    start = SCENE_TRANSFORM * (c * stride, r * stride)
-    assert grid_transform(SCENE_TRANSFORM, stride) * (c, r) == pytest.approx(start)
+    start = SCENE_TRANSFORM @ (c * stride, r * stride)
+    assert grid_transform(SCENE_TRANSFORM, stride) @ (c, r) == pytest.approx(start)
 
 
 def test_grid_transform_refuses_bad_sizes():

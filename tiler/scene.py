@@ -119,9 +119,9 @@ def ground_resolution_m(crs: CRS, transform: Affine, width: int, height: int) ->
         from pyproj import Geod
 
         geod = Geod(ellps="WGS84")
-        cx, cy = transform * (width / 2.0, height / 2.0)
-        x1, y1 = transform * (width / 2.0 + 1, height / 2.0)
-        x2, y2 = transform * (width / 2.0, height / 2.0 + 1)
+        cx, cy = transform @ (width / 2.0, height / 2.0)
+        x1, y1 = transform @ (width / 2.0 + 1, height / 2.0)
+        x2, y2 = transform @ (width / 2.0, height / 2.0 + 1)
         _, _, dx = geod.inv(cx, cy, x1, y1)
         _, _, dy = geod.inv(cx, cy, x2, y2)
         return float((abs(dx) + abs(dy)) / 2.0)
