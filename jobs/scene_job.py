@@ -309,6 +309,9 @@ def run_scene(
     check_outputs(out, options, overwrite)
     plan = plan_scene(scene_path, predictor.spec, options)
     progress = progress_factory(len(plan.grid)) if progress_factory else None
-    table = classify_cells(plan, predictor, progress=progress)
-    return write_scene(plan, table, predictor, out, started_at=started_at, t_start=t_start,
-                       overwrite=overwrite)
+    # The scene's checksum (for provenance) is computed while chips are classified.
+    with ThreadPoolExecutor(1, thread_name_prefix="scene-hash") as pool:
+        scene_sha = pool.submit(file_sha256, plan.info.path)
+        table = classify_cells(plan, predictor, progress=progress)
+        return write_scene(plan, table, predictor, out, started_at=started_at, t_start=t_start,
+                           overwrite=overwrite, scene_sha256=scene_sha.result())

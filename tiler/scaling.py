@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -31,11 +32,15 @@ class Stretch:
         if len(self.low) != len(self.high):
             raise ValueError("low and high need one value per band")
 
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` values to uint8."""
+    @cached_property
+    def _lo_scale(self) -> tuple[np.ndarray, np.ndarray]:
         lo = np.asarray(self.low, dtype=np.float32).reshape(-1, 1, 1)
         hi = np.asarray(self.high, dtype=np.float32).reshape(-1, 1, 1)
-        scale = 255.0 / np.maximum(hi - lo, 1e-12)
+        return lo, (255.0 / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` values to uint8."""
+        lo, scale = self._lo_scale
         out = (data.astype(np.float32) - lo) * scale
         np.clip(out, 0, 255, out=out)
         return (out + 0.5).astype(np.uint8)
