@@ -85,6 +85,7 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
     from model.predictor import load_predictor
 
     pred = load_predictor(model)
+    batch_size = batch_size or pred.batch_size
     plan = plan_scene(scene, pred.spec, RunOptions(bands=BANDS))
     chips = []
     with plan.reader() as reader:
@@ -100,7 +101,7 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
     while time.perf_counter() - t0 < 10 or n < 2 * batch_size:
         pred.predict(batch)
         n += len(batch)
-    return {"chips_per_s": n / (time.perf_counter() - t0)}
+    return {"chips_per_s": n / (time.perf_counter() - t0), "batch_size": batch_size}
 
 
 def measure_run(scene: str, model: str, batch_size: int, out: str) -> dict:
@@ -110,7 +111,7 @@ def measure_run(scene: str, model: str, batch_size: int, out: str) -> dict:
 
     pred = load_predictor(model)
     t0 = time.perf_counter()
-    res = run_scene(scene, out, pred, RunOptions(bands=BANDS, batch_size=batch_size), overwrite=True)
+    res = run_scene(scene, out, pred, RunOptions(bands=BANDS, batch_size=batch_size or None), overwrite=True)
     dt = time.perf_counter() - t0
     return {"seconds": dt, "classified": res.n_chips_classified, "skipped": res.n_chips_skipped_nodata,
             "chips_per_s": res.n_chips_classified / dt, "timings": res.timings}
@@ -184,8 +185,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--size", type=int, default=8192)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=0, help="default: the backend's (8 on the CPU)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--rss-sizes", default="4096,16384",
+                    help="also run `run` on scenes of these sizes and compare peak RSS ('' to skip)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--scene", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -198,10 +201,10 @@ def main() -> None:
     model = args.model or default_model()
     print(f"scene: {scene.name}, {args.size}x{args.size}, Borneo PlanetScope 512x512 repeated "
           f"{args.size // 512}x{args.size // 512}, tiled 256, DEFLATE (built in {time.perf_counter() - t0:.0f} s or cached)")
-    print(f"model: {model}  batch size {args.batch_size}  cores {os.cpu_count()}")
+    print(f"model: {model}  batch size {args.batch_size or 'backend default'}  cores {os.cpu_count()}")
     mpx = args.size * args.size / 1e6
     m = spawn("model", scene, model, args.batch_size)
-    print(f"model-only      : {m['chips_per_s']:8.1f} chips/s                      peak RSS {m['peak_rss_mb']:7.0f} MB")
+    print(f"model-only      : {m['chips_per_s']:8.1f} chips/s (batch {m['batch_size']})                     peak RSS {m['peak_rss_mb']:7.0f} MB")
     r = spawn("run", scene, model, args.batch_size)
     print(f"end-to-end run  : {r['chips_per_s']:8.1f} chips/s  {mpx / r['seconds']:6.2f} scene Mpx/s  "
           f"peak RSS {r['peak_rss_mb']:7.0f} MB  ({r['classified']} classified, {r['skipped']} skipped, "
@@ -213,6 +216,16 @@ def main() -> None:
         print(f"naive baseline  : {n['chips_per_s']:8.1f} chips/s  {mpx / n['seconds']:6.2f} scene Mpx/s  "
               f"peak RSS {n['peak_rss_mb']:7.0f} MB  ({n['classified']} classified, {n['seconds']:.1f} s)")
         print(f"speed-up of run over naive, scene Mpx/s: {n['seconds'] / r['seconds']:.2f}x")
+    sizes = [int(v) for v in args.rss_sizes.split(",") if v.strip()]
+    if sizes:
+        rss = {}
+        for size in sizes:
+            rr = spawn("run", build_scene(size), model, args.batch_size)
+            rss[size] = rr["peak_rss_mb"]
+            print(f"run on {size}x{size}: peak RSS {rr['peak_rss_mb']:7.0f} MB, {rr['classified']} classified, "
+                  f"{rr['chips_per_s']:.1f} chips/s")
+        lo, hi = min(sizes), max(sizes)
+        print(f"peak RSS {hi}^2 / {lo}^2 ({(hi / lo) ** 2:.0f}x the pixels): {rss[hi] / rss[lo]:.2f}")
 
 
 if __name__ == "__main__":

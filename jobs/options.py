@@ -18,7 +18,7 @@ class RunOptions:
         edge: Edge policy for partial chips.
         min_valid: Chips with a smaller valid fraction are skipped.
         resample: Read chips at the model's ground resolution.
-        batch_size: Chips per model call.
+        batch_size: Chips per model call; None takes the backend's own (8 on the CPU).
         readers: Reader threads.
         to_crs: Write vectors in this CRS (e.g. "EPSG:4326"); None keeps the scene's.
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
@@ -29,7 +29,7 @@ class RunOptions:
     edge: EdgePolicy = EdgePolicy.SHIFT
     min_valid: float = 0.5
     resample: bool = False
-    batch_size: int = 32
+    batch_size: int | None = None
     readers: int = 2
     to_crs: str | None = None
     raster: bool = False
@@ -43,7 +43,7 @@ class RunOptions:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
         if not 0.0 <= self.min_valid <= 1.0:
             raise OptionError(f"min_valid must be in [0, 1], got {self.min_valid}")
-        if self.batch_size < 1 or self.readers < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.readers < 1:
             raise OptionError(f"batch_size and readers must be >= 1, got {self.batch_size} and {self.readers}")
         if self.stride is not None and self.stride < 1:
             raise OptionError(f"stride must be >= 1, got {self.stride}")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import rasterio
 from rasterio.crs import CRS
 
 import scenetag
@@ -40,6 +41,7 @@ from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
 from outputs_schema.writer import check_output, write_geopackage
+from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import OptionError, OutputExistsError
 from tiler.grid import Grid, GridCell, chip_grid
 from tiler.reader import ChipRead, ChipReader
@@ -136,7 +138,7 @@ def classify_cells(
     """Read and classify ``cells`` (default: the whole grid) of a planned scene."""
     cells = list(plan.grid) if cells is None else list(cells)
     opts = plan.options
-    bs = opts.batch_size
+    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
     read_seconds = [0.0]
     lock = threading.Lock()
     rows: list[tuple] = []
@@ -167,7 +169,8 @@ def classify_cells(
         batch.clear()
         batch_meta.clear()
 
-    with plan.reader() as reader, ThreadPoolExecutor(opts.readers, thread_name_prefix="chip-reader") as pool:
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
+            ThreadPoolExecutor(opts.readers, thread_name_prefix="chip-reader") as pool:
         for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + opts.readers):
             if read.skipped:
                 skipped += 1

@@ -22,6 +22,10 @@ from scenetag.errors import ModelLoadError, ModelSpecError, require
 log = logging.getLogger(__name__)
 
 
+CPU_BATCH = 8
+GPU_BATCH = 64
+
+
 def providers_for(device: str, available: list[str]) -> list[str]:
     """Execution providers for ``device``, best first, among ``available``."""
     if device == "cpu":
@@ -100,6 +104,9 @@ class OnnxPredictor:
         self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
                        else file_sha256(self.path))
         self.providers = self.session.get_providers()
+        # Chips per call this backend prefers: on the CPU, batch 8 runs as fast as 32
+        # (lite0, 256 px: 68.5 vs 66 chips/s) with a third of the memory; GPUs want more.
+        self.batch_size = CPU_BATCH if self.providers[0] == "CPUExecutionProvider" else GPU_BATCH
         log.info("loaded %s (%s) on %s", self.spec.name, self.path, self.providers[0])
 
     def predict(self, chips: np.ndarray) -> np.ndarray:

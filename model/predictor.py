@@ -34,6 +34,8 @@ class Predictor(Protocol):
     sha256: str
     #: Where the model came from.
     path: str
+    #: Chips per call the backend prefers on its device (the job's default batch size).
+    batch_size: int
 
     def predict(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` in spec band order → float32 ``(N, L)`` probabilities."""

@@ -14,6 +14,10 @@ from scenetag.errors import ModelLoadError, require
 log = logging.getLogger(__name__)
 
 
+#: Chips per call on the CPU: as fast as larger batches here, at a fraction of the memory.
+CPU_BATCH = 8
+
+
 class TorchPredictor:
     """Probabilities from a torch checkpoint.
 
@@ -22,11 +26,12 @@ class TorchPredictor:
         device: "cpu", "cuda", "cuda:N" or "auto".
         spec: Spec for a checkpoint that carries none, or to override the stored one.
         amp: bf16 autocast on CUDA (ignored on the CPU).
-        batch_size: Chips per forward pass.
+        batch_size: Chips per forward pass; default 8 on the CPU (larger batches only
+            cost memory there), 64 on CUDA.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
-                 amp: bool = False, batch_size: int = 64):
+                 amp: bool = False, batch_size: int | None = None):
         torch = require("torch", "torch")
         from model.checkpoint import load_checkpoint
         from model.train import resolve_device
@@ -34,7 +39,7 @@ class TorchPredictor:
         self.path = str(path)
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size or (64 if self.device.startswith("cuda") else CPU_BATCH))
         model, self.spec, _ = load_checkpoint(path, spec=spec)
         self.model = model.to(self.device).eval()
         self.sha256 = file_sha256(path)

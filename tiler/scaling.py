@@ -21,6 +21,10 @@ from tiler.scene import SceneInfo, decimated_read
 log = logging.getLogger(__name__)
 
 
+#: Values per band the percentiles are taken from, at most.
+MAX_SAMPLE = 1_000_000
+
+
 @dataclass(frozen=True)
 class Stretch:
     """Per-band linear map ``low -> 0``, ``high -> 255``."""
@@ -59,6 +63,8 @@ def scene_stretch(info: SceneInfo, bands: Sequence[int], spec: ModelSpec) -> Str
     lows, highs = [], []
     for b in range(sample.shape[0]):
         values = sample[b].compressed()
+        if values.size > MAX_SAMPLE:  # a regular subsample keeps percentiles cheap
+            values = values[:: values.size // MAX_SAMPLE + 1]
         if values.size == 0:
             lows.append(0.0)
             highs.append(1.0)
