@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from model.spec import ModelSpec
-from scenetag.errors import ModelLoadError
+from scenetag.errors import ModelLoadError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def load_predictor(
     backend: str = "auto",
     device: str = "cpu",
     spec: ModelSpec | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """Load a model file as a :class:`Predictor`.
 
@@ -69,6 +70,7 @@ def load_predictor(
         backend: "onnx", "torch" or "auto" (by suffix).
         device: "cpu", "cuda", "cuda:N" or "auto".
         spec: A spec that replaces (or supplies) the one stored with the model.
+        precision: "fp32", "bf16" or "fp16"; only the torch backend runs below fp32.
     """
     path = Path(path)
     if not path.exists():
@@ -80,9 +82,14 @@ def load_predictor(
     if backend == "auto":
         backend = "torch" if path.suffix.lower() in TORCH_SUFFIXES else "onnx"
     if backend == "onnx":
+        if precision != "fp32":
+            raise OptionError(
+                f"--precision {precision} needs the torch backend: ONNX Runtime runs a model in the "
+                "precision it was exported in (pass a checkpoint with --backend torch)"
+            )
         from model.onnx_backend import OnnxPredictor
 
         return OnnxPredictor(path, device=device, spec=spec)
     from model.torch_backend import TorchPredictor
 
-    return TorchPredictor(path, device=device, spec=spec)
+    return TorchPredictor(path, device=device, spec=spec, precision=precision)

@@ -258,3 +258,17 @@ def test_torch_backend_matches_onnx_end_to_end(tmp_path):
     np.testing.assert_allclose(a[prob].to_numpy(), b[prob].to_numpy(), atol=1e-4)
     runs = pyogrio.read_dataframe(outs["torch"], layer="runs")
     assert runs.model_sha256[0] != pyogrio.read_dataframe(outs["onnx"], layer="runs").model_sha256[0]
+
+
+def test_precision_option(tiny_model, tmp_path):
+    from model.checkpoint import save_checkpoint
+    from tests.model_factory import tiny_network, tiny_spec
+
+    scene = real_scene("landsat7_rgb_byte.tif")
+    res = invoke("run", scene, "-o", tmp_path / "a.gpkg", "--model", tiny_model, "--precision", "bf16")
+    assert res.exit_code == 1 and "needs the torch backend" in res.output
+    assert not (tmp_path / "a.gpkg").exists()
+    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_network(tiny_spec()), tiny_spec())
+    res = invoke("run", scene, "-o", tmp_path / "b.gpkg", "--model", ckpt, "--precision", "bf16", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert len(pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="chips")) > 50

@@ -99,7 +99,7 @@ def _progress(enabled: bool):
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
-def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stride, overlap, edge, min_valid,
+def command(inputs, out_dir, model_path, spec_path, backend, device, precision, bands, stride, overlap, edge, min_valid,
             resample, batch_size, readers, to_crs, raster, scheduler, workers, threads, gpu, chips_per_task,
             dashboard_address, force, retries, report_path, log_file, progress):
     """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
@@ -120,7 +120,8 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, bands, stri
     quiet_dask()
     handler = add_log_file(log_file) if log_file else None
     try:
-        predictor = load_model(model_path, spec_path, backend, "cpu")  # the workers load it on --device
+        # The workers load the model on --device.
+        predictor = load_model(model_path, spec_path, backend, "cpu", precision)
         options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
                                 raster, predictor.spec.chip_size)
         show = sys.stderr.isatty() if progress is None else progress

@@ -31,6 +31,9 @@ def job_options(func):
                      show_default=True, help="Inference backend; auto picks by the model file's suffix."),
         click.option("--device", default="cpu", show_default=True,
                      help="cpu, cuda, cuda:N or auto."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                     show_default=True,
+                     help="Inference precision. bf16/fp16 (autocast) need the torch backend; fp16 needs CUDA."),
         click.option("--bands", callback=parse_bands, metavar="I,J,K",
                      help="1-based scene bands in the model's band order, e.g. 3,2,1 for a "
                      "blue,green,red,nir scene and an RGB model. Default: by colour "
@@ -86,7 +89,7 @@ def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size,
                       batch_size=batch_size, readers=readers, to_crs=to_crs, raster=raster)
 
 
-def load_model(model_path, spec_path, backend, device):
+def load_model(model_path, spec_path, backend, device, precision="fp32"):
     """Load the predictor for CLI commands (the shipped default when no path is given)."""
     from model.default import default_model_path
     from model.predictor import load_predictor
@@ -94,7 +97,7 @@ def load_model(model_path, spec_path, backend, device):
 
     spec = ModelSpec.from_json(Path(spec_path).read_text()) if spec_path else None
     path = model_path or default_model_path()
-    return load_predictor(path, backend=backend, device=device, spec=spec)
+    return load_predictor(path, backend=backend, device=device, spec=spec, precision=precision)
 
 
 def tqdm_progress(desc: str, enabled: bool):
@@ -123,7 +126,7 @@ def tqdm_progress(desc: str, enabled: bool):
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
-def command(scene, output, model_path, spec_path, backend, device, bands, stride, overlap, edge,
+def command(scene, output, model_path, spec_path, backend, device, precision, bands, stride, overlap, edge,
             min_valid, resample, batch_size, readers, to_crs, raster, overwrite, scheduler, progress):
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
@@ -140,7 +143,7 @@ def command(scene, output, model_path, spec_path, backend, device, bands, stride
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on --device; here it is only read.
-    predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device)
+    predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device, precision)
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
                             to_crs, raster, predictor.spec.chip_size)
     check_outputs(out, options, overwrite)
