@@ -65,10 +65,6 @@ class ScenePlan:
     grid: Grid
     stretch: Stretch | None
 
-    @property
-    def n_cells(self) -> int:
-        return len(self.grid)
-
     def reader(self) -> ChipReader:
         """A reader for this plan's cells."""
         return ChipReader(self.info, self.bands, self.spec.chip_size, self.factor,

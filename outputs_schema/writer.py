@@ -24,6 +24,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
+from model.predictor import tags_from_probs
 from model.spec import ModelSpec
 from outputs_schema import metadata, styles
 from outputs_schema.records import ChipTable
@@ -91,8 +92,7 @@ def chips_frame(table: ChipTable, schema: OutputSchema, spec: ModelSpec, scene_i
                 transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
     """The ``chips`` layer as a GeoDataFrame with the declared columns."""
     probs = table.probs
-    thr = np.asarray(spec.thresholds, np.float32)
-    tagged = probs >= thr[None, :]
+    tagged = tags_from_probs(probs, spec)
     labels = np.asarray(spec.labels, dtype=object)
     tag_words = np.asarray(tag_names(spec.labels), dtype=object)
     tags = [" ".join(tag_words[row]) for row in tagged]
@@ -172,7 +172,7 @@ def write_geopackage(
     out = check_output(out, overwrite)
     schema = OutputSchema(spec.labels)
     chips = chips_frame(table, schema, spec, scene_id, transform, crs)
-    tagged = table.probs >= np.asarray(spec.thresholds, np.float32)[None, :]
+    tagged = tags_from_probs(table.probs, spec)
     geoms = np.asarray(chips.geometry.values)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
     label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], geoms, crs)

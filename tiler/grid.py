@@ -85,12 +85,6 @@ def axis_plan(length: int, chip: int, stride: int, edge: EdgePolicy) -> AxisPlan
     return AxisPlan(tuple(offsets), tuple(sizes), skipped)
 
 
-def grid_shape(width: int, height: int, chip: int, stride: int, edge: EdgePolicy) -> tuple[int, int]:
-    """``(n_rows, n_cols)`` of the grid, without building it."""
-    return (len(axis_plan(height, chip, stride, edge).offsets),
-            len(axis_plan(width, chip, stride, edge).offsets))
-
-
 @dataclass(frozen=True)
 class Grid:
     """A chip grid over a raster of ``width`` x ``height`` pixels."""
