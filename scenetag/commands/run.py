@@ -158,8 +158,12 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
         result = run_scene(scene, out, predictor, options, overwrite=overwrite,
                            progress_factory=tqdm_progress(Path(scene).name, show))
     click.echo(
-        f"{result.output}: {result.status}, {result.n_chips_classified} chips classified, "
+        f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
         f"{result.seconds:.1f} s ({result.chips_per_second:.1f} chips/s)"
         + (f"; {result.reason}" if result.reason else "")
     )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
