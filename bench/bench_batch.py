@@ -41,36 +41,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
-from affine import Affine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.scenes import repeat_scene  # noqa: E402
 
 SOURCES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif")
 
 
 def data_dir() -> Path:
     return Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data")) / "scenes"
-
-
-def derive_scene(src_path: Path, dst_path: Path, repeat: int, shift: int) -> Path:
-    """Write ``src`` repeated ``repeat`` x ``repeat`` times, with a shifted geotransform."""
-    with rasterio.open(src_path) as src:
-        data = src.read()
-        profile = src.profile.copy()
-        t = src.transform
-    tiled = np.tile(data, (1, repeat, repeat))
-    origin = Affine(t.a, t.b, t.c + shift * t.a * data.shape[2] * repeat, t.d, t.e, t.f)
-    profile.update(width=tiled.shape[2], height=tiled.shape[1], transform=origin, tiled=True,
-                   blockxsize=256, blockysize=256, compress="lzw")
-    with rasterio.open(dst_path, "w", **profile) as dst:
-        dst.write(tiled)
-        if src_path.name.startswith("drone"):
-            dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                               rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
-    return dst_path
 
 
 def choose_model(arg: str | None, tiny_chip: int | None, tmp: Path) -> tuple[Path, str]:
@@ -119,7 +101,7 @@ def main() -> None:
         scenes_dir.mkdir()
         for i in range(args.scenes):
             src = data_dir() / SOURCES[i % len(SOURCES)]
-            derive_scene(src, scenes_dir / f"scene_{i:02d}.tif", args.repeat, i + 1)
+            repeat_scene(src, scenes_dir / f"scene_{i:02d}.tif", args.repeat, shift=i + 1, compress="lzw")
         scenes = sorted(scenes_dir.glob("*.tif"))
         with rasterio.open(scenes[0]) as s0, rasterio.open(scenes[1 % len(scenes)]) as s1:
             sizes = f"{s0.width}x{s0.height} and {s1.width}x{s1.height}"

@@ -36,9 +36,9 @@ BANDS = (3, 2, 1)
 
 def build_scene(size: int) -> Path:
     """The large scene, built once from the real Borneo scene."""
-    import numpy as np
     import rasterio
-    from affine import Affine
+
+    from bench.scenes import repeat_scene
 
     out = CACHE / f"borneo_x{size}.tif"
     if out.exists():
@@ -47,20 +47,8 @@ def build_scene(size: int) -> Path:
         sys.exit(f"benchmark needs the real scene {BASE} (shared data absent)")
     CACHE.mkdir(parents=True, exist_ok=True)
     with rasterio.open(BASE) as src:
-        tile = src.read()
-        profile = src.profile
-        t = src.transform
-    th, tw = tile.shape[1:]
-    reps = size // th
-    profile.update(width=tw * reps, height=th * reps, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", transform=Affine(t.a, t.b, t.c, t.d, t.e, t.f), BIGTIFF="IF_SAFER")
-    tmp = out.with_suffix(".part.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        row = np.concatenate([tile] * reps, axis=2)
-        for r in range(reps):
-            dst.write(row, window=rasterio.windows.Window(0, r * th, tw * reps, th))
-    os.replace(tmp, out)
-    return out
+        reps = size // src.height
+    return repeat_scene(BASE, out, reps)
 
 
 def default_model() -> Path:

@@ -54,6 +54,7 @@ from model.predictor import file_sha256
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import RUNS_LAYER
+from scenetag.atomic import TMP_GLOB
 from scenetag.errors import ModelError, ModelLoadError, OutputError, OutputExistsError, SceneReadError, ScenetagError
 from tiler.grid import GridCell
 
@@ -450,14 +451,14 @@ class shipped:
 
 
 def sweep_leftovers(out_dir: Path, min_age_s: float = 3600.0) -> list[Path]:
-    """Remove the writer's temporary files that a killed run left in ``out_dir`` (older than ``min_age_s``).
+    """Remove the writers' temporary files that a killed run left in ``out_dir`` (older than ``min_age_s``).
 
     Called under the folder's lock, so no batch is writing them; the age keeps
     clear of a ``run`` writing into the same folder at this moment.
     """
     removed = []
     now = time.time()
-    for tmp in out_dir.glob(".*.tmp.gpkg*"):
+    for tmp in out_dir.glob(TMP_GLOB):
         try:
             if now - tmp.stat().st_mtime >= min_age_s:
                 tmp.unlink()

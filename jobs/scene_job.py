@@ -83,7 +83,6 @@ class SceneResult:
     n_chips_skipped_nodata: int = 0
     n_chips_skipped_edge: int = 0
     seconds: float = 0.0
-    error: str | None = None
     reason: str = ""
     timings: dict = field(default_factory=dict)
 

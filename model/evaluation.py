@@ -100,8 +100,9 @@ def load_eval_set(
     return sub, images, source
 
 
-def predict_all(predictor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities of a predictor over an image array, in batches."""
+def predict_all(predictor, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Probabilities of a predictor over an image array, in batches (default: the backend's size)."""
+    batch_size = batch_size or getattr(predictor, "batch_size", 8)
     out = [predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, predictor.spec.n_labels), np.float32)
 

@@ -11,13 +11,15 @@ where given, real chips; a difference above the tolerance is an error.
 from __future__ import annotations
 
 import logging
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from model.onnx_backend import OnnxPredictor
 from model.spec import METADATA_KEY, ModelSpec
-from scenetag.errors import ModelError, ModelLoadError, OutputExistsError, require
+from scenetag.atomic import atomic_path
+from scenetag.errors import ModelError, OutputExistsError, require
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,6 @@ def set_onnx_spec(proto, spec: ModelSpec) -> None:
     proto.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
 
 
-def read_onnx_spec(path: str | Path) -> ModelSpec:
-    """The spec stored in an ONNX file."""
-    onnx = require("onnx", "torch")
-    proto = onnx.load(str(path), load_external_data=False)
-    for p in proto.metadata_props:
-        if p.key == METADATA_KEY:
-            return ModelSpec.from_json(p.value)
-    raise ModelLoadError(f"{path} has no scenetag spec in its metadata ({METADATA_KEY!r})")
-
-
 def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> Path:
     """Copy an ONNX model with another spec (e.g. calibrated thresholds), atomically."""
     onnx = require("onnx", "torch")
@@ -71,19 +63,9 @@ def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> Path
     if old is not None and old.labels != spec.labels:
         raise ModelError(f"new spec labels {list(spec.labels)} differ from the model's {list(old.labels)}")
     set_onnx_spec(proto, spec)
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, dst)
-    return dst
-
-
-def onnx_probs(path: str | Path, x: np.ndarray) -> np.ndarray:
-    """Run an exported model on normalised float32 input with ONNX Runtime (CPU)."""
-    ort = require("onnxruntime", "cpu")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return sess.run(None, {name: x.astype(np.float32)})[0]
+    with atomic_path(dst) as tmp:
+        onnx.save(proto, str(tmp))
+    return Path(dst)
 
 
 def compare(model, path: str | Path, spec: ModelSpec, chips: np.ndarray) -> float:
@@ -95,7 +77,7 @@ def compare(model, path: str | Path, spec: ModelSpec, chips: np.ndarray) -> floa
     x = normalize(chips, spec)
     with torch.inference_mode():
         ref = torch.sigmoid(model.eval()(torch.from_numpy(x))).numpy()
-    got = onnx_probs(path, x)
+    got = OnnxPredictor(path, spec=spec).predict(chips)
     if got.shape != ref.shape:
         raise ModelError(f"ONNX output shape {got.shape} differs from torch's {ref.shape}")
     return float(np.abs(got - ref).max())
@@ -130,40 +112,36 @@ def export_onnx(
     wrapped = _with_sigmoid(model)
     size = spec.chip_size
     dummy = torch.zeros(2, spec.n_bands, size, size)
-    tmp = out.with_name(out.name + ".tmp")
-    import warnings
-
-    with torch.inference_mode(), warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo, which needs a
-        # static-shape trace of timm's TF-"same" padding; the legacy one is verified below.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            wrapped, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset, dynamo=False, do_constant_folding=True,
-        )
-    proto = onnx.load(str(tmp))
-    set_onnx_spec(proto, spec)
-    proto.producer_name = "scenetag"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(tmp))
     rng = np.random.default_rng(seed)
     report = {"path": str(out), "opset": opset, "tolerance": tolerance}
-    random_chips = rng.integers(0, 256, (n_random, spec.n_bands, size, size), dtype=np.uint8)
-    report["max_diff_random"] = compare(model, tmp, spec, random_chips)
-    report["n_random"] = n_random
-    if real_chips is not None and len(real_chips):
-        report["max_diff_real"] = compare(model, tmp, spec, real_chips)
-        report["n_real"] = int(len(real_chips))
-    worst = max(v for k, v in report.items() if k.startswith("max_diff"))
-    report["max_diff"] = worst
-    if worst > tolerance:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(
-            f"ONNX export differs from torch by {worst:.2e} (tolerance {tolerance:.0e}): "
-            f"try another --opset than {opset}"
-        )
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo, which needs a
+            # static-shape trace of timm's TF-"same" padding; the legacy one is verified below.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                wrapped, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, dynamo=False, do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        set_onnx_spec(proto, spec)
+        proto.producer_name = "scenetag"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        random_chips = rng.integers(0, 256, (n_random, spec.n_bands, size, size), dtype=np.uint8)
+        report["max_diff_random"] = compare(model, tmp, spec, random_chips)
+        report["n_random"] = n_random
+        if real_chips is not None and len(real_chips):
+            report["max_diff_real"] = compare(model, tmp, spec, real_chips)
+            report["n_real"] = int(len(real_chips))
+        worst = max(v for k, v in report.items() if k.startswith("max_diff"))
+        report["max_diff"] = worst
+        if worst > tolerance:  # raised inside the block: the temporary file goes, nothing is renamed
+            raise ModelError(
+                f"ONNX export differs from torch by {worst:.2e} (tolerance {tolerance:.0e}): "
+                f"try another --opset than {opset}"
+            )
     report["bytes"] = out.stat().st_size
     log.info("exported %s: max prob diff torch vs ORT %.2e", out, worst)
     return report

@@ -28,10 +28,7 @@ complete, so a killed job leaves no half-written raster.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -43,6 +40,7 @@ from rasterio.crs import CRS
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
 from outputs_schema.styles import probability_raster_qml
+from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -121,31 +119,24 @@ def write_probability_raster(
     if not labels:
         raise ValueError("no labels: the raster needs one band per label")
     data = probability_grid(table, len(labels), n_rows, n_cols)
-    token = uuid.uuid4().hex[:12]
-    tmp = out.with_name(f".{out.name}.{token}.tmp.tif")
     qml = out.with_suffix(".qml")
-    tmp_qml = qml.with_name(f".{qml.name}.{token}.tmp")
     profile = dict(driver="COG", width=n_cols, height=n_rows, count=len(labels), dtype="float32",
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            for i, label in enumerate(labels, start=1):
-                dst.set_band_description(i, label)
-                dst.update_tags(i, label=label)
-            dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
-                            scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
-                            **{str(k): str(v) for k, v in (tags or {}).items()})
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+                for i, label in enumerate(labels, start=1):
+                    dst.set_band_description(i, label)
+                    dst.update_tags(i, label=label)
+                dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
+                                scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
+                                **{str(k): str(v) for k, v in (tags or {}).items()})
         if style and (overwrite or not qml.exists()):
-            tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
-            os.replace(tmp_qml, qml)
+            with atomic_path(qml) as tmp_qml:
+                tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
     except (OSError, rasterio.errors.RasterioError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
-    finally:
-        for leftover in (tmp, tmp_qml):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
     log.info("wrote %s: %d bands, %dx%d grid, %d of %d positions classified",
              out, len(labels), n_rows, n_cols, len(table), n_rows * n_cols)
     return out

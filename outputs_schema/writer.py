@@ -7,14 +7,12 @@ temporary file is removed, so a killed job leaves no broken GeoPackage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import geopandas as gpd
 import numpy as np
@@ -32,6 +30,7 @@ from outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema,
     tag_names,
 )
+from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -56,19 +55,6 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {str(folder)!r} is not writable: choose another with -o")
     return out
-
-
-@contextlib.contextmanager
-def atomic_path(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out``, renamed to ``out`` if the block succeeds."""
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp.gpkg")
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        for leftover in (tmp, Path(str(tmp) + "-journal"), Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
 
 
 def footprints(table: ChipTable, transform: Affine) -> np.ndarray:

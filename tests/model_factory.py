@@ -5,27 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.spec import ModelSpec
+from tests.model_fixtures import SMALL_ARCH as TINY_ARCH, small_model, small_spec
 
-TINY_ARCH = "mobilenetv3_small_050"
 TINY_LABELS = ("clear", "cloudy", "primary", "water", "it's; DROP TABLE chips--")
 
 
 def tiny_spec(chip_size: int = 64, resolution_m: float = 10.0, labels=TINY_LABELS) -> ModelSpec:
-    return ModelSpec.create(
-        name="tiny-test", arch=TINY_ARCH, labels=labels,
-        thresholds=[0.45, 0.5, 0.5, 0.55, 0.5][: len(labels)] + [0.5] * max(0, len(labels) - 5),
-        chip_size=chip_size, resolution_m=resolution_m,
-    )
+    """The test model's spec: five labels (one hostile), thresholds that differ per label."""
+    thresholds = [0.45, 0.5, 0.5, 0.55, 0.5][: len(labels)] + [0.5] * max(0, len(labels) - 5)
+    return small_spec(labels, chip_size, TINY_ARCH, thresholds, name="tiny-test", resolution_m=resolution_m)
 
 
-def tiny_network(spec: ModelSpec, seed: int = 0):
-    """The random-weight timm network behind :func:`export_tiny_model` (logits, eval mode)."""
-    import torch
-
-    from model.nets import build_model
-
-    torch.manual_seed(seed)
-    return build_model(spec, pretrained=False).eval()
+#: The random-weight timm network behind :func:`export_tiny_model` (logits, eval mode).
+tiny_network = small_model
 
 
 def export_tiny_model(path: Path, spec: ModelSpec | None = None, seed: int = 0) -> Path:

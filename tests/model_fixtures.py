@@ -24,10 +24,11 @@ def planet_or_skip() -> Path:
     return PLANET
 
 
-def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH, thresholds=0.2, **kw):
+def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH, thresholds=0.2,
+               name: str = "small-test", **kw):
     from model.spec import ModelSpec
 
-    return ModelSpec.create("small-test", arch, labels, thresholds, chip_size=chip_size, **kw)
+    return ModelSpec.create(name, arch, labels, thresholds, chip_size=chip_size, **kw)
 
 
 def small_model(spec=None, seed: int = 0):

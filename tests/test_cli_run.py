@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from outputs_schema.schema import OutputSchema
 from tests.conftest import ROOT, real_scene
 
 
@@ -121,7 +122,10 @@ def test_bad_models(tmp_path, tiny_model):
     spec_file.write_text(tiny_spec().to_json())
     res = invoke("run", scene, "-o", out, "--model", plain, "--spec", spec_file, "--no-progress")
     assert res.exit_code == 0, res.output
-    assert not out.with_suffix(".tmp").exists() and out.exists()
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips) > 50
+    assert [c for c in chips.columns if c.startswith("p_")] == list(OutputSchema(tiny_spec().labels).prob_columns)
+    assert only_files(tmp_path) == sorted(["bad.onnx", "o.gpkg", "plain.onnx", "spec.json"])
 
 
 def test_unwritable_or_missing_output_folder(tiny_model, tmp_path):

@@ -24,7 +24,8 @@ def eval_options(func):
                      "else rebuilt from the seed recorded in its spec."),
         click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True),
         click.option("--device", default="cpu", show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Chips per model call. Default: the backend's (8 on the CPU)."),
         click.option("--resize", is_flag=True, help="Resample images that are not the model's chip size."),
         click.option("--min-support", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Labels with fewer positives are left out of macro-F1 (supported), "
