@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass
 from scenetag.errors import OptionError
 from tiler.grid import EdgePolicy
 
+READER_MODES = ("auto", "threads", "processes")
+#: Reader threads by default.
+DEFAULT_THREADS = 2
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -19,7 +23,11 @@ class RunOptions:
         min_valid: Chips with a smaller valid fraction are skipped.
         resample: Read chips at the model's ground resolution.
         batch_size: Chips per model call; None takes the backend's own (8 on the CPU).
-        readers: Reader threads.
+        readers: Reader threads or processes; None: 2 threads, or one process per core
+            less two.
+        reader: "threads" (one chip per read, for CPU models), "processes" (runs of chips
+            read by processes into shared memory, to feed a GPU) or "auto" (processes when
+            the model runs on a GPU).
         to_crs: Write vectors in this CRS (e.g. "EPSG:4326"); None keeps the scene's.
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
     """
@@ -30,7 +38,8 @@ class RunOptions:
     min_valid: float = 0.5
     resample: bool = False
     batch_size: int | None = None
-    readers: int = 2
+    readers: int | None = None
+    reader: str = "auto"
     to_crs: str | None = None
     raster: bool = False
 
@@ -43,7 +52,9 @@ class RunOptions:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
         if not 0.0 <= self.min_valid <= 1.0:
             raise OptionError(f"min_valid must be in [0, 1], got {self.min_valid}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.readers < 1:
+        if self.reader not in READER_MODES:
+            raise OptionError(f"reader {self.reader!r} is unknown: use one of {', '.join(READER_MODES)}")
+        if (self.batch_size is not None and self.batch_size < 1) or (self.readers is not None and self.readers < 1):
             raise OptionError(f"batch_size and readers must be >= 1, got {self.batch_size} and {self.readers}")
         if self.stride is not None and self.stride < 1:
             raise OptionError(f"stride must be >= 1, got {self.stride}")
@@ -59,4 +70,5 @@ class RunOptions:
         d = self.to_dict()
         d.pop("batch_size")
         d.pop("readers")
+        d.pop("reader")
         return d

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import threading
 import time
 import uuid
@@ -35,12 +36,11 @@ import rasterio
 from rasterio.crs import CRS
 
 import scenetag
-from jobs.options import RunOptions
+from jobs.options import DEFAULT_THREADS, RunOptions
 from model.predictor import Predictor, file_sha256
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
-from outputs_schema.writer import check_output, write_geopackage
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import OptionError, OutputExistsError
 from tiler.grid import Grid, GridCell, chip_grid
@@ -51,6 +51,9 @@ from tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+#: Below this many cells, starting reader processes costs more than it saves.
+PROCESS_MIN_CELLS = 256
 
 
 @dataclass(frozen=True)
@@ -124,16 +127,43 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in
             fut.cancel()
 
 
+def on_gpu(predictor: Predictor) -> bool:
+    """Whether the predictor runs on a GPU (torch on CUDA, or ORT's CUDA/TensorRT providers)."""
+    device = str(getattr(predictor, "device", ""))
+    providers = getattr(predictor, "providers", None) or ["CPUExecutionProvider"]
+    return device.startswith("cuda") or providers[0] != "CPUExecutionProvider"
+
+
+def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
+    """"threads" or "processes" for this job (``auto``: processes to feed a GPU on a large grid)."""
+    if options.reader != "auto":
+        return options.reader
+    if multiprocessing.current_process().daemon:  # e.g. a Dask worker: no child processes
+        return "threads"
+    return "processes" if on_gpu(predictor) and n_cells >= PROCESS_MIN_CELLS else "threads"
+
+
 def classify_cells(
     plan: ScenePlan,
     predictor: Predictor,
     cells: Sequence[GridCell] | None = None,
     progress: Progress | None = None,
 ) -> ChipTable:
-    """Read and classify ``cells`` (default: the whole grid) of a planned scene."""
+    """Read and classify ``cells`` (default: the whole grid) of a planned scene.
+
+    On reader threads (one chip per read, the model on this thread), or on
+    reader processes with double-buffered inference (:mod:`jobs.pipeline`),
+    as :func:`reader_mode` decides.
+    """
     cells = list(plan.grid) if cells is None else list(cells)
     opts = plan.options
+    if reader_mode(opts, predictor, len(cells)) == "processes":
+        from jobs.pipeline import classify_with_feed
+
+        return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
+                                  batch_size=opts.batch_size, workers=opts.readers, progress=progress)
     bs = opts.batch_size or getattr(predictor, "batch_size", 8)
+    n_threads = opts.readers or DEFAULT_THREADS
     read_seconds = [0.0]
     lock = threading.Lock()
     rows: list[tuple] = []
@@ -165,8 +195,8 @@ def classify_cells(
         batch_meta.clear()
 
     with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
-            ThreadPoolExecutor(opts.readers, thread_name_prefix="chip-reader") as pool:
-        for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + opts.readers):
+            ThreadPoolExecutor(n_threads, thread_name_prefix="chip-reader") as pool:
+        for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + n_threads):
             if read.skipped:
                 skipped += 1
                 if progress:
@@ -217,6 +247,8 @@ def raster_path(out: str | Path) -> Path:
 
 def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None:
     """Refuse existing outputs (unless ``overwrite``) or an unwritable folder before any work."""
+    from outputs_schema.writer import check_output  # the writer's stack loads only where it writes
+
     check_output(out, overwrite)
     if options.raster and raster_path(out).exists() and not overwrite:
         raise OutputExistsError(f"output {str(raster_path(out))!r} exists: pass --overwrite to replace it")
@@ -234,6 +266,8 @@ def write_scene(
     scene_sha256: str | None = None,
 ) -> SceneResult:
     """Write the GeoPackage with its ``runs`` provenance row; returns the result."""
+    from outputs_schema.writer import write_geopackage
+
     info, spec, opts = plan.info, plan.spec, plan.options
     scene_sha = scene_sha256 or file_sha256(info.path)
     status, reason = _status(plan, table)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -40,6 +41,57 @@ class Predictor(Protocol):
     def predict(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` in spec band order → float32 ``(N, L)`` probabilities."""
         ...
+
+
+class Pending(Protocol):
+    """Probabilities on their way: :meth:`result` waits for them."""
+
+    def result(self) -> np.ndarray:
+        ...
+
+
+class Done:
+    """A :class:`Pending` that is already done."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self._probs = probs
+
+    def result(self) -> np.ndarray:
+        return self._probs
+
+
+class Submitter:
+    """Runs a predictor asynchronously, so the caller can prepare the next batch meanwhile.
+
+    A backend with its own ``submit(parts)`` (the torch backend on CUDA: pinned
+    staging, upload on a copy stream, compute queued behind it) is used as is.
+    Any other backend runs on one worker thread; the parts are copied into one
+    batch on the caller's thread before :meth:`submit` returns, so the caller
+    may reuse their memory at once in both cases.
+    """
+
+    def __init__(self, predictor: "Predictor") -> None:
+        self.predictor = predictor
+        self._own: Callable[[Sequence[np.ndarray]], Pending] | None = getattr(predictor, "submit", None)
+        self._pool = None if self._own else ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    def submit(self, parts: Sequence[np.ndarray]) -> Pending:
+        """Start classifying the chips of ``parts`` (uint8 ``(n_i, C, H, W)`` each), in order."""
+        if self._own is not None:
+            return self._own(parts)
+        batch = np.concatenate(parts) if len(parts) != 1 else np.array(parts[0], copy=True)
+        fut: Future = self._pool.submit(self.predictor.predict, batch)
+        return fut
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Submitter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def tags_from_probs(probs: np.ndarray, spec: ModelSpec) -> np.ndarray:

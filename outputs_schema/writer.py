@@ -25,6 +25,7 @@ from rasterio.crs import CRS
 from model.predictor import tags_from_probs
 from model.spec import ModelSpec
 from outputs_schema import metadata, styles
+from outputs_schema.dissolve import dissolve_windows
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema,
@@ -102,17 +103,20 @@ def chips_frame(table: ChipTable, schema: OutputSchema, spec: ModelSpec, scene_i
     return gpd.GeoDataFrame(frame, geometry=footprints(table, transform), crs=crs.to_wkt())
 
 
-def label_frame(label: str, mask: np.ndarray, probs: np.ndarray, geoms: np.ndarray, crs: CRS) -> gpd.GeoDataFrame:
-    """One label's dissolved footprint (zero or one MultiPolygon feature)."""
+def label_frame(label: str, mask: np.ndarray, probs: np.ndarray, table: ChipTable,
+                transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
+    """One label's dissolved footprint (zero or one MultiPolygon feature).
+
+    ``mask`` selects the label's chips of ``table``; their windows are
+    dissolved exactly (see :func:`outputs_schema.dissolve.dissolve_windows`)
+    in the scene's CRS, where ``area`` is measured.
+    """
     if not mask.any():
         frame = pd.DataFrame({f.name: pd.Series(dtype=("object" if f.dtype == "str" else f.dtype))
                               for f in LABEL_FIELDS})
         return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs.to_wkt()), crs=crs.to_wkt())
-    union = shapely.union_all(geoms[mask])
-    if union.geom_type == "Polygon":
-        union = shapely.MultiPolygon([union])
-    elif union.geom_type != "MultiPolygon":
-        union = shapely.MultiPolygon([g for g in getattr(union, "geoms", []) if g.geom_type == "Polygon"])
+    union = dissolve_windows(table.x_off[mask], table.y_off[mask], table.width[mask],
+                             table.height[mask], transform)
     frame = pd.DataFrame({
         "label": [label], "n_chips": np.asarray([mask.sum()], np.int32),
         "area": [float(union.area)], "mean_prob": np.asarray([probs[mask].mean()], np.float32),
@@ -159,9 +163,8 @@ def write_geopackage(
     schema = OutputSchema(spec.labels)
     chips = chips_frame(table, schema, spec, scene_id, transform, crs)
     tagged = tags_from_probs(table.probs, spec)
-    geoms = np.asarray(chips.geometry.values)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
-    label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], geoms, crs)
+    label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)
                     for i, label in enumerate(spec.labels)]
     if to_crs is not None:
         chips = chips.to_crs(to_crs.to_wkt())

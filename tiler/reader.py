@@ -3,6 +3,11 @@
 The mask is read first; a chip with less valid area than ``min_valid`` is
 skipped without reading its data.  Validity comes from GDAL's dataset mask
 (nodata, alpha band or internal mask), never from guessing at zeros.
+
+Two ways to read: :meth:`ChipReader.read` takes one cell per GDAL call;
+:meth:`ChipReader.read_run` takes a run of neighbouring cells of one grid row
+in one call (mask, then data over the span of the valid cells), which costs
+far less per chip on fast readers.  Both give the same chips.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -79,6 +84,19 @@ class ChipReader:
                 self._handles.append(ds)
         return ds
 
+    def __getstate__(self) -> dict:
+        """Pickles without its open handles (a reader process opens its own)."""
+        state = self.__dict__.copy()
+        for key in ("_local", "_handles", "_lock"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._handles = []
+        self._lock = threading.Lock()
+
     def close(self) -> None:
         """Close every thread's dataset handle."""
         with self._lock:
@@ -116,11 +134,7 @@ class ChipReader:
             data = ds.read(self.bands, window=window, out_shape=(len(self.bands), oh, ow),
                            resampling=self.resampling)
         except RasterioError as exc:
-            raise SceneReadError(
-                f"scene {self.scene.path!r} could not be read at window {_fmt(window)}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-                "(is the file truncated or corrupt?)"
-            ) from exc
+            raise _read_error(self.scene.path, window, exc) from exc
         pixels = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8, copy=False)
         if not valid.all():
             pixels = np.where(valid[None], pixels, 0).astype(np.uint8)
@@ -129,6 +143,121 @@ class ChipReader:
             padded[:, :oh, :ow] = pixels
             pixels = padded
         return ChipRead(chip, np.ascontiguousarray(pixels))
+
+    def run_readable(self, cells: Sequence[GridCell]) -> bool:
+        """Whether :meth:`read_run` can take ``cells``: one grid row, no resampling."""
+        return (self.factor == 1.0 and len(cells) > 0
+                and all(c.row_off == cells[0].row_off and c.height == cells[0].height for c in cells))
+
+    def _mask_mode(self, ds: rasterio.DatasetReader) -> str:
+        """How this scene's validity is known: "all_valid", "nodata" (per band) or "gdal" (others)."""
+        flags = ds.mask_flag_enums
+        if all(f == [MaskFlags.all_valid] for f in flags):
+            return "all_valid"
+        if all(f == [MaskFlags.nodata] for f in flags) and all(v is not None for v in ds.nodatavals):
+            return "nodata"
+        return "gdal"
+
+    def read_run(self, cells: Sequence[GridCell], out: np.ndarray | None = None) -> RunRead:
+        """Read neighbouring cells of one grid row in one go; the same chips as :meth:`read` on each.
+
+        Validity costs as little as the scene allows:
+
+        * no mask at all (GDAL's "all valid"): no mask is read;
+        * nodata values only: every band is read once over the run and the
+          mask is derived from those pixels as GDAL derives it (a pixel is
+          valid where any band differs from its nodata value), instead of
+          letting GDAL decode each block again for a mask band;
+        * alpha band, mask band or per-dataset nodata: GDAL's dataset mask is
+          read over the run, then the bands over the span of the kept cells.
+
+        ``out``, if given, receives the pixels (room for ``len(cells)`` chips);
+        ``pixels`` is then a view of it.
+        """
+        if not self.run_readable(cells):
+            raise ValueError("read_run takes cells of one grid row, without resampling")
+        n, size, nb = len(cells), self.chip_size, len(self.bands)
+        x0 = np.fromiter((c.col_off for c in cells), np.int64, n)
+        x1 = x0 + np.fromiter((c.width for c in cells), np.int64, n)
+        y, h = cells[0].row_off, cells[0].height
+        lo, hi = int(x0.min()), int(x1.max())
+        span = Window(lo, y, hi - lo, h)
+        try:
+            ds = self._dataset()
+            mode = self._mask_mode(ds)
+            if mode == "all_valid":
+                mask = None
+                valid = (x1 - x0) * h / float(size * size)
+            elif mode == "nodata":
+                every = ds.read(window=span)
+                mask = np.zeros(every.shape[1:], bool)
+                for band, nodata in zip(every, ds.nodatavals):
+                    mask |= _differs_from(band, nodata)
+                order = [b - 1 for b in self.bands]
+                data_all = every if order == list(range(len(every))) else every[order]
+            else:
+                mask = ds.dataset_mask(window=span) > 0
+            if mask is not None:
+                counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
+                valid = (counts[x1 - lo] - counts[x0 - lo]) / float(size * size)
+            valid = np.minimum(1.0, valid)
+            kept = np.flatnonzero((valid >= self.min_valid) & (valid > 0.0))
+            pixels = (out[:len(kept)] if out is not None
+                      else np.empty((len(kept), nb, size, size), np.uint8))
+            if len(kept) == 0:
+                return RunRead(kept, valid.astype(np.float32), pixels)
+            klo, khi = int(x0[kept].min()), int(x1[kept].max())
+            if mode == "nodata":
+                data = data_all[:, :, klo - lo:khi - lo]
+            else:
+                data = ds.read(self.bands, window=Window(klo, y, khi - klo, h))
+        except RasterioError as exc:
+            raise _read_error(self.scene.path, span, exc) from exc
+        data = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8, copy=False)
+        if mask is not None:
+            kmask = mask[:, klo - lo:khi - lo]
+            if not kmask.all():
+                data = np.where(kmask[None], data, 0).astype(np.uint8, copy=False)
+        for i, k in enumerate(kept):
+            a, b = int(x0[k]) - klo, int(x1[k]) - klo
+            if b - a == size and h == size:
+                pixels[i] = data[:, :, a:b]
+            else:
+                pixels[i] = 0
+                pixels[i, :, :h, :b - a] = data[:, :, a:b]
+        return RunRead(kept, valid.astype(np.float32), pixels)
+
+
+@dataclass(frozen=True)
+class RunRead:
+    """A run of cells read together: the chips kept, their pixels and the skipped count.
+
+    ``kept`` indexes the run's cells whose pixels are ``pixels[i]`` (uint8
+    ``(n_kept, C, chip, chip)``); ``valid`` holds every cell's valid fraction.
+    """
+
+    kept: np.ndarray
+    valid: np.ndarray
+    pixels: np.ndarray
+
+
+def _differs_from(band: np.ndarray, nodata: float) -> np.ndarray:
+    """Where ``band`` is not its nodata value (NaN-aware; a value the type can't hold never matches)."""
+    if np.isnan(nodata):
+        return ~np.isnan(band) if band.dtype.kind == "f" else np.ones(band.shape, bool)
+    if band.dtype.kind in "iu":
+        info = np.iinfo(band.dtype)
+        if not (info.min <= nodata <= info.max) or nodata != int(nodata):
+            return np.ones(band.shape, bool)
+    return band != band.dtype.type(nodata)
+
+
+def _read_error(path: str, window: Window, exc: Exception) -> SceneReadError:
+    return SceneReadError(
+        f"scene {path!r} could not be read at window {_fmt(window)}: "
+        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+        "(is the file truncated or corrupt?)"
+    )
 
 
 def _fmt(w: Window) -> str:

@@ -100,7 +100,7 @@ def _progress(enabled: bool):
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
 def command(inputs, out_dir, model_path, spec_path, backend, device, precision, bands, stride, overlap, edge, min_valid,
-            resample, batch_size, readers, to_crs, raster, scheduler, workers, threads, gpu, chips_per_task,
+            resample, batch_size, reader, readers, to_crs, raster, scheduler, workers, threads, gpu, chips_per_task,
             dashboard_address, force, retries, report_path, log_file, progress):
     """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
 
@@ -123,7 +123,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
         # The workers load the model on --device.
         predictor = load_model(model_path, spec_path, backend, "cpu", precision)
         options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                                raster, predictor.spec.chip_size)
+                                raster, predictor.spec.chip_size, reader)
         show = sys.stderr.isatty() if progress is None else progress
         on_start, on_done = _progress(show)
         report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,

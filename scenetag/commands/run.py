@@ -29,8 +29,8 @@ def job_options(func):
         model_option, spec_option,
         click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
                      show_default=True, help="Inference backend; auto picks by the model file's suffix."),
-        click.option("--device", default="cpu", show_default=True,
-                     help="cpu, cuda, cuda:N or auto."),
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N or auto (a GPU when the backend has one, else the CPU)."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
                      show_default=True,
                      help="Inference precision. bf16/fp16 (autocast) need the torch backend; fp16 needs CUDA."),
@@ -53,8 +53,14 @@ def job_options(func):
                      help="Read chips at the model's ground resolution instead of the scene's."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Chips per model call. Default: the backend's (8 on the CPU, 64 on a GPU)."),
-        click.option("--readers", type=click.IntRange(min=1), default=2, show_default=True,
-                     help="Reader threads."),
+        click.option("--reader", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+                     show_default=True,
+                     help="How chips are read: threads (one chip per read; enough for a CPU model), "
+                     "processes (runs of chips per read, into shared memory; what a GPU needs), "
+                     "or auto (processes when the model runs on a GPU)."),
+        click.option("--readers", type=click.IntRange(min=1), default=None,
+                     help="Reader threads or processes. Default: 2 threads, or one process per "
+                     "core less two."),
         click.option("--to-crs", default=None, metavar="CRS",
                      help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
         click.option("--raster", is_flag=True,
@@ -67,7 +73,7 @@ def job_options(func):
 
 
 def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                  raster, chip_size: int):
+                  raster, chip_size: int, reader: str = "auto"):
     """RunOptions from CLI values (``chip_size`` comes from the model spec)."""
     from jobs.options import RunOptions
     from tiler.grid import stride_from_overlap
@@ -86,7 +92,7 @@ def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size,
             raise click.BadParameter(f"{to_crs!r} is not a CRS GDAL knows, e.g. EPSG:4326",
                                      param_hint="--to-crs") from None
     return RunOptions(bands=bands, stride=stride, edge=edge, min_valid=min_valid, resample=resample,
-                      batch_size=batch_size, readers=readers, to_crs=to_crs, raster=raster)
+                      batch_size=batch_size, readers=readers, reader=reader, to_crs=to_crs, raster=raster)
 
 
 def load_model(model_path, spec_path, backend, device, precision="fp32"):
@@ -127,7 +133,7 @@ def tqdm_progress(desc: str, enabled: bool):
               help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @handle_errors
 def command(scene, output, model_path, spec_path, backend, device, precision, bands, stride, overlap, edge,
-            min_valid, resample, batch_size, readers, to_crs, raster, overwrite, scheduler, progress):
+            min_valid, resample, batch_size, reader, readers, to_crs, raster, overwrite, scheduler, progress):
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
     The scene is cut into chips of the model's size; chips with too little
@@ -145,7 +151,7 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     # On a cluster the workers load the model on --device; here it is only read.
     predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device, precision)
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
-                            to_crs, raster, predictor.spec.chip_size)
+                            to_crs, raster, predictor.spec.chip_size, reader)
     check_outputs(out, options, overwrite)
     if on_cluster:
         from jobs.batch import run_scene_on_cluster

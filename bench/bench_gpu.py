@@ -1,0 +1,288 @@
+"""GPU benchmark: readers, model-only and end-to-end chips/s, per precision, in one run.
+
+    python bench/bench_gpu.py --chips DIR --checkpoint CKPT [--repeat 10] [--json OUT]
+
+The scene is real-derived: the Planet Amazon chips in ``--chips`` (JPEG,
+the model's own domain) are laid out edge to edge as a square mosaic, and the
+mosaic is repeated ``--repeat`` x ``--repeat`` times into a GeoTIFF tiled
+256, DEFLATE (level 1, compressed on every core to save set-up time; decoding
+costs the same at any level), nodata 0, 3 m, EPSG:32721.  The file is read
+from the page cache, as in issue 6's reference reading figures.
+
+It reports:
+
+* **readers**: chips/s read (mask and data) by threads reading one chip per
+  GDAL call, and by the reader processes reading runs of chips;
+* **model-only**: uint8 chips already on the GPU, normalised there and
+  classified, per precision (the ceiling);
+* **end-to-end**: :func:`jobs.scene_job.classify_cells` on the scene, from
+  opening the scene to the probability table (reader processes, double
+  buffering), per precision, with GPU utilisation (NVML, sampled every 20 ms),
+  GPU busy time (CUDA events) and where the host's time went;
+* **accuracy**: the share of tag decisions on the real chips that bf16 and
+  fp16 change against fp32.
+
+The GeoPackage write is not part of "end-to-end" here; ``bench/bench_scene.py``
+measures it (it runs on the CPU, whatever the model runs on).
+Without CUDA it still runs (``--device cpu``, small sizes) to check itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def load_chips(folder: Path, limit: int) -> np.ndarray:
+    """uint8 ``(N, 3, 256, 256)`` from the JPEG chips (stored CMYK: converted to RGB)."""
+    from PIL import Image
+
+    files = sorted(folder.glob("*.jpg"))[:limit]
+    if not files:
+        raise SystemExit(f"no .jpg chips in {folder}")
+    return np.stack([np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1) for f in files])
+
+
+def build_scene(chips: np.ndarray, work: Path, repeat: int) -> Path:
+    """The mosaic of ``chips`` repeated ``repeat`` x ``repeat`` times (see the module docstring)."""
+    import rasterio
+    from affine import Affine
+
+    from bench.scenes import repeat_scene
+
+    side = int(np.sqrt(len(chips)))
+    c = chips[:side * side]
+    size = c.shape[-1]
+    block = c.reshape(side, side, 3, size, size).transpose(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
+    block = np.where(block == 0, 1, block)  # keep 0 for nodata only
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "mosaic.tif"
+    profile = dict(driver="GTiff", width=block.shape[2], height=block.shape[1], count=3, dtype="uint8",
+                   crs="EPSG:32721", transform=Affine(3.0, 0, 500000.0, 0, -3.0, 9000000.0), nodata=0)
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(block)
+    dst_path = work / f"scene_{repeat}x.tif"
+    if not dst_path.exists():
+        repeat_scene(src, dst_path, repeat, NUM_THREADS="ALL_CPUS", ZLEVEL="1")
+    return dst_path
+
+
+def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -> dict:
+    """chips/s read by one-chip thread reads and by run-reading processes (no model)."""
+    import rasterio
+
+    from jobs.options import RunOptions
+    from jobs.scene_job import plan_scene
+    from tiler.feed import ProcessFeed
+
+    plan = plan_scene(scene, spec, RunOptions())
+    cells = list(plan.grid)[:n_cells]
+    out = {"cells": len(cells)}
+    with rasterio.Env(GDAL_CACHEMAX=64), plan.reader() as reader, ThreadPoolExecutor(threads) as pool:
+        t0 = time.perf_counter()
+        n = sum(not r.skipped for r in pool.map(reader.read, cells, chunksize=8))
+        out[f"threads_chip_reads_{threads}"] = n / (time.perf_counter() - t0)
+    for w in sorted({workers, 16}):
+        feed = ProcessFeed(plan.reader(), cells, workers=w)
+        with feed:
+            t0 = time.perf_counter()
+            n = 0
+            first = None
+            for run in feed:
+                if first is None:
+                    first = time.perf_counter()
+                n += len(run.kept)
+                run.release()
+            end = time.perf_counter()
+        out[f"processes_run_reads_{w}"] = n / (end - first)
+        out[f"processes_run_reads_{w}_with_startup"] = n / (end - t0)
+    return out
+
+
+def model_only(predictor, chips: np.ndarray, batch: int, seconds: float = 3.0) -> float:
+    """chips/s of normalise + forward on uint8 chips already on the device."""
+    import torch
+
+    reps = -(-batch // len(chips))
+    x = torch.from_numpy(np.concatenate([chips] * reps)[:batch]).to(predictor.device)
+    sync = torch.cuda.synchronize if predictor.device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(3):
+            predictor._forward(x)
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            predictor._forward(x)
+            n += batch
+            if n % (batch * 4) == 0:
+                sync()
+        sync()
+    return n / (time.perf_counter() - t0)
+
+
+class GpuSampler:
+    """Mean GPU utilisation (NVML) over a block, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+        except Exception:  # no NVML here
+            self._nvml = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._h).gpu)
+
+    def __enter__(self) -> "GpuSampler":
+        if self._nvml:
+            self._t = threading.Thread(target=self._loop, daemon=True)
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._nvml:
+            self._t.join()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None) -> dict:
+    """classify_cells on the scene with reader processes: chips/s and where the time went."""
+    from jobs.options import RunOptions
+    from jobs.scene_job import classify_cells, plan_scene
+
+    predictor.gpu_seconds = 0.0
+    with GpuSampler() as gpu:
+        t0 = time.perf_counter()
+        plan = plan_scene(scene, predictor.spec, RunOptions(reader="processes", readers=workers, batch_size=batch))
+        t_plan = time.perf_counter() - t0
+        table = classify_cells(plan, predictor)
+        wall = time.perf_counter() - t0
+    tm = table.extra["timings"]
+    return {
+        "chips": len(table), "skipped": table.n_skipped_nodata, "wall_s": wall,
+        "chips_per_s": len(table) / wall,
+        "chips_per_s_after_reader_startup": len(table) / (wall - t_plan - tm["reader_startup"]),
+        "gpu_util_mean_pct": gpu.mean, "gpu_busy_share": predictor.gpu_seconds / wall,
+        "plan_s": t_plan, **{k: v for k, v in tm.items()},
+    }
+
+
+def accuracy(predictors: dict, chips: np.ndarray) -> dict:
+    """Share of tag decisions that bf16/fp16 change against fp32 on real chips."""
+    ref = predictors["fp32"]
+    thr = np.asarray(ref.spec.thresholds, np.float32)
+    p32 = ref.predict(chips)
+    t32 = p32 >= thr
+    out = {"chips": len(chips), "decisions": int(t32.size), "positive_tags_fp32": int(t32.sum())}
+    for name, pred in predictors.items():
+        if name == "fp32":
+            continue
+        p = pred.predict(chips)
+        out[name] = {"tag_decisions_changed": float(((p >= thr) != t32).mean()),
+                     "n_changed": int(((p >= thr) != t32).sum()),
+                     "max_abs_prob_diff": float(np.abs(p - p32).max())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chips", type=Path, required=True, help="folder of Planet Amazon JPEG chips")
+    ap.add_argument("--checkpoint", type=Path, required=True, help="torch checkpoint of the model")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/scenetag_bench_gpu"))
+    ap.add_argument("--repeat", type=int, default=10, help="mosaic repeats per side")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: cores less two)")
+    ap.add_argument("--reader-cells", type=int, default=6000)
+    ap.add_argument("--model-seconds", type=float, default=3.0)
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from model.torch_backend import TorchPredictor
+    from tiler.feed import default_workers
+
+    res: dict = {"device": args.device, "torch": torch.__version__,
+                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                 "cores": len(os.sched_getaffinity(0)), "batch": args.batch,
+                 "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+    workers = args.workers or default_workers()
+    res["reader_processes"] = workers
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1))
+
+    t0 = time.perf_counter()
+    chips = load_chips(args.chips, 10_000)
+    scene = build_scene(chips, args.work, args.repeat)
+    res["scene"] = {"path": str(scene), "bytes": scene.stat().st_size, "chips_in_mosaic": int(np.sqrt(len(chips))) ** 2,
+                    "repeat": args.repeat, "build_s": time.perf_counter() - t0, "real_chips": len(chips)}
+    print(f"scene {scene.name}: {scene.stat().st_size / 1e9:.2f} GB, built in {res['scene']['build_s']:.1f} s", flush=True)
+    save()
+
+    precisions = [p for p in args.precisions.split(",") if args.device.startswith("cuda") or p != "fp16"]
+    predictors = {p: TorchPredictor(args.checkpoint, device=args.device, precision=p, batch_size=args.batch)
+                  for p in precisions}
+    spec = predictors[precisions[0]].spec
+
+    res["readers"] = bench_readers(scene, spec, args.reader_cells, threads=16, workers=workers)
+    print("readers:", {k: round(v) for k, v in res["readers"].items()}, flush=True)
+    save()
+
+    res["model_only"] = {}
+    for p, pred in predictors.items():
+        res["model_only"][p] = model_only(pred, chips, args.batch, args.model_seconds)
+        print(f"model-only {p} batch {args.batch}: {res['model_only'][p]:.0f} chips/s", flush=True)
+    if "bf16" in predictors and args.device.startswith("cuda"):
+        res["model_only"]["bf16_batch1024"] = model_only(predictors["bf16"], chips, 1024, args.model_seconds)
+        print(f"model-only bf16 batch 1024: {res['model_only']['bf16_batch1024']:.0f} chips/s", flush=True)
+    save()
+
+    res["accuracy"] = accuracy(predictors, chips)
+    print("accuracy:", json.dumps(res["accuracy"]), flush=True)
+    save()
+
+    res["end_to_end"] = {}
+    for p, pred in predictors.items():
+        e = end_to_end(scene, pred, workers, args.batch)
+        e["ratio_to_model_only_same_precision"] = e["chips_per_s"] / res["model_only"][p]
+        if "bf16" in res["model_only"]:
+            e["ratio_to_model_only_bf16"] = e["chips_per_s"] / res["model_only"]["bf16"]
+        res["end_to_end"][p] = e
+        print(f"end-to-end {p}: {e['chips']} chips in {e['wall_s']:.2f} s = {e['chips_per_s']:.0f} chips/s "
+              f"({e['ratio_to_model_only_same_precision']:.2f} of model-only {p}); GPU util "
+              f"{e['gpu_util_mean_pct']}%, busy {e['gpu_busy_share']:.2f}; reader start-up "
+              f"{e['reader_startup']:.2f} s, wait for reads {e['wait_read']:.2f} s, submit {e['submit']:.2f} s, "
+              f"wait for GPU {e['wait_infer']:.2f} s", flush=True)
+        save()
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Reader benchmark: milliseconds per chip for each way of reading, in one process.
+
+    python bench/bench_readers.py [--chips DIR] [--repeat 2] [--runs 40]
+
+Builds the real-derived mosaic scene of ``bench/bench_gpu.py`` (Planet Amazon
+chips, tiled 256, DEFLATE, nodata 0) and a copy without nodata, then times on
+one thread, over the same cells:
+
+* ``read``: one chip per GDAL call, GDAL's dataset mask first (the thread path);
+* ``read_run, GDAL mask``: 32 chips per call, the mask read through GDAL;
+* ``read_run``: 32 chips per call, the mask as :meth:`ChipReader.read_run` gets it
+  (derived from the pixels for nodata; not read at all without a mask).
+
+What one process does per chip bounds what N reader processes do together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import rasterio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def without_nodata(scene: Path) -> Path:
+    """A copy of ``scene`` with no nodata value (so no mask at all)."""
+    dst_path = scene.with_name(scene.stem + "_nonodata.tif")
+    if not dst_path.exists():
+        with rasterio.open(scene) as src:
+            profile = src.profile
+            profile.update(nodata=None)
+            with rasterio.open(dst_path, "w", **profile) as dst:
+                for _, w in src.block_windows(1):
+                    dst.write(src.read(window=w), window=w)
+    return dst_path
+
+
+def main() -> None:
+    from bench.bench_gpu import build_scene, load_chips
+    from jobs.options import RunOptions
+    from jobs.scene_job import plan_scene
+    from model.default import default_model_path
+    from model.onnx_backend import read_spec
+    from tiler.feed import runs_of
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chips", type=Path, default=ROOT.parent / "shared/data/chips/planet_amazon/images")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "_data" / "readers")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=40, help="runs of 32 chips timed per method")
+    args = ap.parse_args()
+    if not args.chips.is_dir():
+        raise SystemExit(f"no chips at {args.chips}: the Planet chips live in ../shared/data (see its README)")
+
+    scene = build_scene(load_chips(args.chips, 600), args.work, args.repeat)
+    spec = read_spec(default_model_path())
+    print(f"{'scene':<22} {'method':<24} ms/chip")
+    for path in (scene, without_nodata(scene)):
+        plan = plan_scene(path, spec, RunOptions())
+        runs = runs_of(list(plan.grid))[:args.runs]
+        cells = [c for r in runs for c in r]
+        with rasterio.Env(GDAL_CACHEMAX=64), plan.reader() as reader:
+            results = {}
+            t0 = time.perf_counter()
+            for c in cells:
+                reader.read(c)
+            results["read (one chip)"] = time.perf_counter() - t0
+            fast = reader._mask_mode
+            reader._mask_mode = lambda ds: "gdal"
+            t0 = time.perf_counter()
+            for r in runs:
+                reader.read_run(r)
+            results["read_run, GDAL mask"] = time.perf_counter() - t0
+            reader._mask_mode = fast
+            t0 = time.perf_counter()
+            for r in runs:
+                reader.read_run(r)
+            results[f"read_run ({fast(reader._dataset())})"] = time.perf_counter() - t0
+        base = results["read (one chip)"]
+        for name, seconds in results.items():
+            print(f"{path.name:<22} {name:<24} {1000 * seconds / len(cells):6.2f}   "
+                  f"({base / seconds:.1f}x one-chip reads)")
+
+
+if __name__ == "__main__":
+    main()

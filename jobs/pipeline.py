@@ -1,0 +1,160 @@
+"""Classify cells with reader processes and double-buffered inference (the GPU path).
+
+Reading, upload, compute and result collection overlap:
+
+* reader processes (:class:`tiler.feed.ProcessFeed`) read runs of neighbouring
+  chips into shared memory, many runs ahead;
+* this thread copies kept chips into a batch and hands it to a
+  :class:`model.predictor.Submitter`, which returns at once (on CUDA the
+  upload and compute are queued behind each other on the GPU);
+* up to ``depth`` batches are in flight; this thread collects the oldest
+  result only when it has the next batch queued, so the GPU always has work.
+
+The result is the same :class:`ChipTable` as the thread path gives, in grid
+order, with a breakdown of where the time went in ``table.extra["timings"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+import numpy as np
+import rasterio
+
+from model.predictor import Pending, Predictor, Submitter
+from outputs_schema.records import ChipTable
+from scenetag.config import gdal_cachemax_mb
+from tiler.feed import ProcessFeed
+from tiler.grid import GridCell
+
+log = logging.getLogger(__name__)
+
+#: Batches in flight at once: one computing, one queued behind it.
+DEPTH = 2
+
+
+def classify_with_feed(
+    reader,
+    predictor: Predictor,
+    cells: Sequence[GridCell],
+    n_labels: int,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ChipTable:
+    """Read ``cells`` on reader processes and classify them, overlapping the stages.
+
+    Args:
+        reader: A :class:`tiler.reader.ChipReader` for the scene (pickled to the processes).
+        predictor: The model.
+        cells: Cells to classify.
+        n_labels: Labels the model outputs (for an empty result).
+        batch_size: Chips per model call (default: the backend's).
+        workers: Reader processes (default: :func:`tiler.feed.default_workers`).
+        progress: Called with the number of cells done, as they are done.
+    """
+    t_start = time.perf_counter()
+    rows: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    in_flight: deque[tuple[np.ndarray, Pending]] = deque()
+    parts: list[np.ndarray] = []
+    part_meta: list[np.ndarray] = []
+    held: list = []  # runs whose chips are in ``parts``
+    n_batch = 0
+    skipped = 0
+    read_seconds = 0.0
+    t = {"wait_read": 0.0, "submit": 0.0, "wait_infer": 0.0}
+
+    def collect_one() -> None:
+        meta, pending = in_flight.popleft()
+        t0 = time.perf_counter()
+        p = pending.result()
+        t["wait_infer"] += time.perf_counter() - t0
+        probs.append(p)
+        rows.append(meta)
+        if progress:
+            progress(len(meta))
+
+    def submit() -> None:
+        """Hand the gathered chips to the model; their runs' slots are free afterwards."""
+        nonlocal n_batch
+        if not parts:
+            return
+        t0 = time.perf_counter()
+        pending = submitter.submit(parts)  # copies the chips before it returns
+        t["submit"] += time.perf_counter() - t0
+        in_flight.append((np.concatenate(part_meta), pending))
+        for r in held:
+            r.release()
+        parts.clear()
+        part_meta.clear()
+        held.clear()
+        n_batch = 0
+        while len(in_flight) > DEPTH:
+            collect_one()
+
+    feed = ProcessFeed(reader, cells, workers=workers, cachemax_mb=gdal_cachemax_mb())
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), feed, Submitter(predictor) as submitter:
+        runs = iter(feed)
+        while True:
+            t0 = time.perf_counter()
+            run = next(runs, None)
+            t["wait_read"] += time.perf_counter() - t0
+            if run is None:
+                break
+            read_seconds += run.seconds
+            skipped += run.n_skipped
+            if progress and run.n_skipped:
+                progress(run.n_skipped)
+            n_kept = len(run.kept)
+            meta = _meta(run.cells, run.kept, run.valid)
+            bs = batch_size or predictor.batch_size
+            start = 0
+            while start < n_kept:
+                take = min(bs - n_batch, n_kept - start)
+                parts.append(run.pixels[start:start + take])
+                part_meta.append(meta[start:start + take])
+                n_batch += take
+                start += take
+                if n_batch >= bs:
+                    submit()
+            if n_kept and n_batch:
+                held.append(run)  # some of its chips wait in the next batch
+            else:
+                run.release()
+        submit()
+        while in_flight:
+            collect_one()
+        startup = feed.startup_seconds
+
+    wall = time.perf_counter() - t_start
+    if rows:
+        meta = np.concatenate(rows)
+        allp = np.concatenate(probs)
+        order = np.lexsort((meta[:, 1], meta[:, 0]))
+        meta, allp = meta[order], allp[order]
+        table = ChipTable(*(meta[:, i].astype(np.int32) for i in range(6)),
+                          meta[:, 6].astype(np.float32), allp.astype(np.float32), skipped)
+    else:
+        table = ChipTable.empty(n_labels)
+        table.n_skipped_nodata = skipped
+    gpu = getattr(predictor, "gpu_seconds", None)
+    table.seconds_read = read_seconds
+    table.seconds_infer = gpu if gpu else t["wait_infer"] + t["submit"]
+    table.extra["timings"] = {
+        "wall": wall, "reader_startup": startup, "readers": feed.workers,
+        "read_in_readers": read_seconds, **t,
+    }
+    return table
+
+
+def _meta(cells: Sequence[GridCell], kept: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(n_kept, 7)`` float64 rows: row, col, x_off, y_off, width, height, valid fraction."""
+    out = np.empty((len(kept), 7), np.float64)
+    for i, k in enumerate(kept):
+        c = cells[int(k)]
+        out[i] = (c.row, c.col, c.col_off, c.row_off, c.width, c.height, valid[int(k)])
+    return out

@@ -1,0 +1,202 @@
+"""Run reads, reader processes and the double-buffered pipeline give the thread path's chips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jobs.options import RunOptions
+from jobs.scene_job import classify_cells, plan_scene, reader_mode
+from model.predictor import Done, Submitter, load_predictor
+from tiler.feed import ProcessFeed, runs_of
+from tiler.grid import GridCell
+
+
+def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270):
+    """A scene with a ragged nodata region, so that some chips are partly or wholly invalid."""
+    rng = np.random.default_rng(seed)
+    hi = 255 if dtype == "uint8" else 4000
+    data = rng.integers(1, hi, size=(3, height, width)).astype(dtype)
+    yy, xx = np.mgrid[:height, :width]
+    data[:, (xx + 0.7 * yy) > 300] = 0
+    data[:, :40, :50] = 0
+    return make_raster("s.tif", data, nodata=nodata, tiled=True)
+
+
+@pytest.mark.parametrize("edge,stride,min_valid,dtype", [
+    ("shift", None, 0.5, "uint8"),
+    ("pad", None, 0.2, "uint8"),
+    ("shift", 40, 0.5, "uint16"),
+    ("pad", 50, 0.0, "uint16"),
+    ("skip", 64, 0.9, "uint8"),
+])
+def test_read_run_gives_the_chips_of_read(make_raster, tiny_model, edge, stride, min_valid, dtype):
+    path = _scene(make_raster, dtype=dtype)
+    predictor = load_predictor(tiny_model)
+    plan = plan_scene(path, predictor.spec, RunOptions(edge=edge, stride=stride, min_valid=min_valid))
+    with plan.reader() as reader:
+        n_kept = 0
+        for run in runs_of(list(plan.grid), per_run=3):
+            got = reader.read_run(run)
+            kept = []
+            for i, cell in enumerate(run):
+                one = reader.read(cell)
+                assert got.valid[i] == pytest.approx(one.chip.valid_fraction, abs=1e-6)
+                if not one.skipped:
+                    kept.append(i)
+                    np.testing.assert_array_equal(got.pixels[len(kept) - 1], one.pixels)
+            assert got.kept.tolist() == kept
+            n_kept += len(kept)
+    assert 0 < n_kept < len(plan.grid)  # the scene has both kinds of chip
+
+
+def _masked_scenes(make_raster):
+    """Scenes for each way validity is known: none, per-band nodata (in some bands only), alpha."""
+    rng = np.random.default_rng(7)
+    h, w = 200, 300
+    four = rng.integers(1, 255, size=(4, h, w)).astype("uint8")
+    four[:3, :, :120] = 0  # bands 1-3 nodata on the left; band 4 still valid there
+    four[:, 150:, 200:] = 0  # every band nodata bottom right
+    alpha = rng.integers(1, 255, size=(4, h, w)).astype("uint8")
+    alpha[3] = 255
+    alpha[3, :90, :] = 0
+    return {
+        "all_valid": make_raster("plain.tif", rng.integers(0, 255, size=(3, h, w)).astype("uint8")),
+        "nodata": make_raster("four.tif", four, nodata=0, tiled=True),
+        "gdal": make_raster("alpha.tif", alpha, photometric="RGB", alpha="YES"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["all_valid", "nodata", "gdal"])
+def test_read_run_matches_read_for_each_kind_of_mask(make_raster, tiny_model, kind):
+    path = _masked_scenes(make_raster)[kind]
+    spec = load_predictor(tiny_model).spec
+    plan = plan_scene(path, spec, RunOptions(bands=(3, 2, 1), stride=40, min_valid=0.3))
+    with plan.reader() as reader:
+        assert reader._mask_mode(reader._dataset()) == kind
+        for run in runs_of(list(plan.grid), per_run=4):
+            got = reader.read_run(run)
+            singles = [reader.read(c) for c in run]
+            np.testing.assert_allclose(got.valid, [s.chip.valid_fraction for s in singles], atol=1e-6)
+            assert got.kept.tolist() == [i for i, s in enumerate(singles) if not s.skipped]
+            for j, k in enumerate(got.kept):
+                np.testing.assert_array_equal(got.pixels[j], singles[int(k)].pixels)
+
+
+def test_read_run_refuses_cells_of_two_rows(make_raster, tiny_model):
+    path = _scene(make_raster)
+    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions())
+    cells = list(plan.grid)
+    two_rows = [cells[0], next(c for c in cells if c.row == 1)]
+    with plan.reader() as reader, pytest.raises(ValueError, match="one grid row"):
+        reader.read_run(two_rows)
+
+
+def test_runs_of_keeps_to_one_row_and_the_run_length():
+    cells = [GridCell(r, c, c * 10, r * 10, 10, 10) for r in range(3) for c in range(5)]
+    runs = runs_of(cells, per_run=2)
+    assert [len(r) for r in runs] == [2, 2, 1] * 3
+    assert all(len({c.row for c in r}) == 1 for r in runs)
+    assert [c for r in runs for c in r] == cells
+
+
+def test_process_feed_reads_every_cell_once(make_raster, tiny_model):
+    path = _scene(make_raster)
+    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions(stride=48))
+    cells = list(plan.grid)
+    seen, kept = [], 0
+    with plan.reader() as ref, ProcessFeed(plan.reader(), cells, workers=2, per_run=4, slots=3) as feed:
+        for run in feed:
+            seen.extend((c.row, c.col) for c in run.cells)
+            for j, k in enumerate(run.kept):
+                np.testing.assert_array_equal(run.pixels[j], ref.read(run.cells[int(k)]).pixels)
+            kept += len(run.kept)
+            run.release()
+    assert sorted(seen) == sorted((c.row, c.col) for c in cells)
+    assert 0 < kept < len(cells)
+
+
+def test_process_feed_says_when_the_consumer_keeps_every_slot(make_raster, tiny_model):
+    path = _scene(make_raster, nodata=None)
+    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions())
+    with ProcessFeed(plan.reader(), list(plan.grid), workers=1, per_run=1, slots=2) as feed:
+        with pytest.raises(RuntimeError, match="release runs"):
+            for _ in feed:
+                pass  # never released
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batch_size):
+    path = _scene(make_raster, width=420, height=390)
+    predictor = load_predictor(tiny_model)
+    tables = {}
+    for mode in ("threads", "processes"):
+        opts = RunOptions(reader=mode, readers=2, batch_size=batch_size, stride=48)
+        plan = plan_scene(path, predictor.spec, opts)
+        done = []
+        tables[mode] = classify_cells(plan, predictor, progress=done.append)
+        assert sum(done) == len(plan.grid)
+    a, b = tables["threads"], tables["processes"]
+    assert len(a) == len(b) > 0 and a.n_skipped_nodata == b.n_skipped_nodata > 0
+    for col in ("row", "col", "x_off", "y_off", "width", "height"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    np.testing.assert_allclose(a.valid_fraction, b.valid_fraction, atol=1e-6)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    timings = b.extra["timings"]
+    assert timings["readers"] == 2 and timings["wall"] > 0 and b.seconds_read > 0
+
+
+def test_reader_mode_picks_processes_only_for_a_gpu_model(tiny_model):
+    cpu = load_predictor(tiny_model)
+    assert reader_mode(RunOptions(), cpu, 10_000) == "threads"
+    assert reader_mode(RunOptions(reader="processes"), cpu, 10) == "processes"
+
+    class FakeGpu:
+        device = "cuda:0"
+    assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "processes"
+    assert reader_mode(RunOptions(), FakeGpu(), 10) == "threads"  # too small to pay for processes
+
+
+def test_submitter_runs_a_plain_backend_on_a_thread_and_copies_the_parts(tiny_model):
+    predictor = load_predictor(tiny_model)
+    rng = np.random.default_rng(0)
+    chips = rng.integers(0, 255, size=(6, 3, 64, 64)).astype(np.uint8)
+    expected = predictor.predict(chips)
+    with Submitter(predictor) as sub:
+        parts = [chips[:2].copy(), chips[2:].copy()]
+        pending = sub.submit(parts)
+        for p in parts:
+            p[:] = 0  # the caller may reuse its memory at once
+        np.testing.assert_allclose(pending.result(), expected, atol=1e-6)
+
+
+def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
+    from cli import main
+
+    path = _scene(make_raster, width=300, height=300)
+    out = tmp_path / "o.gpkg"
+    res = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_model), "-o", str(out),
+                                    "--reader", "processes", "--readers", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "classified" in res.output
+
+
+@pytest.mark.gpu
+def test_cuda_pipeline_gives_the_cpu_tags(make_raster, tmp_path):
+    """Reader processes + double-buffered CUDA inference against threads + the CPU, same checkpoint."""
+    pytest.importorskip("torch")
+    from model.checkpoint import save_checkpoint
+    from tests.model_factory import tiny_network, tiny_spec
+
+    spec = tiny_spec()
+    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_network(spec, seed=1), spec)
+    path = _scene(make_raster, width=900, height=700)
+    cpu = load_predictor(ckpt, backend="torch", device="cpu")
+    gpu = load_predictor(ckpt, backend="torch", device="cuda")
+    a = classify_cells(plan_scene(path, spec, RunOptions(reader="threads")), cpu)
+    b = classify_cells(plan_scene(path, spec, RunOptions(reader="processes", batch_size=7)), gpu)
+    np.testing.assert_array_equal(a.row, b.row)
+    np.testing.assert_array_equal(a.col, b.col)
+    np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)  # TF32 convolutions on CUDA
+    assert b.extra["timings"]["readers"] >= 1 and gpu.gpu_seconds > 0

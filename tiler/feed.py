@@ -1,0 +1,235 @@
+"""Reader processes that feed chips through shared memory.
+
+One Python thread reading one chip per GDAL call tops out at a few thousand
+chips per second (GDAL's locks and per-call costs), far below what a GPU
+classifies.  :class:`ProcessFeed` runs reader *processes*, each with its own
+dataset handle, and hands them *runs* of neighbouring cells of one grid row,
+read with one mask read and one data read (:meth:`ChipReader.read_run`).
+
+Pixels never go through a pipe: the feed owns a ring of slots in one
+shared-memory block, a reader writes a run's kept chips into the slot it was
+given, and only the small metadata comes back.  The consumer takes a
+:class:`Run` (a view into its slot), copies the pixels where it needs them,
+and calls :meth:`Run.release` so the slot can take another run.  At most
+``slots`` runs are in flight, so memory stays flat whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+
+from scenetag.errors import SceneReadError
+from tiler.grid import GridCell
+from tiler.reader import ChipReader
+
+log = logging.getLogger(__name__)
+
+#: Cells per task: wide enough that GDAL's per-call costs vanish, small enough
+#: that a slot stays a few MB.
+CELLS_PER_RUN = 32
+
+
+def default_workers() -> int:
+    """Reader processes by default: the usable cores less two (the consumer and the model's thread)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores - 2))
+
+
+def runs_of(cells: Sequence[GridCell], per_run: int = CELLS_PER_RUN) -> list[list[GridCell]]:
+    """``cells`` cut into runs of at most ``per_run`` consecutive cells of one grid row."""
+    runs: list[list[GridCell]] = []
+    current: list[GridCell] = []
+    for cell in cells:
+        if current and (cell.row != current[-1].row or len(current) >= per_run):
+            runs.append(current)
+            current = []
+        current.append(cell)
+    if current:
+        runs.append(current)
+    return runs
+
+
+@dataclass
+class Run:
+    """One run's result: kept chips (a view into the feed's shared memory) and its cells."""
+
+    cells: list[GridCell]
+    kept: np.ndarray
+    valid: np.ndarray
+    pixels: np.ndarray
+    seconds: float
+    _feed: "ProcessFeed | None" = None
+    _slot: int = -1
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.cells) - len(self.kept)
+
+    def release(self) -> None:
+        """Give the slot back; ``pixels`` must not be used afterwards."""
+        if self._feed is not None:
+            self._feed._release(self._slot)
+            self._feed = None
+
+
+def _shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm, where shared memory lives on Linux (None elsewhere)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+# --- in the reader processes -------------------------------------------------
+
+_worker: dict = {}
+
+
+def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cachemax_mb: int) -> None:
+    shm = SharedMemory(name=shm_name)
+    _worker["shm"] = shm  # keep the mapping alive
+    _worker["slots"] = np.ndarray(shape, np.uint8, buffer=shm.buf)
+    _worker["reader"] = reader
+    _worker["env"] = rasterio.Env(GDAL_CACHEMAX=cachemax_mb)
+    _worker["env"].__enter__()
+
+
+def _read_run(cells: list[GridCell], slot: int) -> tuple[int, np.ndarray, np.ndarray, float]:
+    t0 = time.perf_counter()
+    reader: ChipReader = _worker["reader"]
+    out = _worker["slots"][slot]
+    if reader.run_readable(cells):
+        r = reader.read_run(cells, out=out)
+        return slot, r.kept, r.valid, time.perf_counter() - t0
+    kept, valid = [], []
+    for i, cell in enumerate(cells):  # resampled reads: one cell at a time
+        read = reader.read(cell)
+        valid.append(read.chip.valid_fraction)
+        if not read.skipped:
+            out[len(kept)] = read.pixels
+            kept.append(i)
+    return slot, np.asarray(kept, np.int64), np.asarray(valid, np.float32), time.perf_counter() - t0
+
+
+# --- in the consumer ---------------------------------------------------------
+
+
+class ProcessFeed:
+    """Reads cells on reader processes; iterate for :class:`Run` results, in completion order.
+
+    Args:
+        reader: A configured (not yet used) :class:`ChipReader`; it is pickled to each process.
+        cells: The cells to read.
+        workers: Reader processes (default :func:`default_workers`).
+        per_run: Cells per task.
+        slots: Runs in flight (default twice the workers, plus two).
+        cachemax_mb: GDAL block cache per process.
+    """
+
+    def __init__(self, reader: ChipReader, cells: Sequence[GridCell], workers: int | None = None,
+                 per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int = 64) -> None:
+        self.workers = int(workers or default_workers())
+        self.runs = runs_of(cells, per_run)
+        self.per_run = max((len(r) for r in self.runs), default=1)
+        self.n_slots = int(slots or 2 * self.workers + 2)
+        nb, size = len(reader.bands), reader.chip_size
+        slot_bytes = self.per_run * nb * size * size
+        room = _shm_free_bytes()
+        if room is not None and self.n_slots * slot_bytes > room // 2:
+            fit = int(room // 2 // slot_bytes)
+            if fit < 2:
+                raise SceneReadError(
+                    f"shared memory (/dev/shm) has {room / 2**20:.0f} MiB free, too little for the reader "
+                    f"processes ({2 * slot_bytes / 2**20:.0f} MiB at least): enlarge /dev/shm or use --reader threads"
+                )
+            log.warning("/dev/shm has %.0f MiB free: %d reader slots instead of %d", room / 2**20, fit, self.n_slots)
+            self.n_slots = fit
+        self._shape = (self.n_slots, self.per_run, nb, size, size)
+        self._shm = SharedMemory(create=True, size=max(1, int(np.prod(self._shape))))
+        self._slots = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)
+        self._free = list(range(self.n_slots))
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self.startup_seconds = 0.0
+        t0 = time.perf_counter()
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            initargs=(reader, self._shm.name, self._shape, cachemax_mb))
+        self._closed = False
+        self._t0 = t0
+
+    def _release(self, slot: int) -> None:
+        with self._freed:
+            self._free.append(slot)
+            self._freed.notify()
+
+    def _take_slot(self) -> int | None:
+        with self._lock:
+            return self._free.pop() if self._free else None
+
+    def __iter__(self) -> Iterator[Run]:
+        pending: dict[Future, list[GridCell]] = {}
+        todo = iter(self.runs)
+        exhausted = False
+        first = True
+        try:
+            while True:
+                while not exhausted:
+                    slot = self._take_slot()
+                    if slot is None:
+                        break
+                    cells = next(todo, None)
+                    if cells is None:
+                        self._release(slot)
+                        exhausted = True
+                        break
+                    pending[self._pool.submit(_read_run, cells, slot)] = cells
+                if not pending:
+                    if exhausted:
+                        return
+                    raise RuntimeError("every slot is held by the consumer: release runs as they are used")
+                done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    cells = pending.pop(fut)
+                    slot, kept, valid, seconds = fut.result()
+                    if first:
+                        self.startup_seconds = time.perf_counter() - self._t0
+                        first = False
+                    yield Run(cells, kept, valid, self._slots[slot, :len(kept)], seconds, self, slot)
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        """Stop the processes and free the shared memory."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._slots = None  # type: ignore[assignment]
+        try:
+            self._shm.close()
+        except BufferError:  # a consumer still holds a view; the mapping goes with it
+            pass
+        self._shm.unlink()
+
+    def __enter__(self) -> "ProcessFeed":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
