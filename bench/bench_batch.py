@@ -8,8 +8,8 @@ gets its own origin, so no two scenes are identical files.
 
 Model: ``--model PATH``; else the shipped default model if it exists; else
 (or with ``--tiny-chip N``) the tiny test model (mobilenetv3_small_050,
-random weights, 64 px chips or N px), exported to a temporary folder.  The
-model used is printed.
+random weights, 64 px chips or N px), exported once into ``bench/_data``.
+The model used is printed.
 
 Measured, each ``--rounds`` times (the best is kept, since the machine is
 shared and noise only ever adds time):
@@ -46,29 +46,16 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scenes import repeat_scene  # noqa: E402
+from bench.scenes import DATA, bench_model, repeat_scene  # noqa: E402
 
 SOURCES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif")
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data")) / "scenes"
-
-
-def choose_model(arg: str | None, tiny_chip: int | None, tmp: Path) -> tuple[Path, str]:
+def choose_model(arg: str | None, tiny_chip: int | None) -> tuple[Path, str]:
     if arg:
         return Path(arg), f"{arg} (given)"
-    from model.default import DEFAULT_MODEL
-
-    if DEFAULT_MODEL.exists() and tiny_chip is None:
-        return DEFAULT_MODEL, f"{DEFAULT_MODEL} (the shipped default model)"
-    from tests.model_factory import export_tiny_model, tiny_spec
-
     chip = tiny_chip or 64
-    spec = tiny_spec(chip_size=chip, resolution_m=10.0 * 64 / chip)
-    path = export_tiny_model(tmp / "tiny.onnx", spec)
-    return path, (f"tiny test model (mobilenetv3_small_050, random weights, {chip} px chips, "
-                  f"{spec.resolution_m:g} m, 3 bands)")
+    return bench_model(chip, resolution_m=10.0 * 64 / chip, tiny=tiny_chip is not None)
 
 
 def main() -> None:
@@ -94,13 +81,13 @@ def main() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)  # importing it set its own level
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
-        model_path, model_desc = choose_model(args.model, args.tiny_chip, tmp)
+        model_path, model_desc = choose_model(args.model, args.tiny_chip)
         predictor = load_predictor(model_path)
         options = RunOptions()
         scenes_dir = tmp / "scenes"
         scenes_dir.mkdir()
         for i in range(args.scenes):
-            src = data_dir() / SOURCES[i % len(SOURCES)]
+            src = DATA / "scenes" / SOURCES[i % len(SOURCES)]
             repeat_scene(src, scenes_dir / f"scene_{i:02d}.tif", args.repeat, shift=i + 1, compress="lzw")
         scenes = sorted(scenes_dir.glob("*.tif"))
         with rasterio.open(scenes[0]) as s0, rasterio.open(scenes[1 % len(scenes)]) as s1:

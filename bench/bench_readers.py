@@ -26,15 +26,18 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scenes import CACHE, DATA  # noqa: E402
+from scenetag.atomic import atomic_path  # noqa: E402
+
 
 def without_nodata(scene: Path) -> Path:
-    """A copy of ``scene`` with no nodata value (so no mask at all)."""
+    """A copy of ``scene`` with no nodata value (so no mask at all), built once."""
     dst_path = scene.with_name(scene.stem + "_nonodata.tif")
     if not dst_path.exists():
-        with rasterio.open(scene) as src:
+        with rasterio.open(scene) as src, atomic_path(dst_path) as tmp:
             profile = src.profile
             profile.update(nodata=None)
-            with rasterio.open(dst_path, "w", **profile) as dst:
+            with rasterio.open(tmp, "w", **profile) as dst:
                 for _, w in src.block_windows(1):
                     dst.write(src.read(window=w), window=w)
     return dst_path
@@ -46,11 +49,12 @@ def main() -> None:
     from jobs.scene_job import plan_scene
     from model.default import default_model_path
     from model.onnx_backend import read_spec
+    from scenetag.config import gdal_cachemax_mb
     from tiler.feed import runs_of
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chips", type=Path, default=ROOT.parent / "shared/data/chips/planet_amazon/images")
-    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "_data" / "readers")
+    ap.add_argument("--chips", type=Path, default=DATA / "chips" / "planet_amazon" / "images")
+    ap.add_argument("--work", type=Path, default=CACHE / "readers")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--runs", type=int, default=40, help="runs of 32 chips timed per method")
     args = ap.parse_args()
@@ -64,7 +68,7 @@ def main() -> None:
         plan = plan_scene(path, spec, RunOptions())
         runs = runs_of(list(plan.grid))[:args.runs]
         cells = [c for r in runs for c in r]
-        with rasterio.Env(GDAL_CACHEMAX=64), plan.reader() as reader:
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader:
             results = {}
             t0 = time.perf_counter()
             for c in cells:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data"))
-CACHE = ROOT / "bench" / "_data"
+
+from bench.scenes import CACHE, DATA, bench_model, repeat_scene  # noqa: E402
+
 BASE = DATA / "scenes" / "planetscope_borneo_3m_analytic.tif"
 BANDS = (3, 2, 1)
 
@@ -37,8 +38,6 @@ BANDS = (3, 2, 1)
 def build_scene(size: int) -> Path:
     """The large scene, built once from the real Borneo scene."""
     import rasterio
-
-    from bench.scenes import repeat_scene
 
     out = CACHE / f"borneo_x{size}.tif"
     if out.exists():
@@ -49,19 +48,6 @@ def build_scene(size: int) -> Path:
     with rasterio.open(BASE) as src:
         reps = size // src.height
     return repeat_scene(BASE, out, reps)
-
-
-def default_model() -> Path:
-    path = ROOT / "model" / "default" / "scenetag-default.onnx"
-    if path.exists():
-        return path
-    from tests.model_factory import export_tiny_model, tiny_spec
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / "tiny256.onnx"
-    if not out.exists():
-        export_tiny_model(out, tiny_spec(chip_size=256, resolution_m=3.0))
-    return out
 
 
 # -- the three measurements, each run in its own process -------------------------------
@@ -186,7 +172,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     scene = build_scene(args.size)
-    model = args.model or default_model()
+    model = args.model or bench_model(chip=256, resolution_m=3.0)[0]
     print(f"scene: {scene.name}, {args.size}x{args.size}, Borneo PlanetScope 512x512 repeated "
           f"{args.size // 512}x{args.size // 512}, tiled 256, DEFLATE (built in {time.perf_counter() - t0:.0f} s or cached)")
     print(f"model: {model}  batch size {args.batch_size or 'backend default'}  cores {os.cpu_count()}")

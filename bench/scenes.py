@@ -1,7 +1,8 @@
-"""Large benchmark scenes derived from real ones, shared by the benchmarks."""
+"""What the benchmarks share: where the real data is, large scenes derived from it, the model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ from affine import Affine
 from rasterio.windows import Window
 
 from scenetag.atomic import atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The shared real data (scenes/, chips/): ``$SCENETAG_DATA``, else ``../shared/data`` beside the project.
+DATA = Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data"))
+#: Where benchmarks keep what they build once (scenes, models).
+CACHE = ROOT / "bench" / "_data"
 
 
 def repeat_scene(src_path: Path, dst_path: Path, repeat: int, shift: int = 0, compress: str = "deflate",
@@ -38,3 +45,22 @@ def repeat_scene(src_path: Path, dst_path: Path, repeat: int, shift: int = 0, co
                 dst.write(row, window=Window(0, r * th, tw * repeat, th))
             dst.colorinterp = colorinterp
     return dst_path
+
+
+def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Path, str]:
+    """The shipped default model, else (or with ``tiny``) the tiny test model; returns it and a description.
+
+    The tiny model (mobilenetv3_small_050, random weights, ``chip`` px chips at
+    ``resolution_m``) is exported once into :data:`CACHE`.
+    """
+    from model.default import DEFAULT_MODEL
+
+    if DEFAULT_MODEL.exists() and not tiny:
+        return DEFAULT_MODEL, f"{DEFAULT_MODEL} (the shipped default model)"
+    from tests.model_factory import export_tiny_model, tiny_spec
+
+    path = CACHE / f"tiny{chip}_{resolution_m:g}m.onnx"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        export_tiny_model(path, tiny_spec(chip_size=chip, resolution_m=resolution_m))
+    return path, f"tiny test model (mobilenetv3_small_050, random weights, {chip} px chips, {resolution_m:g} m, 3 bands)"

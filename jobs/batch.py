@@ -30,6 +30,7 @@ recomputed elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -38,18 +39,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from distributed import WorkerPlugin
 
-from jobs.cluster import DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect, describe, local_gpu_count
+from jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect, describe,
+                          local_gpu_count)
 from jobs.inputs import expand_inputs, output_paths
 from jobs.lock import OutputLock
 from jobs.options import RunOptions
 from jobs.report import BatchReport, SceneRecord
-from jobs.scene_job import ScenePlan, SceneResult, classify_cells, plan_scene, signature, write_scene
+from jobs.scene_job import ScenePlan, SceneResult, _now, classify_cells, plan_scene, signature, write_scene
 from model.predictor import file_sha256
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
@@ -60,8 +61,6 @@ from tiler.grid import GridCell
 
 log = logging.getLogger(__name__)
 
-#: Chips per classify task: a scene with more is split into strips of chip rows.
-DEFAULT_CHIPS_PER_TASK = 256
 #: Report file written into the output folder unless another is named.
 REPORT_NAME = "batch-report.json"
 
@@ -85,8 +84,8 @@ class ModelRef:
     intra_op_threads: int = 1
 
     @classmethod
-    def from_predictor(cls, predictor, device: str = "cpu", intra_op_threads: int = 1) -> "ModelRef":
-        return cls(str(predictor.path), predictor.sha256, predictor.spec, device, intra_op_threads)
+    def from_predictor(cls, predictor, device: str = "cpu") -> "ModelRef":
+        return cls(str(predictor.path), predictor.sha256, predictor.spec, device)
 
 
 _lock = threading.Lock()
@@ -202,10 +201,6 @@ def recorded_signature(out: str | os.PathLike) -> str | None:
     return row[0] if row else None
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass(frozen=True)
 class SceneFailure:
     """An expected per-scene failure, returned by a task as a value (not raised, so not logged as a crash)."""
@@ -253,34 +248,20 @@ def write_output(prep: Prepared, model: ModelRef, *tables: ChipTable) -> SceneRe
                        overwrite=True, scene_sha256=prep.scene_sha256)
 
 
-def _prepare_task(*args) -> Prepared | SceneFailure:
-    try:
-        return prepare_scene(*args)
-    except ScenetagError as exc:
-        if not _is_scene_error(exc):
-            raise
-        return SceneFailure(exc, "prepare")
+def _task(stage: str, fn: Callable, *args):
+    """Run one task of a scene; an expected per-scene failure comes back as a :class:`SceneFailure` value.
 
-
-def _classify_task(plan: ScenePlan, cells: Sequence[GridCell], model: ModelRef) -> ChipTable | SceneFailure:
-    try:
-        return classify_strip(plan, cells, model)
-    except ScenetagError as exc:
-        if not _is_scene_error(exc):
-            raise
-        return SceneFailure(exc, "classify")
-
-
-def _write_task(prep: Prepared, model: ModelRef, *tables: ChipTable | SceneFailure) -> SceneResult | SceneFailure:
-    failed = next((t for t in tables if isinstance(t, SceneFailure)), None)
+    A failure among ``args`` (a strip of the scene, for its writer) is passed on without running ``fn``.
+    """
+    failed = next((a for a in args if isinstance(a, SceneFailure)), None)
     if failed is not None:
         return failed
     try:
-        return write_output(prep, model, *tables)
+        return fn(*args)
     except ScenetagError as exc:
         if not _is_scene_error(exc):
             raise
-        return SceneFailure(exc, "write")
+        return SceneFailure(exc, stage)
 
 
 # --------------------------------------------------------------------------- the orchestration
@@ -295,11 +276,10 @@ class _Scene:
     result: SceneResult | None = None
 
 
-def gpu_resources(client, gpu: bool | None) -> dict | None:
+def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:
     """``{"GPU": 1}`` when inference tasks should ask for a GPU: ``gpu`` True, or None and workers have one."""
     if gpu is False:
         return None
-    info = describe(client)
     if info.gpu_workers:
         return {"GPU": 1}
     if gpu:
@@ -348,8 +328,8 @@ def run_scenes(
 
     def submit(state: _Scene, stage: str, fn, *args, token=None, **kwargs):
         token = token if token is not None else tokenize(batch_token, state.record.scene, state.record.output)
-        fut = client.submit(fn, *args, key=f"scenetag-{stage}-{tokenize(token, state.attempt)}", pure=False,
-                            **kwargs)
+        fut = client.submit(_task, stage, fn, *args, key=f"scenetag-{stage}-{tokenize(token, state.attempt)}",
+                            pure=False, **kwargs)
         state.futures.append(fut)
         return fut
 
@@ -358,15 +338,14 @@ def run_scenes(
         state.record.attempts = state.attempt
         if state.attempt == 1:
             state.wall_start = time.time()
-        fut = submit(state, "prepare", _prepare_task, state.record.scene, state.record.output, model, options,
+        fut = submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
                      force)
         owner[fut.key] = (state, state.attempt, "prepare")
         pending.add(fut)
 
     def finish(state: _Scene, status: str) -> None:
         state.record.status = status
-        if not state.record.seconds:
-            state.record.seconds = time.time() - state.wall_start
+        state.record.seconds = time.time() - state.wall_start
         state.futures.clear()  # release the scene's results on the cluster
         if on_done:
             on_done(state.record)
@@ -408,12 +387,12 @@ def run_scenes(
                 strips = plan.grid.strips(rows)
                 rec.strips = len(strips)
                 rec.chips_total = len(plan.grid) + plan.grid.n_skipped
-                content = (prep.scene, prep.scene_sha256, model.sha256, model.spec.to_dict(), model.device, options.to_dict(),
-                           rows)
-                classified = [submit(state, "classify", _classify_task, plan, cells, model, resources=resources,
-                                     token=tokenize(*content, i))
+                # The signature covers scene content, model, spec and the result-affecting options.
+                content = tokenize(prep.signature, prep.scene, model.device, options.to_dict(), rows)
+                classified = [submit(state, "classify", classify_strip, plan, cells, model, resources=resources,
+                                     token=tokenize(content, i))
                               for i, cells in enumerate(strips)]
-                writer = submit(state, "write", _write_task, prep, model, *classified)
+                writer = submit(state, "write", write_output, prep, model, *classified)
                 owner[writer.key] = (state, state.attempt, "write")
                 pending.add(writer)
             else:
@@ -423,7 +402,6 @@ def run_scenes(
                 rec.chips_total = result.n_chips_total
                 rec.chips_skipped_nodata = result.n_chips_skipped_nodata
                 rec.reason = result.reason
-                rec.seconds = time.time() - state.wall_start
                 finish(state, result.status)
     except BaseException:
         client.cancel([f for s in states for f in s.futures])
@@ -474,6 +452,29 @@ def _use_local_gpu(gpu: bool | None, device: str) -> bool:
     return bool(gpu) or (gpu is None and device != "cpu" and local_gpu_count() > 0)
 
 
+@dataclass(frozen=True)
+class _Session:
+    """A client whose workers hold the model, and where its inference tasks go."""
+
+    client: object
+    info: ClusterInfo
+    model: ModelRef
+    resources: dict | None
+
+
+@contextlib.contextmanager
+def _model_on_cluster(predictor, device: str, scheduler: str | None, *, gpu: bool | None,
+                      **connect_kwargs) -> Iterator[_Session]:
+    """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session."""
+    data = model_bytes(predictor)
+    model = ModelRef.from_predictor(predictor, device)
+    with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as client:
+        info = describe(client)
+        resources = gpu_resources(info, gpu)
+        with shipped(client, model, data):
+            yield _Session(client, info, model, resources)
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -515,6 +516,12 @@ def run_batch(
                                 "sha256": predictor.sha256, "device": device},
                          options=options.to_dict())
     report_path = Path(report_path) if report_path else out_dir / REPORT_NAME
+
+    def write_report() -> None:
+        report.finished_at = _now()
+        report.seconds = time.perf_counter() - t0
+        report.write(report_path)
+
     with OutputLock(out_dir):
         sweep_leftovers(out_dir)
         scenes = expand_inputs(inputs)
@@ -522,31 +529,23 @@ def run_batch(
         report.scenes = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
         if on_start:
             on_start(len(scenes))
-        if scenes:
-            data = model_bytes(predictor)
-            model = ModelRef.from_predictor(predictor, device)
-            with connect(scheduler, workers=workers, threads=threads, gpu=_use_local_gpu(gpu, device),
-                         dashboard_address=dashboard_address, announce=announce) as client:
-                info = describe(client)
+        if not scenes:
+            log.warning("no scenes in %s: nothing to do", " ".join(map(str, inputs)))
+            write_report()
+        else:
+            with _model_on_cluster(predictor, device, scheduler, gpu=gpu, workers=workers, threads=threads,
+                                   dashboard_address=dashboard_address, announce=announce) as session:
+                info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
-                resources = gpu_resources(client, gpu)
                 if forward_logs:
                     for name in ("jobs", "tiler", "model", "outputs_schema"):
-                        client.forward_logging(name, level=logging.INFO)
+                        session.client.forward_logging(name, level=logging.INFO)
                 try:
-                    with shipped(client, model, data):
-                        run_scenes(client, scenes, outs, model, options, force=force, retries=retries,
-                                   chips_per_task=chips_per_task, resources=resources, on_done=on_done,
-                                   records=report.scenes)
+                    run_scenes(session.client, scenes, outs, session.model, options, force=force, retries=retries,
+                               chips_per_task=chips_per_task, resources=session.resources, on_done=on_done,
+                               records=report.scenes)
                 finally:
-                    report.finished_at = _now()
-                    report.seconds = time.perf_counter() - t0
-                    report.write(report_path)
-        else:
-            log.warning("no scenes in %s: nothing to do", " ".join(map(str, inputs)))
-            report.finished_at = _now()
-            report.seconds = time.perf_counter() - t0
-            report.write(report_path)
+                    write_report()
     log.info("report: %s", report_path)
     return report
 
@@ -571,14 +570,10 @@ def run_scene_on_cluster(
     The caller has already refused an existing ``out`` unless overwriting (as
     ``run`` does with :func:`~outputs_schema.writer.check_output`).
     """
-    data = model_bytes(predictor)
-    model = ModelRef.from_predictor(predictor, device)
-    with connect(scheduler, workers=workers, threads=threads, gpu=_use_local_gpu(gpu, device),
-                 dashboard_address=dashboard_address, announce=announce) as client:
-        resources = gpu_resources(client, gpu)
-        with shipped(client, model, data):
-            # A scene's ScenetagError is raised here, as `run` raises it in-process.
-            records, results = run_scenes(client, [Path(scene).resolve()], [Path(out)], model, options,
-                                          force=True, chips_per_task=chips_per_task, resources=resources,
-                                          raise_scene_errors=True)
+    with _model_on_cluster(predictor, device, scheduler, gpu=gpu, workers=workers, threads=threads,
+                           dashboard_address=dashboard_address, announce=announce) as session:
+        # A scene's ScenetagError is raised here, as `run` raises it in-process.
+        records, results = run_scenes(session.client, [Path(scene).resolve()], [Path(out)], session.model, options,
+                                      force=True, chips_per_task=chips_per_task, resources=session.resources,
+                                      raise_scene_errors=True)
     return results[records[0].scene]

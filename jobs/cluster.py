@@ -29,6 +29,9 @@ SCHEDULER_ENV = "SCENETAG_SCHEDULER"
 LOCAL = "local"
 #: Where the LocalCluster's dashboard listens; another free port is taken if it is in use.
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
+#: Chips per classify task: a scene with more is split into strips of chip rows
+#: (here, not in :mod:`jobs.batch`, so that the CLI reads it without importing Dask).
+DEFAULT_CHIPS_PER_TASK = 256
 
 
 class ClusterError(ScenetagError, ConnectionError):

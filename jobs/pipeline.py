@@ -16,21 +16,16 @@ order, with a breakdown of where the time went in ``table.extra["timings"]``.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from typing import Callable, Sequence
 
 import numpy as np
-import rasterio
 
 from model.predictor import Pending, Predictor, Submitter
 from outputs_schema.records import ChipTable
-from scenetag.config import gdal_cachemax_mb
-from tiler.feed import ProcessFeed
+from tiler.feed import ProcessFeed, Run
 from tiler.grid import GridCell
-
-log = logging.getLogger(__name__)
 
 #: Batches in flight at once: one computing, one queued behind it.
 DEPTH = 2
@@ -41,7 +36,7 @@ def classify_with_feed(
     predictor: Predictor,
     cells: Sequence[GridCell],
     n_labels: int,
-    batch_size: int | None = None,
+    batch_size: int,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ChipTable:
@@ -52,17 +47,17 @@ def classify_with_feed(
         predictor: The model.
         cells: Cells to classify.
         n_labels: Labels the model outputs (for an empty result).
-        batch_size: Chips per model call (default: the backend's).
+        batch_size: Chips per model call.
         workers: Reader processes (default: :func:`tiler.feed.default_workers`).
         progress: Called with the number of cells done, as they are done.
     """
     t_start = time.perf_counter()
-    rows: list[np.ndarray] = []
-    probs: list[np.ndarray] = []
+    gpu_before = getattr(predictor, "gpu_seconds", None)  # the predictor's running total
+    batches: list[ChipTable] = []
     in_flight: deque[tuple[np.ndarray, Pending]] = deque()
     parts: list[np.ndarray] = []
     part_meta: list[np.ndarray] = []
-    held: list = []  # runs whose chips are in ``parts``
+    held: list[Run] = []  # runs whose chips are in ``parts``
     n_batch = 0
     skipped = 0
     read_seconds = 0.0
@@ -73,8 +68,8 @@ def classify_with_feed(
         t0 = time.perf_counter()
         p = pending.result()
         t["wait_infer"] += time.perf_counter() - t0
-        probs.append(p)
-        rows.append(meta)
+        batches.append(ChipTable(*meta[:, :6].T.astype(np.int32), meta[:, 6].astype(np.float32),
+                                 p.astype(np.float32, copy=False)))
         if progress:
             progress(len(meta))
 
@@ -96,8 +91,8 @@ def classify_with_feed(
         while len(in_flight) > DEPTH:
             collect_one()
 
-    feed = ProcessFeed(reader, cells, workers=workers, cachemax_mb=gdal_cachemax_mb())
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), feed, Submitter(predictor) as submitter:
+    # The reads (and their GDAL settings) are the reader processes'; this thread does none.
+    with ProcessFeed(reader, cells, workers=workers) as feed, Submitter(predictor) as submitter:
         runs = iter(feed)
         while True:
             t0 = time.perf_counter()
@@ -111,15 +106,14 @@ def classify_with_feed(
                 progress(run.n_skipped)
             n_kept = len(run.kept)
             meta = _meta(run.cells, run.kept, run.valid)
-            bs = batch_size or predictor.batch_size
             start = 0
             while start < n_kept:
-                take = min(bs - n_batch, n_kept - start)
+                take = min(batch_size - n_batch, n_kept - start)
                 parts.append(run.pixels[start:start + take])
                 part_meta.append(meta[start:start + take])
                 n_batch += take
                 start += take
-                if n_batch >= bs:
+                if n_batch >= batch_size:
                     submit()
             if n_kept and n_batch:
                 held.append(run)  # some of its chips wait in the next batch
@@ -128,24 +122,15 @@ def classify_with_feed(
         submit()
         while in_flight:
             collect_one()
-        startup = feed.startup_seconds
 
     wall = time.perf_counter() - t_start
-    if rows:
-        meta = np.concatenate(rows)
-        allp = np.concatenate(probs)
-        order = np.lexsort((meta[:, 1], meta[:, 0]))
-        meta, allp = meta[order], allp[order]
-        table = ChipTable(*(meta[:, i].astype(np.int32) for i in range(6)),
-                          meta[:, 6].astype(np.float32), allp.astype(np.float32), skipped)
-    else:
-        table = ChipTable.empty(n_labels)
-        table.n_skipped_nodata = skipped
-    gpu = getattr(predictor, "gpu_seconds", None)
+    table = ChipTable.concat(batches, n_labels)  # into grid order
+    table.n_skipped_nodata = skipped
+    gpu = predictor.gpu_seconds - gpu_before if gpu_before is not None else 0.0
     table.seconds_read = read_seconds
     table.seconds_infer = gpu if gpu else t["wait_infer"] + t["submit"]
     table.extra["timings"] = {
-        "wall": wall, "reader_startup": startup, "readers": feed.workers,
+        "wall": wall, "reader_startup": feed.startup_seconds, "readers": feed.workers,
         "read_in_readers": read_seconds, **t,
     }
     return table

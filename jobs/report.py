@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from scenetag.atomic import atomic_path
 
 #: Version of the report's JSON layout.
 REPORT_VERSION = 1
@@ -75,18 +76,10 @@ class BatchReport:
         return d
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the JSON report atomically (temporary file, then rename)."""
+        """Write the JSON report atomically (:func:`~scenetag.atomic.atomic_path`, as every output)."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp makes it private; a report is for everyone who reads the outputs
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     def summary(self, width: int = 40) -> str:

@@ -37,6 +37,7 @@ from rasterio.crs import CRS
 
 import scenetag
 from jobs.options import DEFAULT_THREADS, RunOptions
+from model.onnx_backend import GPU_PROVIDERS
 from model.predictor import Predictor, file_sha256
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
@@ -130,12 +131,12 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in
 def on_gpu(predictor: Predictor) -> bool:
     """Whether the predictor runs on a GPU (torch on CUDA, or ORT's CUDA/TensorRT providers)."""
     device = str(getattr(predictor, "device", ""))
-    providers = getattr(predictor, "providers", None) or ["CPUExecutionProvider"]
-    return device.startswith("cuda") or providers[0] != "CPUExecutionProvider"
+    providers = getattr(predictor, "providers", None) or ()
+    return device.startswith("cuda") or (bool(providers) and providers[0] in GPU_PROVIDERS)
 
 
 def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
-    """"threads" or "processes" for this job (``auto``: processes to feed a GPU on a large grid)."""
+    """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid)."""
     if options.reader != "auto":
         return options.reader
     if multiprocessing.current_process().daemon:  # e.g. a Dask worker: no child processes
@@ -157,12 +158,12 @@ def classify_cells(
     """
     cells = list(plan.grid) if cells is None else list(cells)
     opts = plan.options
+    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
     if reader_mode(opts, predictor, len(cells)) == "processes":
         from jobs.pipeline import classify_with_feed
 
         return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
-                                  batch_size=opts.batch_size, workers=opts.readers, progress=progress)
-    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
+                                  batch_size=bs, workers=opts.readers, progress=progress)
     n_threads = opts.readers or DEFAULT_THREADS
     read_seconds = [0.0]
     lock = threading.Lock()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -150,8 +151,6 @@ def resolve_spec(
             )
         return ModelSpec.create(name or Path(str(arch)).name, str(arch), list(labels),
                                 thresholds if thresholds is not None else 0.2)
-    from dataclasses import replace
-
     changes: dict[str, Any] = {}
     if arch:
         changes["arch"] = arch

@@ -102,7 +102,7 @@ def load_eval_set(
 
 def predict_all(predictor, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Probabilities of a predictor over an image array, in batches (default: the backend's size)."""
-    batch_size = batch_size or getattr(predictor, "batch_size", 8)
+    batch_size = batch_size or predictor.batch_size
     out = [predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, predictor.spec.n_labels), np.float32)
 

@@ -68,16 +68,16 @@ def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> Path
     return Path(dst)
 
 
-def compare(model, path: str | Path, spec: ModelSpec, chips: np.ndarray) -> float:
-    """Max absolute probability difference between torch and ORT on uint8 ``chips``."""
+def compare(model, predictor: OnnxPredictor, chips: np.ndarray) -> float:
+    """Max absolute probability difference between torch ``model`` and the ORT ``predictor`` on uint8 ``chips``."""
     import torch
 
     from model.preprocess import normalize
 
-    x = normalize(chips, spec)
+    x = normalize(chips, predictor.spec)
     with torch.inference_mode():
         ref = torch.sigmoid(model.eval()(torch.from_numpy(x))).numpy()
-    got = OnnxPredictor(path, spec=spec).predict(chips)
+    got = predictor.predict(chips)
     if got.shape != ref.shape:
         raise ModelError(f"ONNX output shape {got.shape} differs from torch's {ref.shape}")
     return float(np.abs(got - ref).max())
@@ -129,11 +129,12 @@ def export_onnx(
         proto.producer_name = "scenetag"
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
+        ort_model = OnnxPredictor(tmp, spec=spec)
         random_chips = rng.integers(0, 256, (n_random, spec.n_bands, size, size), dtype=np.uint8)
-        report["max_diff_random"] = compare(model, tmp, spec, random_chips)
+        report["max_diff_random"] = compare(model, ort_model, random_chips)
         report["n_random"] = n_random
         if real_chips is not None and len(real_chips):
-            report["max_diff_real"] = compare(model, tmp, spec, real_chips)
+            report["max_diff_real"] = compare(model, ort_model, real_chips)
             report["n_real"] = int(len(real_chips))
         worst = max(v for k, v in report.items() if k.startswith("max_diff"))
         report["max_diff"] = worst

@@ -123,7 +123,7 @@ def build_model(
         log.warning(msg)
         return model
     head = model.get_classifier()
-    head_keys = {f"{name}" for name, _ in model.named_parameters() if _ is head.weight or _ is head.bias}
+    head_keys = {name for name, p in model.named_parameters() if p is head.weight or p is head.bias}
     body = {k: v for k, v in weights.items() if k not in head_keys}
     missing, unexpected = model.load_state_dict(body, strict=False)
     if unexpected or set(missing) - head_keys:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from model.preprocess import normalize
-from model.predictor import file_sha256
+from model.predictor import device_id, file_sha256
 from model.spec import METADATA_KEY, ModelSpec
-from scenetag.errors import ModelLoadError, ModelSpecError, OptionError, require
+from scenetag.errors import ModelLoadError, ModelSpecError, require
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ GPU_BATCH = 64
 
 #: Execution providers that run on a CUDA GPU, best first.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-def device_id(device: str) -> int:
-    """GPU index in ``device``: ``"cuda:1"`` → 1; ``"cuda"``, ``"auto"`` and ``"cpu"`` → 0."""
-    if not device.startswith("cuda:"):
-        return 0
-    index = device[len("cuda:"):]
-    if not index.isdigit():
-        raise OptionError(f"--device {device!r} names no GPU index: use cuda, or cuda:N with N = 0, 1, ...")
-    return int(index)
 
 
 def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict]]:
@@ -94,9 +84,8 @@ class OnnxPredictor:
 
     ``io_binding`` (``None``: on for CUDA/TensorRT, off on the CPU) runs each batch
     through a persistent bound input and a device-bound output instead of
-    ``session.run``.  Forced on with the CPU provider it binds to ``"cpu"``, which is
-    how the tests exercise it; the CUDA binding was written against the ONNX
-    Runtime docs and has not run here (no onnxruntime-gpu in this environment).
+    ``session.run`` (see the module notes); forced on with the CPU provider it
+    binds to ``"cpu"``.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
@@ -141,10 +130,10 @@ class OnnxPredictor:
         self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
                        else file_sha256(self.path))
         self.providers = self.session.get_providers()
+        on_gpu = self.providers[0] in GPU_PROVIDERS
         # Chips per call this backend prefers: on the CPU, batch 8 runs as fast as 32
         # (lite0, 256 px: 68.5 vs 66 chips/s) with a third of the memory; GPUs want more.
-        self.batch_size = CPU_BATCH if self.providers[0] == "CPUExecutionProvider" else GPU_BATCH
-        on_gpu = self.providers[0] in GPU_PROVIDERS
+        self.batch_size = GPU_BATCH if on_gpu else CPU_BATCH
         self.io_binding = on_gpu if io_binding is None else bool(io_binding)
         # Where the bound input and output live: the GPU the session runs on, else host memory.
         self._bind_device = ("cuda", device_id(device)) if on_gpu else ("cpu", 0)

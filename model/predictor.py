@@ -2,16 +2,18 @@
 
 A predictor takes a uint8 batch ``(N, C, H, W)`` in the spec's band order and
 returns float32 probabilities ``(N, L)`` in the spec's label order.  Each
-backend owns its device, precision and batching.  :func:`load_predictor`
-picks a backend by name or, with ``"auto"``, by the model file's suffix.
+backend owns its device, precision and batching; both read a device name
+(``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``) through :func:`device_id`.
+:func:`load_predictor` picks a backend by name or, with ``"auto"``, by the
+model file's suffix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -22,7 +24,6 @@ from scenetag.errors import ModelLoadError, OptionError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
-ONNX_SUFFIXES = (".onnx",)
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -80,8 +81,7 @@ class Submitter:
         if self._own is not None:
             return self._own(parts)
         batch = np.concatenate(parts) if len(parts) != 1 else np.array(parts[0], copy=True)
-        fut: Future = self._pool.submit(self.predictor.predict, batch)
-        return fut
+        return self._pool.submit(self.predictor.predict, batch)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -92,6 +92,16 @@ class Submitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def device_id(device: str) -> int:
+    """GPU index in ``device``: ``"cuda:1"`` → 1; ``"cuda"``, ``"auto"`` and ``"cpu"`` → 0."""
+    if not device.startswith("cuda:"):
+        return 0
+    index = device[len("cuda:"):]
+    if not index.isdigit():
+        raise OptionError(f"--device {device!r} names no GPU index: use cuda, or cuda:N with N = 0, 1, ...")
+    return int(index)
 
 
 def tags_from_probs(probs: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.predictor import Done, file_sha256
+from model.predictor import Done, device_id, file_sha256
 from model.preprocess import scale_offset
 from model.spec import ModelSpec
 from scenetag.errors import ModelError, ModelLoadError, OptionError, require
@@ -41,6 +41,18 @@ CUDA_BATCH = 256
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Batches that may be queued on the GPU at once (pinned buffers in the ring).
 RING = 3
+
+
+def resolve_device(device: str) -> str:
+    """"auto" → "cuda" when available else "cpu"; anything else is checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device_id(device)  # "cuda:N" names a GPU index
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for but CUDA is not available: pass --device cpu")
+    return device
 
 
 class TorchPredictor:
@@ -61,13 +73,14 @@ class TorchPredictor:
                  channels_last: bool | None = None):
         torch = require("torch", "torch")
         from model.checkpoint import load_checkpoint
-        from model.train import resolve_device
 
         if precision not in PRECISIONS:
             raise OptionError(f"precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
         self.path = str(path)
         self.device = resolve_device(device)
-        on_cuda = self.device.startswith("cuda")
+        #: "cuda" or "cpu": what autocast and the CUDA-only paths key on.
+        self._device_type = torch.device(self.device).type
+        on_cuda = self._device_type == "cuda"
         if precision == "fp16" and not on_cuda:
             raise OptionError("--precision fp16 needs a CUDA device: use bf16 (or fp32) on the CPU")
         self.precision = precision
@@ -101,8 +114,7 @@ class TorchPredictor:
         if self.channels_last:  # convert while the pixels are one byte each
             x_u8 = x_u8.contiguous(memory_format=torch.channels_last)
         x = x_u8.float() * self._scale + self._offset
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.autocast(device_type, dtype=self._dtype or torch.float32, enabled=self._dtype is not None):
+        with torch.autocast(self._device_type, dtype=self._dtype or torch.float32, enabled=self._dtype is not None):
             logits = self.model(x)
         return torch.sigmoid(logits.float())
 
@@ -118,7 +130,7 @@ class TorchPredictor:
                     f"one chip does not fit in {self.device}'s memory with {self.spec.arch} at "
                     f"{self.spec.chip_size} px: use a smaller model or --device cpu"
                 ) from None
-            if self.device.startswith("cuda"):
+            if self._device_type == "cuda":
                 torch.cuda.empty_cache()
             half = n // 2
             if half < self.batch_size:
@@ -139,7 +151,7 @@ class TorchPredictor:
         self._check(chips)
         if len(chips) == 0:
             return np.zeros((0, self.spec.n_labels), np.float32)
-        if self.device.startswith("cuda"):
+        if self._device_type == "cuda":
             pending = [self.submit([chips[i:i + self.batch_size]])
                        for i in range(0, len(chips), self.batch_size)]
             return np.concatenate([p.result() for p in pending])  # a reused buffer is read out first
@@ -157,7 +169,7 @@ class TorchPredictor:
         reuse ``parts`` at once); upload and compute are queued on the GPU.  On
         the CPU it classifies at once.
         """
-        if not self.device.startswith("cuda"):
+        if self._device_type != "cuda":
             return Done(self.predict(np.concatenate(parts) if len(parts) != 1 else parts[0]))
         torch = self._torch
         n = sum(len(p) for p in parts)

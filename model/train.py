@@ -42,8 +42,10 @@ from model.data import (
     targets_digest,
     write_split,
 )
+from model.preprocess import normalize
 from model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from scenetag.errors import DataError, ModelLoadError, OutputExistsError
+from model.torch_backend import resolve_device
+from scenetag.errors import DataError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +87,10 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def resolve_device(device: str) -> str:
-    """"auto" → "cuda" when available else "cpu"; anything else is checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} asked for but CUDA is not available: pass --device cpu")
-    return device
-
-
 def predict_logits(model, images: np.ndarray, spec: ModelSpec, device: str = "cpu",
                    batch_size: int = 64, amp: bool = False, channels_last: bool = False) -> np.ndarray:
     """Logits of a uint8 NCHW array, in batches, in eval mode."""
     import torch
-
-    from model.preprocess import normalize
 
     model.eval()
     out = []
@@ -188,7 +177,6 @@ def train(
     from model.losses import make_loss
     from model.metrics import evaluate
     from model.nets import build_model
-    from model.preprocess import normalize
 
     if cfg.monitor not in MONITORS:
         raise DataError(f"monitor {cfg.monitor!r} is unknown: use one of {MONITORS}")
@@ -257,8 +245,7 @@ def train(
         log.info("resuming at epoch %d (best %.4f at epoch %d)", start_epoch, best_score, best_epoch)
 
     use_amp = cfg.amp and device.startswith("cuda")
-    config_record = {k: v for k, v in asdict(cfg).items()} | {"device": device, "torch": torch.__version__,
-                                                                 "threads": torch.get_num_threads()}
+    config_record = asdict(cfg) | {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
     def write_metrics(done: bool) -> dict:
         record = {

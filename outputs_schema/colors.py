@@ -18,7 +18,6 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,3 @@ def hashed_color(label: str) -> Color:
 def label_color(label: str) -> Color:
     """The colour of ``label``: from the Planet palette, else hashed from its name."""
     return PLANET_PALETTE.get(label_key(label)) or hashed_color(label)
-
-
-def label_colors(labels: Iterable[str]) -> dict[str, Color]:
-    """``label -> colour`` for each label, in order."""
-    return {label: label_color(label) for label in labels}

@@ -19,7 +19,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio import features
-from shapely import affinity
 
 log = logging.getLogger(__name__)
 
@@ -92,39 +91,30 @@ def dissolve_windows(
     if n_cells > MAX_LATTICE_CELLS:
         log.debug("lattice of %d cells is too large: dissolving %d windows as vectors", n_cells, len(x0))
         union = shapely.union_all(shapely.box(x0, y0, x1, y1))
-        polys = [g for g in shapely.get_parts(union) if g.geom_type == "Polygon"]
-        out = affinity.affine_transform(
-            shapely.MultiPolygon(polys), [transform.a, transform.b, transform.d, transform.e,
-                                          transform.c, transform.f])
-        return _orient(out)
+        pixel = shapely.MultiPolygon([g for g in shapely.get_parts(union) if g.geom_type == "Polygon"])
+        return orient(shapely.transform(pixel, lambda xy: np.stack(transform @ (xy[:, 0], xy[:, 1]), axis=1)))
     covered = _cover(xs, ys, x0, y0, x1, y1)
-    polys = _polygonize(covered, xs.astype(np.float64), ys.astype(np.float64), transform)
-    return _orient(shapely.multipolygons(polys))
+    return orient(shapely.multipolygons(_polygonize(covered, xs, ys, transform)))
 
 
 def _polygonize(covered: np.ndarray, xs: np.ndarray, ys: np.ndarray, transform: Affine) -> np.ndarray:
     """Polygons of the covered lattice cells, with vertices mapped through the edges and ``transform``."""
     coords: list[list[tuple[float, float]]] = []
     ring_poly: list[int] = []
-    n_polys = 0
-    for geom, _ in features.shapes(covered, mask=covered.astype(bool), connectivity=4,
-                                   transform=Affine.identity()):
-        for ring in geom["coordinates"]:
-            coords.append(ring)
-            ring_poly.append(n_polys)
-        n_polys += 1
+    for n_polys, (geom, _) in enumerate(features.shapes(covered, mask=covered.astype(bool), connectivity=4)):
+        coords.extend(geom["coordinates"])
+        ring_poly.extend([n_polys] * len(geom["coordinates"]))
     lengths = np.fromiter((len(r) for r in coords), np.intp, len(coords))
     flat = np.asarray(list(itertools.chain.from_iterable(coords)), np.float64).reshape(-1, 2)
-    # Vertices are lattice indices (integers); look up the pixel edges, then apply the affine.
+    # Vertices are lattice indices (integers): look up the pixel edges, then map them as footprints() does.
     px = xs[np.rint(flat[:, 0]).astype(np.intp)]
     py = ys[np.rint(flat[:, 1]).astype(np.intp)]
-    t = transform
-    world = np.stack([t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f], axis=1)
+    world = np.stack(transform @ (px, py), axis=1)
     rings = shapely.linearrings(world, indices=np.repeat(np.arange(len(coords)), lengths))
     # The first ring of each polygon is its shell; the others are its holes.
     return shapely.polygons(rings, indices=np.asarray(ring_poly, np.intp))
 
 
-def _orient(geom: shapely.MultiPolygon) -> shapely.MultiPolygon:
-    """Counter-clockwise shells and clockwise holes, where shapely can do it."""
-    return shapely.orient_polygons(geom) if hasattr(shapely, "orient_polygons") else geom
+def orient(geoms):
+    """Counter-clockwise shells and clockwise holes, where shapely (>= 2.1) can do it."""
+    return shapely.orient_polygons(geoms) if hasattr(shapely, "orient_polygons") else geoms

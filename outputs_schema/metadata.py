@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from model.spec import ModelSpec
 from outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
-from outputs_schema.styles import xml_safe
+from outputs_schema.styles import QML_DOCTYPE, QML_VERSION, xml_safe
 from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,9 @@ def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def provenance_document(schema: OutputSchema, spec: ModelSpec, run: Mapping[str, Any]) -> dict:
+def provenance_document(spec: ModelSpec, run: Mapping[str, Any]) -> dict:
     """The JSON provenance document: schema version, layers, labels and the run row."""
+    schema = OutputSchema(spec.labels)
     record: dict[str, Any] = {}
     for key, value in run.items():
         value = _plain(value)
@@ -120,7 +121,7 @@ def _summary(run: Mapping[str, Any], spec: ModelSpec) -> str:
 def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSchema,
                        run: Mapping[str, Any], crs: tuple[str, str] | None) -> str:
     """A QGIS layer-metadata document (what QGIS itself stores in a GeoPackage)."""
-    root = ET.Element("qgis", version="3.22.0-Białowieża")
+    root = ET.Element("qgis", version=QML_VERSION)
     for tag, text in (("identifier", layer), ("parentidentifier", ""), ("language", "en"),
                       ("type", "dataset"), ("title", title), ("abstract", abstract)):
         ET.SubElement(root, tag).text = xml_safe(text)
@@ -149,7 +150,7 @@ def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSche
         ET.SubElement(srs, "wkt").text = wkt
         ET.SubElement(srs, "authid").text = authid
     ET.indent(root, space=" ")
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode") + "\n"
+    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def _layer_crs(con: sqlite3.Connection) -> dict[str, tuple[str, str]]:
@@ -174,7 +175,7 @@ def _titles(schema: OutputSchema, scene_id: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, run: Mapping[str, Any]) -> None:
+def add_metadata(gpkg_path: str | Path, spec: ModelSpec, run: Mapping[str, Any]) -> None:
     """Write the schema version and ``run`` provenance into the GeoPackage's metadata tables.
 
     Call it once every layer, ``runs`` included, is written.  Raises ValueError
@@ -182,7 +183,7 @@ def add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, r
     be written.
     """
     try:
-        _add_metadata(gpkg_path, schema, spec, run)
+        _add_metadata(gpkg_path, OutputSchema(spec.labels), spec, run)
     except sqlite3.Error as exc:
         raise OutputError(f"could not store metadata in {str(gpkg_path)!r}: {exc}") from exc
 
@@ -205,7 +206,7 @@ def _add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, 
                     "INSERT OR IGNORE INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
                     "VALUES (?, NULL, 'gpkg_metadata', ?, 'read-write')", (table, METADATA_EXTENSION))
             _delete_previous(con, schema)
-            doc = json.dumps(provenance_document(schema, spec, run), sort_keys=True, default=str)
+            doc = json.dumps(provenance_document(spec, run), sort_keys=True, default=str)
             _insert(con, PROVENANCE_URI, "application/json", doc, "geopackage", None)
             for layer, (title, line) in _titles(schema, scene_id).items():
                 xml = layer_metadata_xml(layer, title, f"{line}\n\n{summary}", schema, run, crs.get(layer))

@@ -303,11 +303,9 @@ def prob_style_names(labels: Sequence[str]) -> tuple[str, ...]:
                  sanitize_names(labels, max_len=MAX_STYLE_NAME - len(PROB_STYLE_PREFIX)))
 
 
-def build_styles(schema: OutputSchema, spec: ModelSpec,
-                 geometry_columns: Mapping[str, str]) -> list[LayerStyle]:
-    """Every style row for ``schema``'s layers; ``geometry_columns`` maps layer -> geometry column."""
-    if tuple(spec.labels) != tuple(schema.labels):
-        raise ValueError(f"schema labels {list(schema.labels)} differ from the model's {list(spec.labels)}")
+def build_styles(spec: ModelSpec, geometry_columns: Mapping[str, str]) -> list[LayerStyle]:
+    """Every style row for the layers of ``spec``'s labels; ``geometry_columns`` maps layer -> geometry column."""
+    schema = OutputSchema(spec.labels)
     geom = dict(geometry_columns)
     out = [LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), CHIPS_DEFAULT_STYLE,
                       chips_categorized_qml(schema), True,
@@ -386,22 +384,23 @@ def write_styles(gpkg_path: str | Path, styles: Sequence[LayerStyle]) -> None:
         con.close()
 
 
-def add_styles(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec) -> None:
-    """Store the QGIS styles of ``schema``'s layers in the GeoPackage at ``gpkg_path``.
+def add_styles(gpkg_path: str | Path, spec: ModelSpec) -> None:
+    """Store the QGIS styles of the layers of ``spec``'s labels in the GeoPackage at ``gpkg_path``.
 
     Raises ValueError when a layer is missing and :class:`OutputError` when
     the GeoPackage cannot be written.
     """
+    layers = (CHIPS_LAYER, *OutputSchema(spec.labels).label_layers)
     try:
         con = sqlite3.connect(str(gpkg_path))
         try:
             geometry_columns = _geometry_columns(con)
         finally:
             con.close()
-        missing = [layer for layer in (CHIPS_LAYER, *schema.label_layers) if layer not in geometry_columns]
+        missing = [layer for layer in layers if layer not in geometry_columns]
         if missing:
             raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their styles")
-        styles = build_styles(schema, spec, geometry_columns)
+        styles = build_styles(spec, geometry_columns)
         write_styles(gpkg_path, styles)
     except sqlite3.Error as exc:
         raise OutputError(f"could not store QGIS styles in {str(gpkg_path)!r}: {exc}") from exc

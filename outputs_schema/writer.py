@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -25,11 +25,10 @@ from rasterio.crs import CRS
 from model.predictor import tags_from_probs
 from model.spec import ModelSpec
 from outputs_schema import metadata, styles
-from outputs_schema.dissolve import dissolve_windows
+from outputs_schema.dissolve import dissolve_windows, orient
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
-    CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema,
-    tag_names,
+    CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
 from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError, OutputExistsError
@@ -64,64 +63,63 @@ def footprints(table: ChipTable, transform: Affine) -> np.ndarray:
     y0 = table.y_off.astype(np.float64)
     x1 = x0 + table.width
     y1 = y0 + table.height
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
     cols = np.stack([x0, x1, x1, x0, x0], axis=1)
     rows = np.stack([y0, y0, y1, y1, y0], axis=1)
-    xs = a * cols + b * rows + c
-    ys = d * cols + e * rows + f
-    coords = np.stack([xs, ys], axis=2)
-    polys = shapely.polygons(coords)
+    polys = shapely.polygons(np.stack(transform @ (cols, rows), axis=2))
     # Normalise orientation (north-up rasters give clockwise rings).
-    return shapely.orient_polygons(polys) if hasattr(shapely, "orient_polygons") else polys
+    return orient(polys)
 
 
-def chips_frame(table: ChipTable, schema: OutputSchema, spec: ModelSpec, scene_id: str,
+def _typed(data: Mapping[str, Any], fields: tuple[Field, ...],
+           columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``data`` as a frame of ``columns`` (default: the names of ``fields``), in order, with
+    each of ``fields`` of its declared dtype."""
+    frame = pd.DataFrame(data, columns=list(columns or (f.name for f in fields)))
+    return frame.astype({f.name: f.dtype for f in fields if f.dtype != "str"})
+
+
+def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scene_id: str,
                 transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
-    """The ``chips`` layer as a GeoDataFrame with the declared columns."""
+    """The ``chips`` layer as a GeoDataFrame with the declared columns; ``tagged`` is
+    :func:`model.predictor.tags_from_probs` of the table."""
     probs = table.probs
-    tagged = tags_from_probs(probs, spec)
-    labels = np.asarray(spec.labels, dtype=object)
-    tag_words = np.asarray(tag_names(spec.labels), dtype=object)
-    tags = [" ".join(tag_words[row]) for row in tagged]
-    top = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    # " w1 w2" per chip (a space before each tag word), so the row sums join the words.
+    spaced = np.where(tagged, " " + np.asarray(tag_names(schema.labels), dtype=object), "")
+    top = probs.argmax(axis=1)
     data: dict[str, Any] = {
         "scene_id": np.full(len(table), scene_id, dtype=object),
         "row": table.row, "col": table.col, "x_off": table.x_off, "y_off": table.y_off,
         "width": table.width, "height": table.height,
         "valid_fraction": table.valid_fraction,
-        "tags": np.asarray(tags, dtype=object),
-        "n_tags": tagged.sum(axis=1).astype(np.int32),
-        "top_label": labels[top] if len(probs) else np.zeros(0, object),
-        "top_prob": probs.max(axis=1) if len(probs) else np.zeros(0, np.float32),
+        "tags": np.asarray([t[1:] for t in spaced.sum(axis=1)], dtype=object),
+        "n_tags": tagged.sum(axis=1),
+        "top_label": np.asarray(schema.labels, dtype=object)[top],
+        "top_prob": probs[np.arange(len(probs)), top],
+        **dict(zip(schema.prob_columns, probs.T)),
     }
-    for col, i in zip(schema.prob_columns, range(probs.shape[1])):
-        data[col] = probs[:, i]
-    frame = pd.DataFrame(data, columns=list(schema.chip_columns))
-    for f in CHIP_FIELDS:
-        if f.dtype != "str":
-            frame[f.name] = frame[f.name].astype(f.dtype)
-    return gpd.GeoDataFrame(frame, geometry=footprints(table, transform), crs=crs.to_wkt())
+    return gpd.GeoDataFrame(_typed(data, CHIP_FIELDS, schema.chip_columns),
+                            geometry=footprints(table, transform), crs=crs.to_wkt())
 
 
 def label_frame(label: str, mask: np.ndarray, probs: np.ndarray, table: ChipTable,
                 transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
     """One label's dissolved footprint (zero or one MultiPolygon feature).
 
-    ``mask`` selects the label's chips of ``table``; their windows are
-    dissolved exactly (see :func:`outputs_schema.dissolve.dissolve_windows`)
-    in the scene's CRS, where ``area`` is measured.
+    ``mask`` selects the label's chips of ``table`` and ``probs`` is the
+    label's probability per chip; the windows are dissolved exactly (see
+    :func:`outputs_schema.dissolve.dissolve_windows`) in the scene's CRS,
+    where ``area`` is measured.
     """
     if not mask.any():
-        frame = pd.DataFrame({f.name: pd.Series(dtype=("object" if f.dtype == "str" else f.dtype))
-                              for f in LABEL_FIELDS})
-        return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs.to_wkt()), crs=crs.to_wkt())
-    union = dissolve_windows(table.x_off[mask], table.y_off[mask], table.width[mask],
-                             table.height[mask], transform)
-    frame = pd.DataFrame({
-        "label": [label], "n_chips": np.asarray([mask.sum()], np.int32),
-        "area": [float(union.area)], "mean_prob": np.asarray([probs[mask].mean()], np.float32),
-    })
-    return gpd.GeoDataFrame(frame, geometry=[union], crs=crs.to_wkt())
+        data, geoms = {}, []
+    else:
+        union = dissolve_windows(table.x_off[mask], table.y_off[mask], table.width[mask],
+                                 table.height[mask], transform)
+        data = {"label": [label], "n_chips": [mask.sum()], "area": [union.area],
+                "mean_prob": [probs[mask].mean()]}
+        geoms = [union]
+    wkt = crs.to_wkt()
+    return gpd.GeoDataFrame(_typed(data, LABEL_FIELDS), geometry=gpd.GeoSeries(geoms, crs=wkt), crs=wkt)
 
 
 def runs_frame(run: Mapping[str, Any]) -> pd.DataFrame:
@@ -135,11 +133,7 @@ def runs_frame(run: Mapping[str, Any]) -> pd.DataFrame:
         if f.dtype == "str" and not isinstance(value, str):
             value = "" if value is None else json.dumps(value, sort_keys=True)
         row[f.name] = [value]
-    frame = pd.DataFrame(row)
-    for f in RUN_FIELDS:
-        if f.dtype != "str":
-            frame[f.name] = frame[f.name].astype(f.dtype)
-    return frame
+    return _typed(row, RUN_FIELDS)
 
 
 def write_geopackage(
@@ -161,14 +155,15 @@ def write_geopackage(
     """
     out = check_output(out, overwrite)
     schema = OutputSchema(spec.labels)
-    chips = chips_frame(table, schema, spec, scene_id, transform, crs)
     tagged = tags_from_probs(table.probs, spec)
+    chips = chips_frame(table, schema, tagged, scene_id, transform, crs)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
     label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)
                     for i, label in enumerate(spec.labels)]
     if to_crs is not None:
-        chips = chips.to_crs(to_crs.to_wkt())
-        label_frames = [f.to_crs(to_crs.to_wkt()) for f in label_frames]
+        wkt = to_crs.to_wkt()
+        chips = chips.to_crs(wkt)
+        label_frames = [f.to_crs(wkt) for f in label_frames]
     run = dict(run)
     t0 = time.perf_counter()
     try:
@@ -180,23 +175,15 @@ def write_geopackage(
             elapsed = time.perf_counter() - t0
             run["seconds_write"] = elapsed
             run["seconds_total"] = float(run.get("seconds_total") or 0.0) + elapsed
-            _write(tmp, runs_frame(run), RUNS_LAYER, None)
-            styles.add_styles(tmp, schema, spec)
-            metadata.add_metadata(tmp, schema, spec, run)
-    except OSError as exc:
-        raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
-    except pyogrio.errors.DataSourceError as exc:
+            _write(tmp, runs_frame(run), RUNS_LAYER)
+            styles.add_styles(tmp, spec)
+            metadata.add_metadata(tmp, spec, run)
+    except (OSError, pyogrio.errors.DataSourceError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     log.info("wrote %s: %d chips, %d label layers", out, len(table), len(schema.label_layers))
     return out
 
 
-def _write(path: Path, frame: pd.DataFrame, layer: str, geometry_type: str | None,
-           dataset_options: Mapping[str, str] | None = None) -> None:
-    kwargs: dict[str, Any] = {"layer": layer, "driver": "GPKG"}
-    if geometry_type is not None:
-        kwargs["geometry_type"] = geometry_type
-    if dataset_options and not path.exists():
-        kwargs["dataset_options"] = dict(dataset_options)
-    pyogrio.write_dataframe(frame, path, **kwargs)
-
+def _write(path: Path, frame: pd.DataFrame, layer: str, geometry_type: str | None = None,
+           **options: Any) -> None:
+    pyogrio.write_dataframe(frame, path, layer=layer, driver="GPKG", geometry_type=geometry_type, **options)

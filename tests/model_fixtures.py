@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PLANET = DATA / "chips" / "planet_amazon"
+from tests.conftest import CHIPS as PLANET
+
 PLANET_IMAGES = PLANET / "images"
 PLANET_CSV = PLANET / "labels.csv"
 
@@ -42,8 +42,8 @@ def small_model(spec=None, seed: int = 0):
 
 def planet_subset(tmp_path: Path, n: int = 48, labels: tuple[str, ...] | None = None) -> tuple[Path, Path]:
     """A label CSV of the first ``n`` Planet chips (tags limited to ``labels``), and the images folder."""
-    root = planet_or_skip()
-    lines = root.joinpath("labels.csv").read_text().splitlines()
+    planet_or_skip()
+    lines = PLANET_CSV.read_text().splitlines()
     out = ["image_name,tags"]
     for line in lines[1:n + 1]:
         name, tags = line.split(",", 1)
@@ -52,13 +52,13 @@ def planet_subset(tmp_path: Path, n: int = 48, labels: tuple[str, ...] | None = 
         out.append(f"{name},{tags}")
     csv = tmp_path / "labels.csv"
     csv.write_text("\n".join(out) + "\n")
-    return root / "images", csv
+    return PLANET_IMAGES, csv
 
 
 def real_chips(n: int = 8, size: int = 256) -> np.ndarray:
     """The first ``n`` real chips as uint8 NCHW RGB (resampled to ``size``)."""
     from model.data import load_images, read_labels
 
-    root = planet_or_skip()
-    names = read_labels(root / "labels.csv").names[:n]
-    return load_images(root / "images", names, size, on_wrong_size="refuse" if size == 256 else "resize")
+    planet_or_skip()
+    names = read_labels(PLANET_CSV).names[:n]
+    return load_images(PLANET_IMAGES, names, size, on_wrong_size="refuse" if size == 256 else "resize")

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyogrio
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
 from outputs_schema.records import ChipTable
-from outputs_schema.schema import RUN_FIELDS, OutputSchema
+from outputs_schema.schema import RUN_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 QGIS_PYTHON = os.environ.get("SCENETAG_QGIS_PYTHON", "/usr/bin/python3")
@@ -94,15 +93,3 @@ def write_synthetic_gpkg(out: Path, spec, n_rows: int = 3, n_cols: int = 4, seed
                             transform=Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0),
                             crs=CRS.from_user_input(crs), run=fake_run(), overwrite=True)
 
-
-def run_row(gpkg: Path) -> dict:
-    """The ``runs`` row of a GeoPackage as plain Python values."""
-    frame = pyogrio.read_dataframe(gpkg, layer="runs")
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in frame.iloc[0].to_dict().items()}
-
-
-def ensure_metadata(gpkg: Path, spec) -> None:
-    """Write the metadata as the writer does once it calls ``add_metadata`` (idempotent)."""
-    from outputs_schema.metadata import add_metadata
-
-    add_metadata(gpkg, OutputSchema(spec.labels), spec, run_row(gpkg))

@@ -7,6 +7,7 @@ processes that really die when a test kills them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import rasterio
 from click.testing import CliRunner
 from distributed import Client, LocalCluster, SchedulerPlugin, WorkerPlugin
 
-from jobs.batch import model_loads, run_batch, run_scene_on_cluster
+from jobs.batch import REPORT_NAME, model_loads, run_batch, run_scene_on_cluster
 from jobs.cluster import ClusterError
 from jobs.lock import LOCK_NAME
 from jobs.options import RunOptions
@@ -120,6 +121,13 @@ def test_rerun_skips_everything(first_batch, scenes_dir, predictor, cluster):
     assert report.succeeded
     assert [s.status for s in report.scenes] == ["skipped"] * len(SCENES)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.gpkg")} == mtimes
+    # The report on disk is this run's.
+    saved = json.loads((out / REPORT_NAME).read_text())
+    assert saved["counts"] == {"ok": 0, "empty": 0, "skipped": len(SCENES), "failed": 0}
+    assert saved["succeeded"] is True
+    assert [s["status"] for s in saved["scenes"]] == ["skipped"] * len(SCENES)
+    assert all(s["reason"] == "output up to date (same signature)" for s in saved["scenes"])
+    assert not list(out.glob(".*.tmp.*"))
 
 
 def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, cluster, tmp_path):

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from jobs.batch import recorded_signature
-from jobs.cluster import SCHEDULER_ENV, resolve_scheduler
+from jobs.batch import SceneFailure, _task, gpu_resources, recorded_signature
+from jobs.cluster import SCHEDULER_ENV, ClusterError, ClusterInfo, resolve_scheduler
 from jobs.inputs import InputError, expand_inputs, output_paths
 from jobs.lock import LOCK_NAME, OutputLock
 from jobs.report import BatchReport, SceneRecord
-from scenetag.errors import LockedError, OutputExistsError
+from scenetag.errors import LockedError, ModelLoadError, OutputExistsError, SceneReadError
+
+
+def only_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
 def _touch(path: Path) -> Path:
@@ -120,6 +124,7 @@ def test_report_json_and_summary(tmp_path):
         SceneRecord("/a/bad.tif", "/o/bad.gpkg", "failed", error="scene '/a/bad.tif' is corrupt"),
     ])
     path = report.write(tmp_path / "r.json")
+    assert only_files(tmp_path) == ["r.json"]  # no temporary file left beside it
     data = json.loads(path.read_text())
     assert data["counts"] == {"ok": 1, "empty": 0, "skipped": 1, "failed": 1}
     assert data["succeeded"] is False
@@ -149,3 +154,43 @@ def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
     kept.write_bytes(b"")
     assert sweep_leftovers(tmp_path) == [old]
     assert fresh.exists() and kept.exists() and not old.exists()
+
+
+# --------------------------------------------------------------------------- the failure policy of a task
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def test_task_returns_scene_errors_and_raises_the_rest():
+    assert _task("prepare", lambda a, b: a + b, 1, 2) == 3
+    failure = _task("classify", _raise, SceneReadError("scene 'x.tif' is corrupt"))
+    assert isinstance(failure, SceneFailure) and failure.stage == "classify"
+    assert str(failure) == "scene 'x.tif' is corrupt"
+    # A failed strip reaches the writer, which passes it on without writing.
+    written = []
+    assert _task("write", lambda *tables: written.append(tables), "table", failure) is failure
+    assert written == []
+    # Model errors and anything else are not about one scene: raised.
+    with pytest.raises(ModelLoadError):
+        _task("classify", _raise, ModelLoadError("model changed"))
+    with pytest.raises(ZeroDivisionError):
+        _task("write", lambda: 1 / 0)
+
+
+def _info(gpu_workers: int) -> ClusterInfo:
+    return ClusterInfo(scheduler="tcp://h:1", dashboard=None, local=False, n_workers=2, n_threads=2,
+                       gpu_workers=gpu_workers)
+
+
+@pytest.mark.parametrize("gpu, gpu_workers, expected", [
+    (None, 0, None), (None, 1, {"GPU": 1}), (True, 1, {"GPU": 1}), (False, 1, None), (False, 0, None),
+])
+def test_gpu_resources(gpu, gpu_workers, expected):
+    assert gpu_resources(_info(gpu_workers), gpu) == expected
+
+
+def test_gpu_asked_of_workers_without_one_is_refused():
+    with pytest.raises(ClusterError, match=r"none of the 2 workers at tcp://h:1 declares a GPU"):
+        gpu_resources(_info(0), True)

@@ -43,6 +43,7 @@ def test_matches_brute_force_on_noisy_problem():
     y = rng.random((300, 3)) < [0.5, 0.2, 0.1]
     p = np.clip(0.35 * y + rng.normal(0.3, 0.2, y.shape), 0.001, 0.999).astype(np.float32)
     cal = calibrate(y, p, metric="f2", min_support=5)
+    assert "calibrated" in cal.reasons, "nothing left to compare with the brute force"
     for j in range(3):
         brute = max(fbeta_score(y[:, j], p[:, j] >= t, beta=2, zero_division=0) for t in grid_within())
         got = fbeta_score(y[:, j], p[:, j] >= cal.thresholds[j], beta=2, zero_division=0)
@@ -89,6 +90,22 @@ def test_crossfit_reports_both():
     assert set(res) >= {"global", "calibrated"}
     assert res["calibrated"]["samples"] >= 0.95
     assert res["calibrated"]["macro"] >= res["global"]["macro"]
+
+
+def test_crossfit_repeats_are_single_splits_averaged():
+    """``repeats`` splits with seeds ``seed ..``: the means are those of the single splits, the spread theirs too."""
+    y, p = separable([0.3, 0.6, 0.5], n=120, seed=2)
+    p = np.clip(p + np.random.default_rng(3).normal(0, 0.15, p.shape), 0, 1)  # noisy, so splits differ
+    res = crossfit(y, p, "f2", min_support=5, seed=4, repeats=3)
+    singles = [crossfit(y, p, "f2", min_support=5, seed=4 + r, repeats=1) for r in range(3)]
+    assert res["repeats"] == 3 and res["folds"] == 2
+    for name in ("global", "calibrated"):
+        for key in ("samples", "macro", "micro"):
+            assert res[name][key] == pytest.approx(np.mean([s[name][key] for s in singles]), abs=1e-12)
+    diffs = [s["calibrated"]["samples"] - s["global"]["samples"] for s in singles]
+    assert res["samples_diff_sd"] == pytest.approx(np.std(diffs), abs=1e-12)
+    assert res["samples_diff_sd"] > 0
+    assert all(s["samples_diff_sd"] == 0 for s in singles)
 
 
 def test_bad_metric():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from model.checkpoint import save_checkpoint
+from model.default import DEFAULT_MODEL
 from model.export import TOLERANCE, export_onnx, rewrite_onnx_spec
 from model.onnx_backend import OnnxPredictor
 from model.onnx_backend import read_spec as read_onnx_spec
@@ -18,8 +18,6 @@ from model.preprocess import normalize
 from model.spec import METADATA_KEY, PLANET_LABELS, ModelSpec
 from scenetag.errors import OutputExistsError
 from tests.model_fixtures import SMALL_ARCH, SMALL_LABELS, planet_or_skip, real_chips, small_model, small_spec
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "model" / "default" / "scenetag-default.onnx"
 
 
 @pytest.fixture(scope="module")

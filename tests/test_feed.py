@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from jobs.options import RunOptions
 from jobs.scene_job import classify_cells, plan_scene, reader_mode
-from model.predictor import Done, Submitter, load_predictor
+from model.predictor import Submitter, load_predictor
 from tiler.feed import ProcessFeed, runs_of
 from tiler.grid import GridCell
 
@@ -157,6 +157,33 @@ def test_reader_mode_picks_processes_only_for_a_gpu_model(tiny_model):
     assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "processes"
     assert reader_mode(RunOptions(), FakeGpu(), 10) == "threads"  # too small to pay for processes
 
+    class FakeOrtGpu:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert reader_mode(RunOptions(), FakeOrtGpu(), 10_000) == "processes"
+    assert reader_mode(RunOptions(reader="threads"), FakeOrtGpu(), 10_000) == "threads"
+
+
+def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_raster, tiny_model):
+    """A predictor's ``gpu_seconds`` is a running total: each table gets only its own share."""
+    path = _scene(make_raster, width=300, height=300)
+    inner = load_predictor(tiny_model)
+
+    class Timed:
+        spec, sha256, path, batch_size = inner.spec, inner.sha256, inner.path, 4
+        gpu_seconds = 0.0
+
+        def predict(self, chips):
+            self.gpu_seconds += 1.0  # one "second" per batch
+            return inner.predict(chips)
+
+    predictor = Timed()
+    plan = plan_scene(path, predictor.spec, RunOptions(reader="processes", readers=1))
+    first = classify_cells(plan, predictor)
+    second = classify_cells(plan, predictor)
+    n_batches = -(-len(first) // 4)
+    assert first.seconds_infer == second.seconds_infer == n_batches
+    assert predictor.gpu_seconds == 2 * n_batches
+
 
 def test_submitter_runs_a_plain_backend_on_a_thread_and_copies_the_parts(tiny_model):
     predictor = load_predictor(tiny_model)
@@ -172,14 +199,28 @@ def test_submitter_runs_a_plain_backend_on_a_thread_and_copies_the_parts(tiny_mo
 
 
 def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
+    import pyogrio  # the writer's stack: imported here, so the GPU tests above run without it
+
     from cli import main
+    from outputs_schema.schema import OutputSchema
 
     path = _scene(make_raster, width=300, height=300)
-    out = tmp_path / "o.gpkg"
-    res = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_model), "-o", str(out),
-                                    "--reader", "processes", "--readers", "2", "--no-progress"])
-    assert res.exit_code == 0, res.output
-    assert out.exists() and "classified" in res.output
+    chips = {}
+    for mode in ("processes", "threads"):
+        out = tmp_path / f"{mode}.gpkg"
+        res = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_model), "-o", str(out),
+                                        "--reader", mode, "--readers", "2", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert out.exists() and "classified" in res.output
+        chips[mode] = pyogrio.read_dataframe(out, layer="chips")
+    a, b = chips["processes"], chips["threads"]
+    assert len(a) == len(b) > 0
+    assert list(a.columns) == list(b.columns)
+    probs = [*OutputSchema(load_predictor(tiny_model).spec.labels).prob_columns, "top_prob"]
+    np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-6)
+    rest = [c for c in a.columns if c not in probs and c != "geometry"]
+    assert a[rest].equals(b[rest])
+    assert a.geometry.geom_equals(b.geometry).all()
 
 
 @pytest.mark.gpu

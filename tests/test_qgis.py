@@ -26,7 +26,7 @@ from outputs_schema.colors import label_color
 from outputs_schema.raster import grid_transform, write_probability_raster
 from outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
 from tests.conftest import real_scene
-from tests.qgis_fixtures import QGIS_PYTHON, ensure_metadata, qgis_unavailable, run_qgis_check
+from tests.qgis_fixtures import QGIS_PYTHON, qgis_unavailable, run_qgis_check
 
 pytestmark = pytest.mark.qgis
 
@@ -54,7 +54,6 @@ def borneo(tmp_path_factory, tiny_model):
     table = classify_cells(plan, predictor)
     gpkg = folder / "borneo.gpkg"
     write_scene(plan, table, predictor, gpkg, started_at="2026-01-01T00:00:00+00:00", t_start=time.perf_counter())
-    ensure_metadata(gpkg, predictor.spec)
     raster = write_probability_raster(folder / "borneo_prob.tif", table, predictor.spec.labels, *plan.grid.shape,
                                       grid_transform(plan.info.transform, plan.grid.stride, plan.grid.chip), plan.info.crs)
     png = folder / "borneo.png"

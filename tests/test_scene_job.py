@@ -11,7 +11,7 @@ import rasterio
 from rasterio.windows import Window, bounds as window_bounds
 
 from jobs.options import RunOptions
-from jobs.scene_job import plan_scene, run_scene
+from jobs.scene_job import classify_cells, plan_scene, run_scene
 from model.predictor import load_predictor
 from model.preprocess import normalize
 from outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
@@ -145,16 +145,42 @@ def test_probabilities_match_the_model_on_chips_read_directly(predictor, tmp_pat
             np.testing.assert_allclose(got, p[0], atol=1e-5)
 
 
-def test_uint16_scene_is_stretched_once_per_scene(predictor, make_raster, tmp_path):
+def test_uint16_scene_is_stretched_once_per_scene(predictor, make_raster, tmp_path, monkeypatch):
+    import tiler.scaling
+
+    samples = []
+    real = tiler.scaling.decimated_read
+    monkeypatch.setattr(tiler.scaling, "decimated_read", lambda *a, **k: samples.append(1) or real(*a, **k))
     data = np.random.default_rng(1).integers(1000, 5000, size=(3, 130, 140)).astype("uint16")
     scene = make_raster("u16.tif", data)
     plan = plan_scene(scene, predictor.spec, RunOptions())
+    table = classify_cells(plan, predictor)
+    assert len(table) == len(plan.grid) and len(samples) == 1  # every chip read, the scene sampled once
     flat = data.reshape(3, -1)
     np.testing.assert_allclose(plan.stretch.low, np.percentile(flat, 2, axis=1), rtol=1e-6)
     np.testing.assert_allclose(plan.stretch.high, np.percentile(flat, 98, axis=1), rtol=1e-6)
     with plan.reader() as reader:
         chip = reader.read(next(iter(plan.grid)))
     assert chip.pixels.dtype == np.uint8 and chip.pixels.min() == 0 and chip.pixels.max() == 255
+
+
+def test_stretch_of_a_large_scene_without_overviews_samples_whole_blocks(predictor, make_raster):
+    """Without overviews the stretch reads a spread of whole blocks (not every block), subsampled."""
+    from tiler.scaling import MAX_SAMPLE
+    from tiler.scene import decimated_read
+
+    rng = np.random.default_rng(2)
+    data = rng.integers(1000, 5000, size=(3, 1100, 1300)).astype("uint16")
+    scene = make_raster("big.tif", data, TILED="YES", BLOCKXSIZE=256, BLOCKYSIZE=256)
+    with rasterio.open(scene) as src:
+        assert not src.overviews(1)
+        sample = decimated_read(src, [1, 2, 3])
+    # 4 x 5 whole 256-px blocks, side by side, more values than the percentiles take.
+    assert sample.shape == (3, 1, 4 * 5 * 256 * 256) and sample[0].count() > MAX_SAMPLE
+    plan = plan_scene(scene, predictor.spec, RunOptions())
+    flat = data.reshape(3, -1)
+    np.testing.assert_allclose(plan.stretch.low, np.percentile(flat, 2, axis=1), rtol=0.01)
+    np.testing.assert_allclose(plan.stretch.high, np.percentile(flat, 98, axis=1), rtol=0.01)
 
 
 @pytest.mark.parametrize("edge, n", [("shift", 3 * 3), ("pad", 3 * 3), ("skip", 2 * 2)])

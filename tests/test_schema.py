@@ -17,6 +17,7 @@ from outputs_schema.records import ChipTable
 from outputs_schema.schema import MAX_NAME, OutputSchema, sanitize_names, tag_names
 from outputs_schema.writer import write_geopackage
 from scenetag.errors import OutputError
+from tests.qgis_fixtures import fake_run
 
 HOSTILE = ('it\'s "quoted"', "two words", "x; DROP TABLE chips;--", "Ünïcödé", "1st", "two_words",
            "", "   ", "a" * 200, "tags", "geom`etry")
@@ -44,12 +45,7 @@ def test_hostile_labels_survive_a_round_trip(tmp_path):
     probs = np.linspace(0.1, 0.9, n * len(labels)).reshape(n, len(labels)).astype(np.float32)
     rows = [(0, i, 16 * i, 0, 16, 16, 1.0) for i in range(n)]
     out = tmp_path / "h.gpkg"
-    run = {f: "x" for f in ("run_id", "software", "started_at", "finished_at", "status", "reason",
-                            "scene_path", "scene_sha256", "scene_crs", "model_name", "model_sha256",
-                            "model_spec", "thresholds", "options", "signature")}
-    run.update(schema_version=1, n_chips_total=n, n_chips_classified=n, n_chips_skipped_nodata=0,
-               n_chips_skipped_edge=0, seconds_total=0.0, seconds_read=0.0, seconds_infer=0.0,
-               seconds_write=0.0)
+    run = fake_run(n_chips_total=n, n_chips_classified=n)
     write_geopackage(out, table=ChipTable.from_rows(rows, probs), spec=spec, scene_id="s",
                      transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=run)
     layers = [name for name, _ in pyogrio.list_layers(out) if name != "layer_styles"]
@@ -59,6 +55,11 @@ def test_hostile_labels_survive_a_round_trip(tmp_path):
         np.testing.assert_allclose(chips[col], probs[:, i], rtol=1e-6)
     words = tag_names(labels)
     assert chips.tags.iloc[-1].split() == [w for w, p in zip(words, probs[-1]) if p >= 0.5]
+    want = [[w for w, p in zip(words, row) if p >= 0.5] for row in probs]
+    assert [t.split(" ") if t else [] for t in chips.tags] == want  # every chip, single spaces
+    assert list(chips.n_tags) == [len(w) for w in want]
+    assert list(chips.top_label) == [labels[i] for i in probs.argmax(axis=1)]
+    np.testing.assert_array_equal(chips.top_prob, probs.max(axis=1))
     for label, layer in zip(labels, schema.label_layers):
         frame = pyogrio.read_dataframe(out, layer=layer)
         assert list(frame.label) == ([label] if (probs[:, labels.index(label)] >= 0.5).any() else [])
@@ -73,3 +74,16 @@ def test_writer_refuses_a_non_gpkg_name(tmp_path):
         write_geopackage(tmp_path / "x.shp", table=ChipTable.empty(1),
                          spec=ModelSpec.create("m", "a", ["a"]), scene_id="s",
                          transform=Affine.identity(), crs=CRS.from_epsg(4326), run={})
+
+
+def test_an_empty_table_writes_every_layer_empty(tmp_path):
+    spec = ModelSpec.create("m", "a", ["water", "road"], 0.5)
+    out = write_geopackage(tmp_path / "e.gpkg", table=ChipTable.empty(2), spec=spec, scene_id="s",
+                           transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=fake_run())
+    schema = OutputSchema(spec.labels)
+    for layer in schema.layers[:-1]:  # all but runs
+        frame = pyogrio.read_dataframe(out, layer=layer)
+        assert len(frame) == 0, layer
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert list(chips.columns) == [*schema.chip_columns, "geometry"]
+    assert len(pyogrio.read_dataframe(out, layer="runs")) == 1

@@ -205,7 +205,7 @@ def test_colours_are_the_same_across_runs_with_other_label_sets(tmp_path, spec):
 
 def test_add_styles_twice_replaces_instead_of_duplicating(gpkg, spec):
     before = styles.read_styles(gpkg)
-    styles.add_styles(gpkg, OutputSchema(spec.labels), spec)
+    styles.add_styles(gpkg, spec)
     after = styles.read_styles(gpkg)
     assert len(after) == len(before)
     assert [(r["f_table_name"], r["styleName"], r["useAsDefault"]) for r in after] == \
@@ -216,7 +216,7 @@ def test_add_styles_refuses_a_geopackage_without_the_layers(tmp_path, spec):
     other = ModelSpec.create("other", spec.arch, ("water", "road"), 0.3)
     path = write_synthetic_gpkg(tmp_path / "o.gpkg", other)
     with pytest.raises(ValueError, match="label_clear"):
-        styles.add_styles(path, OutputSchema(spec.labels), spec)
+        styles.add_styles(path, spec)
 
 
 @given(st.lists(st.text(min_size=1, max_size=30).filter(str.strip), min_size=1, max_size=5, unique=True))
@@ -235,7 +235,7 @@ def test_qml_is_well_formed_for_any_label_text(labels):
 def test_metadata_has_schema_version_and_provenance_per_layer(gpkg, spec):
     schema = OutputSchema(spec.labels)
     run = fake_run(run_id="abc123", scene_path="/data/borneo.tif", thresholds=json.dumps({"clear": 0.45}))
-    metadata.add_metadata(gpkg, schema, spec, run)
+    metadata.add_metadata(gpkg, spec, run)
     rows = metadata.read_metadata(gpkg)
     qgis_rows = {r["table_name"]: r for r in rows if r["md_standard_uri"] == metadata.QGIS_METADATA_URI}
     assert set(qgis_rows) == set(schema.layers)
@@ -258,8 +258,8 @@ def test_metadata_has_schema_version_and_provenance_per_layer(gpkg, spec):
 
 
 def test_metadata_is_a_valid_registered_extension_that_gdal_reads(gpkg, spec):
-    metadata.add_metadata(gpkg, OutputSchema(spec.labels), spec, fake_run(run_id="r1"))
-    metadata.add_metadata(gpkg, OutputSchema(spec.labels), spec, fake_run(run_id="r2"))  # replaces
+    metadata.add_metadata(gpkg, spec, fake_run(run_id="r1"))
+    metadata.add_metadata(gpkg, spec, fake_run(run_id="r2"))  # replaces
     con = sqlite3.connect(gpkg)
     ext = {r[0] for r in con.execute("SELECT table_name FROM gpkg_extensions WHERE extension_name='gpkg_metadata'")}
     n_md = con.execute("SELECT count(*) FROM gpkg_metadata").fetchone()[0]
@@ -288,6 +288,6 @@ def test_corrupt_geopackage_is_an_output_error(tmp_path, spec):
     bad = tmp_path / "bad.gpkg"
     bad.write_bytes(b"not a database" * 100)
     with pytest.raises(OutputError, match="could not store metadata"):
-        metadata.add_metadata(bad, OutputSchema(spec.labels), spec, fake_run())
+        metadata.add_metadata(bad, spec, fake_run())
     with pytest.raises(OutputError, match="could not store QGIS styles"):
-        styles.add_styles(bad, OutputSchema(spec.labels), spec)
+        styles.add_styles(bad, spec)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.predictor import Done, load_predictor  # noqa: E402
-from model.torch_backend import TorchPredictor  # noqa: E402
+from model.torch_backend import TorchPredictor, resolve_device  # noqa: E402
 from scenetag.errors import ModelError, OptionError  # noqa: E402
 from tests.model_factory import tiny_network, tiny_spec  # noqa: E402
 
@@ -66,6 +66,13 @@ def test_one_chip_that_does_not_fit_is_an_error(checkpoint):
         pred.predict(chips(2))
 
 
+def test_device_names_are_checked():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(OptionError, match="cuda:N"):  # the same check as the ONNX backend's
+        resolve_device("cuda:x")
+
+
 def test_precision_choices_are_checked(checkpoint, tiny_model):
     with pytest.raises(OptionError, match="fp16 needs a CUDA device"):
         TorchPredictor(checkpoint, precision="fp16")
@@ -102,6 +109,24 @@ def test_cuda_bf16_and_fp16_tags_agree_with_fp32_on_real_chips():
     for precision in ("bf16", "fp16"):
         tags = TorchPredictor(ckpt, device="cuda", precision=precision).predict(x) >= thr
         assert (tags != ref).mean() <= 0.005, precision
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device, precision, dtype", [
+    ("cuda", "bf16", torch.bfloat16), ("cuda:0", "fp16", torch.float16),
+])
+def test_cuda_reduced_precision_runs_under_autocast(checkpoint, device, precision, dtype):
+    """The convolutions run in the reduced dtype on the GPU (autocast keyed on the device type)."""
+    x = chips(16, seed=6)
+    ref = TorchPredictor(checkpoint).predict(x)
+    pred = TorchPredictor(checkpoint, device=device, precision=precision)
+    conv = next(m for m in pred.model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    got = pred.predict(x)
+    assert seen and set(seen) == {dtype}
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=0.05)
 
 
 def test_submit_on_the_cpu_is_done_at_once(checkpoint):

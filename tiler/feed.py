@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import rasterio
 
+from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
 from tiler.grid import GridCell
 from tiler.reader import ChipReader
@@ -109,13 +110,13 @@ def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cach
     _worker["env"].__enter__()
 
 
-def _read_run(cells: list[GridCell], slot: int) -> tuple[int, np.ndarray, np.ndarray, float]:
+def _read_run(cells: list[GridCell], slot: int) -> tuple[np.ndarray, np.ndarray, float]:
     t0 = time.perf_counter()
     reader: ChipReader = _worker["reader"]
     out = _worker["slots"][slot]
     if reader.run_readable(cells):
         r = reader.read_run(cells, out=out)
-        return slot, r.kept, r.valid, time.perf_counter() - t0
+        return r.kept, r.valid, time.perf_counter() - t0
     kept, valid = [], []
     for i, cell in enumerate(cells):  # resampled reads: one cell at a time
         read = reader.read(cell)
@@ -123,7 +124,7 @@ def _read_run(cells: list[GridCell], slot: int) -> tuple[int, np.ndarray, np.nda
         if not read.skipped:
             out[len(kept)] = read.pixels
             kept.append(i)
-    return slot, np.asarray(kept, np.int64), np.asarray(valid, np.float32), time.perf_counter() - t0
+    return np.asarray(kept, np.int64), np.asarray(valid, np.float32), time.perf_counter() - t0
 
 
 # --- in the consumer ---------------------------------------------------------
@@ -138,11 +139,11 @@ class ProcessFeed:
         workers: Reader processes (default :func:`default_workers`).
         per_run: Cells per task.
         slots: Runs in flight (default twice the workers, plus two).
-        cachemax_mb: GDAL block cache per process.
+        cachemax_mb: GDAL block cache per process (default :func:`scenetag.config.gdal_cachemax_mb`).
     """
 
     def __init__(self, reader: ChipReader, cells: Sequence[GridCell], workers: int | None = None,
-                 per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int = 64) -> None:
+                 per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int | None = None) -> None:
         self.workers = int(workers or default_workers())
         self.runs = runs_of(cells, per_run)
         self.per_run = max((len(r) for r in self.runs), default=1)
@@ -164,26 +165,23 @@ class ProcessFeed:
         self._slots = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)
         self._free = list(range(self.n_slots))
         self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)
         self.startup_seconds = 0.0
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         self._pool = ProcessPoolExecutor(
             self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-            initargs=(reader, self._shm.name, self._shape, cachemax_mb))
+            initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
         self._closed = False
-        self._t0 = t0
 
     def _release(self, slot: int) -> None:
-        with self._freed:
+        with self._lock:
             self._free.append(slot)
-            self._freed.notify()
 
     def _take_slot(self) -> int | None:
         with self._lock:
             return self._free.pop() if self._free else None
 
     def __iter__(self) -> Iterator[Run]:
-        pending: dict[Future, list[GridCell]] = {}
+        pending: dict[Future, tuple[list[GridCell], int]] = {}
         todo = iter(self.runs)
         exhausted = False
         first = True
@@ -198,15 +196,15 @@ class ProcessFeed:
                         self._release(slot)
                         exhausted = True
                         break
-                    pending[self._pool.submit(_read_run, cells, slot)] = cells
+                    pending[self._pool.submit(_read_run, cells, slot)] = cells, slot
                 if not pending:
                     if exhausted:
                         return
                     raise RuntimeError("every slot is held by the consumer: release runs as they are used")
                 done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    cells = pending.pop(fut)
-                    slot, kept, valid, seconds = fut.result()
+                    cells, slot = pending.pop(fut)
+                    kept, valid, seconds = fut.result()
                     if first:
                         self.startup_seconds = time.perf_counter() - self._t0
                         first = False

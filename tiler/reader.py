@@ -74,6 +74,7 @@ class ChipReader:
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
+        self._mode: str | None = None  # the scene's mask mode, found on the first run read
 
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "ds", None)
@@ -150,13 +151,19 @@ class ChipReader:
                 and all(c.row_off == cells[0].row_off and c.height == cells[0].height for c in cells))
 
     def _mask_mode(self, ds: rasterio.DatasetReader) -> str:
-        """How this scene's validity is known: "all_valid", "nodata" (per band) or "gdal" (others)."""
-        flags = ds.mask_flag_enums
-        if all(f == [MaskFlags.all_valid] for f in flags):
-            return "all_valid"
-        if all(f == [MaskFlags.nodata] for f in flags) and all(v is not None for v in ds.nodatavals):
-            return "nodata"
-        return "gdal"
+        """How this scene's validity is known: "all_valid", "nodata" (per band) or "gdal" (others).
+
+        Fixed per scene, so GDAL is asked once per reader, not on every run.
+        """
+        if self._mode is None:
+            flags = ds.mask_flag_enums
+            if all(f == [MaskFlags.all_valid] for f in flags):
+                self._mode = "all_valid"
+            elif all(f == [MaskFlags.nodata] for f in flags) and all(v is not None for v in ds.nodatavals):
+                self._mode = "nodata"
+            else:
+                self._mode = "gdal"
+        return self._mode
 
     def read_run(self, cells: Sequence[GridCell], out: np.ndarray | None = None) -> RunRead:
         """Read neighbouring cells of one grid row in one go; the same chips as :meth:`read` on each.

@@ -18,6 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from model.spec import ModelSpec
 from scenetag.errors import BandError, GeoreferenceError, SceneReadError
@@ -71,20 +72,23 @@ def open_scene(path: str | Path) -> SceneInfo:
     return info
 
 
-def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
+def _georeference_fix(src: rasterio.DatasetReader) -> str:
+    """How to georeference a scene that lacks a CRS or geotransform, from what it does have."""
     if src.rpcs:
-        fix = ("It has RPCs: orthorectify it first, e.g. "
-               "`gdalwarp -rpc -t_srs EPSG:4326 in.tif out.tif`.")
-    elif src.gcps[0]:
-        fix = "It has GCPs: warp it first, e.g. `gdalwarp -t_srs EPSG:4326 in.tif out.tif`."
-    else:
-        fix = "Georeference it first (e.g. `gdal_translate -a_srs ... -a_ullr ...`)."
+        return ("It has RPCs: orthorectify it first, e.g. "
+                "`gdalwarp -rpc -t_srs EPSG:4326 in.tif out.tif`.")
+    if src.gcps[0]:
+        return "It has GCPs: warp it first, e.g. `gdalwarp -t_srs EPSG:4326 in.tif out.tif`."
+    return "Georeference it first (e.g. `gdal_translate -a_srs ... -a_ullr ...`)."
+
+
+def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
     if src.crs is None:
-        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map. {fix}")
+        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map. "
+                                f"{_georeference_fix(src)}")
     if src.transform == Affine.identity():
-        raise GeoreferenceError(
-            f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. {fix}"
-        )
+        raise GeoreferenceError(f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. "
+                                f"{_georeference_fix(src)}")
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:
         raise SceneReadError(f"scene {str(p)!r} mixes band types {sorted(dtypes)}: convert it to one type")
@@ -205,8 +209,6 @@ def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: 
     per_side = max(1, int(math.sqrt(max_blocks)))
     rows = np.unique(np.linspace(0, n_rows - 1, min(per_side, n_rows)).round().astype(int))
     cols = np.unique(np.linspace(0, n_cols - 1, min(per_side, n_cols)).round().astype(int))
-    from rasterio.windows import Window
-
     parts = [src.read(list(bands), window=Window(c * bw, r * bh, min(bw, src.width - c * bw),
                                                   min(bh, src.height - r * bh)), masked=True)
              .reshape(len(bands), 1, -1)

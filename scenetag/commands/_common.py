@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -37,6 +38,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: Third-party loggers: at WARNING or above, whatever -v says.
+NOISY_LOGGERS = ("rasterio", "pyogrio", "fiona", "distributed", "bokeh", "tornado")
+
+
 def configure_logging(verbose: int, quiet: int) -> None:
     """Send logs to stderr at a level set by -v/-q counts (default WARNING... INFO)."""
     level = logging.INFO - 10 * verbose + 10 * quiet
@@ -46,9 +51,25 @@ def configure_logging(verbose: int, quiet: int) -> None:
         stream=sys.stderr,
         force=True,
     )
-    # Third-party chatter stays quiet unless asked for.
-    for noisy in ("rasterio", "pyogrio", "fiona", "distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
+    quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Keep third-party chatter out of our logs: at WARNING, or at ours where that is higher.
+
+    Call it again after importing ``distributed``, which sets its own levels on import.
+    """
+    level = max(logging.WARNING, logging.getLogger().level)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def announce_cluster(info) -> None:
+    """Print the Dask cluster and its dashboard link on stderr (``announce`` of :func:`jobs.cluster.connect`)."""
+    where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
+    click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
+    if info.dashboard:
+        click.echo(f"Dask dashboard: {info.dashboard}", err=True)
 
 
 def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +90,25 @@ def spec_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def scheduler_option(func):
+def read_spec(spec_path: str | Path | None):
+    """The :class:`~model.spec.ModelSpec` in the ``--spec`` file, or None without one."""
+    if not spec_path:
+        return None
+    from model.spec import ModelSpec
+
+    return ModelSpec.from_json(Path(spec_path).read_text())
+
+
+def load_model(model_path, spec_path, backend, device, precision="fp32"):
+    """Load the predictor for CLI commands (the shipped default when no path is given)."""
+    from model.default import default_model_path
+    from model.predictor import load_predictor
+
+    path = model_path or default_model_path()
+    return load_predictor(path, backend=backend, device=device, spec=read_spec(spec_path), precision=precision)
+
+
+def scheduler_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--scheduler ADDRESS``: an existing Dask cluster (shared by ``run`` and ``batch``)."""
     return click.option(
         "--scheduler", metavar="ADDRESS", default=None,

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, scheduler_option
-from scenetag.commands.run import build_options, job_options, load_model
+from jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
+from scenetag.commands._common import announce_cluster, handle_errors, load_model, quiet_third_party, scheduler_option
+from scenetag.commands.run import build_options, job_options, tqdm_progress
+from scenetag.errors import ScenetagError
 
 
 def cluster_options(func):
-    """LocalCluster size and GPU annotation (shared by ``run`` and ``batch``)."""
+    """The cluster to run on: its scheduler, LocalCluster size, GPU annotation and task size."""
     opts = [
         scheduler_option,
         click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -23,29 +25,15 @@ def cluster_options(func):
         click.option("--gpu/--no-gpu", default=None,
                      help="Send inference tasks only to workers with a GPU resource "
                      "(dask worker --resources GPU=1). Default: when any worker declares one."),
-        click.option("--chips-per-task", type=click.IntRange(min=1), default=256, show_default=True,
+        click.option("--chips-per-task", type=click.IntRange(min=1), default=DEFAULT_CHIPS_PER_TASK,
+                     show_default=True,
                      help="Scenes with more chips are split into strips of chip rows, one task each."),
-        click.option("--dashboard-address", default="127.0.0.1:8787", show_default=True, metavar="[HOST]:PORT",
+        click.option("--dashboard-address", default=DEFAULT_DASHBOARD, show_default=True, metavar="[HOST]:PORT",
                      help="Where the LocalCluster's dashboard listens (another port if taken)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
     return func
-
-
-def announce_dashboard(info) -> None:
-    """Print the cluster and its dashboard link on stderr."""
-    where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
-    click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
-    if info.dashboard:
-        click.echo(f"Dask dashboard: {info.dashboard}", err=True)
-
-
-def quiet_dask() -> None:
-    """Keep distributed's INFO chatter out of our logs (importing it sets its own levels)."""
-    level = max(logging.WARNING, logging.getLogger().level)
-    for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(level)
 
 
 def add_log_file(path: str) -> logging.Handler:
@@ -66,20 +54,16 @@ def add_log_file(path: str) -> logging.Handler:
 
 
 def _progress(enabled: bool):
-    state: dict = {}
+    """``on_start`` and ``on_done`` callbacks of :func:`~jobs.batch.run_batch` drawing a bar of scenes."""
+    make_bar = tqdm_progress("scenes", enabled, unit="scene")
+    update: list = []
 
     def on_start(total: int) -> None:
-        from tqdm import tqdm
-
-        state["bar"] = tqdm(total=total, desc="scenes", unit="scene", file=sys.stderr, disable=not enabled,
-                            dynamic_ncols=True, leave=False)
+        update.append(make_bar(total))
 
     def on_done(record) -> None:
-        bar = state.get("bar")
-        if bar is not None:
-            bar.update(1)
-            if bar.n >= bar.total:
-                bar.close()
+        if update:
+            update[0](1)
     return on_start, on_done
 
 
@@ -115,9 +99,8 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
     batch holds OUT_DIR.
     """
     from jobs.batch import REPORT_NAME, run_batch
-    from scenetag.errors import ScenetagError
 
-    quiet_dask()
+    quiet_third_party()  # again: importing distributed set its own levels
     handler = add_log_file(log_file) if log_file else None
     try:
         # The workers load the model on --device.
@@ -130,7 +113,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
                            workers=workers, threads=threads, gpu=gpu, force=force, retries=retries,
                            chips_per_task=chips_per_task, report_path=report_path,
                            dashboard_address=dashboard_address, forward_logs=bool(log_file),
-                           announce=announce_dashboard, on_start=on_start, on_done=on_done)
+                           announce=announce_cluster, on_start=on_start, on_done=on_done)
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -54,8 +55,6 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
         "crossfit": crossfit(table.targets, probs, metric, global_threshold, min_support, bounds=bounds),
     }
     new_spec = spec.with_thresholds(list(cal.thresholds))
-    from dataclasses import replace
-
     extra = dict(new_spec.extra)
     extra["calibration"] = {k: record[k] for k in ("metric", "global_threshold", "min_support", "bounds", "split",
                                                     "n_images", "before", "after", "reasons")}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, spec_option
+from scenetag.commands._common import handle_errors, load_model, spec_option
 
 
 def eval_options(func):
@@ -39,11 +39,8 @@ def eval_options(func):
 def load_probs(model_path, data, labels_csv, spec_path, split, split_file, backend, device, batch_size, resize):
     """Predictor, labelled set and probabilities for a command."""
     from model.evaluation import load_eval_set, predict_all
-    from model.predictor import load_predictor
-    from model.spec import ModelSpec
 
-    spec = ModelSpec.from_json(Path(spec_path).read_text()) if spec_path else None
-    predictor = load_predictor(model_path, backend=backend, device=device, spec=spec)
+    predictor = load_model(model_path, spec_path, backend, device)
     table, images, source = load_eval_set(
         data, labels_csv, predictor.spec, split, split_file, model_path, "resize" if resize else "refuse"
     )

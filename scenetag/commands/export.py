@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, spec_option
+from scenetag.commands._common import handle_errors, read_spec, spec_option
 
 
 def parse_label_names(value: str | None) -> tuple[str, ...] | None:
@@ -60,17 +61,14 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
     from model.checkpoint import load_checkpoint
     from model.evaluation import parse_thresholds
     from model.export import export_onnx
-    from model.spec import ModelSpec
     from scenetag.errors import OutputExistsError
 
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"{out_path} exists: pass --overwrite to replace it")
-    spec = ModelSpec.from_json(spec_path.read_text()) if spec_path else None
+    spec = read_spec(spec_path)
     labels = parse_label_names(label_names)
     thr = parse_thresholds(thresholds, labels or ())
     model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr)
-    from dataclasses import replace
-
     if name:
         spec = replace(spec, name=name)
     if chip_size:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, model_option, scheduler_option, spec_option
+from scenetag.commands._common import (announce_cluster, handle_errors, load_model, model_option,
+                                       quiet_third_party, scheduler_option, spec_option)
 
 
 def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -95,23 +96,12 @@ def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size,
                       batch_size=batch_size, readers=readers, reader=reader, to_crs=to_crs, raster=raster)
 
 
-def load_model(model_path, spec_path, backend, device, precision="fp32"):
-    """Load the predictor for CLI commands (the shipped default when no path is given)."""
-    from model.default import default_model_path
-    from model.predictor import load_predictor
-    from model.spec import ModelSpec
-
-    spec = ModelSpec.from_json(Path(spec_path).read_text()) if spec_path else None
-    path = model_path or default_model_path()
-    return load_predictor(path, backend=backend, device=device, spec=spec, precision=precision)
-
-
-def tqdm_progress(desc: str, enabled: bool):
-    """A factory of progress callbacks drawing a tqdm bar on stderr."""
+def tqdm_progress(desc: str, enabled: bool, unit: str = "chip"):
+    """A factory of progress callbacks drawing a tqdm bar on stderr: ``factory(total)`` → ``update(n)``."""
     def factory(total: int):
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="chip", file=sys.stderr, disable=not enabled,
+        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
                    dynamic_ncols=True, leave=False)
 
         def update(n: int) -> None:
@@ -142,9 +132,8 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     (footprints, probabilities, tags), one `label_<name>` layer per label and
     a `runs` table with the provenance.
     """
-    from jobs.scene_job import check_outputs, run_scene
-
     from jobs.cluster import resolve_scheduler
+    from jobs.scene_job import check_outputs, run_scene
 
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     on_cluster = resolve_scheduler(scheduler) is not None
@@ -155,10 +144,10 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     check_outputs(out, options, overwrite)
     if on_cluster:
         from jobs.batch import run_scene_on_cluster
-        from scenetag.commands.batch import announce_dashboard
 
+        quiet_third_party()  # again: importing distributed set its own levels
         result = run_scene_on_cluster(scene, out, predictor, options, device=device,
-                                      scheduler=scheduler, announce=announce_dashboard)
+                                      scheduler=scheduler, announce=announce_cluster)
     else:
         show = sys.stderr.isatty() if progress is None else progress
         result = run_scene(scene, out, predictor, options, overwrite=overwrite,
