@@ -184,7 +184,7 @@ class TorchPredictor:
         for p in parts:
             # A plain memcpy on this thread.  On the H200 host, torch's copy_ here (which fans out
             # to torch's CPU thread pool) took 13 s for 7 GB while 14 reader processes kept every
-            # core busy; a single-threaded copy needs no other core.  Not yet re-measured there.
+            # core busy; this copy took 2.5-3.7 s for the same 7 GB (docs/performance.md, runs 2-3).
             np.copyto(staging[off:off + len(p)], p, casting="no")
             off += len(p)
         with torch.inference_mode():

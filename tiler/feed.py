@@ -96,6 +96,21 @@ def _shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def _context() -> mp.context.BaseContext:
+    """Where reader processes come from: a fork server that has imported this module (and GDAL).
+
+    Forked from it, a reader starts without importing rasterio again; the
+    server starts once per program, so later scenes start their readers in a
+    fraction of the time.  It is a fresh process, never the caller (which may
+    hold CUDA state or threads that must not be forked).
+    """
+    if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - not Linux
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 # --- in the reader processes -------------------------------------------------
 
 _worker: dict = {}
@@ -168,7 +183,7 @@ class ProcessFeed:
         self.startup_seconds = 0.0
         self._t0 = time.perf_counter()
         self._pool = ProcessPoolExecutor(
-            self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            self.workers, mp_context=_context(), initializer=_init_worker,
             initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
         self._closed = False
 
