@@ -116,5 +116,5 @@ def _polygonize(covered: np.ndarray, xs: np.ndarray, ys: np.ndarray, transform: 
 
 
 def orient(geoms):
-    """Counter-clockwise shells and clockwise holes, where shapely (>= 2.1) can do it."""
-    return shapely.orient_polygons(geoms) if hasattr(shapely, "orient_polygons") else geoms
+    """Counter-clockwise shells and clockwise holes."""
+    return shapely.orient_polygons(geoms)

@@ -183,6 +183,21 @@ def test_stretch_of_a_large_scene_without_overviews_samples_whole_blocks(predict
     np.testing.assert_allclose(plan.stretch.high, np.percentile(flat, 98, axis=1), rtol=0.01)
 
 
+def test_stretch_sample_of_a_striped_scene_spans_many_rows(make_raster):
+    """In a file of one-row strips, the sample covers hundreds of rows, not a few scan lines."""
+    from tiler.scene import decimated_read
+
+    height, width = 2000, 1500
+    rows = np.broadcast_to(np.arange(height, dtype="uint16")[:, None], (height, width))
+    scene = make_raster("striped.tif", np.stack([rows] * 3), BLOCKYSIZE=1)
+    with rasterio.open(scene) as src:
+        assert src.block_shapes[0] == (1, width) and not src.overviews(1)
+        sample = decimated_read(src, [1])
+    distinct_rows = np.unique(sample.compressed())
+    assert len(distinct_rows) >= 256
+    assert distinct_rows.min() < height / 8 and distinct_rows.max() > height * 7 / 8  # spread over the scene
+
+
 @pytest.mark.parametrize("edge, n", [("shift", 3 * 3), ("pad", 3 * 3), ("skip", 2 * 2)])
 def test_edge_policies_on_generated_raster(predictor, make_raster, tmp_path, edge, n):
     scene = make_raster(width=150, height=140)  # 64-px chips: 2 full + a partial per axis

@@ -188,6 +188,10 @@ def resolution_factor(info: SceneInfo, spec: ModelSpec, resample: bool) -> float
     return ratio if resample else 1.0
 
 
+#: Rows per sample window at least, for files stored in strips of a few rows.
+MIN_SAMPLE_ROWS = 64
+
+
 def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: int = 1024,
                    max_blocks: int = 64) -> np.ma.MaskedArray:
     """A masked sample of the whole scene for per-scene statistics.
@@ -195,7 +199,8 @@ def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: 
     With overviews (or a small scene), a read at most ``max_side`` pixels on a
     side, which GDAL serves from the overviews.  Without overviews such a read
     would decompress every block, so instead up to ``max_blocks`` whole blocks
-    spread evenly over the scene are read, and returned side by side.
+    spread evenly over the scene are read, and returned side by side (in a
+    striped file, windows of at least ``MIN_SAMPLE_ROWS`` strips).
     """
     scale = max(src.width, src.height) / max_side
     if scale <= 1:
@@ -204,7 +209,9 @@ def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: 
         shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
         return src.read(list(bands), out_shape=shape, masked=True)
     bh, bw = src.block_shapes[0]
-    bh, bw = min(bh, 512), min(bw, 512)
+    # Thin strips (striped files) would sample only a few scan lines: take at least
+    # MIN_SAMPLE_ROWS rows per window (each strip decodes its full width anyway).
+    bh, bw = min(max(bh, MIN_SAMPLE_ROWS), 512), min(bw, 512)
     n_rows, n_cols = max(1, src.height // bh), max(1, src.width // bw)
     per_side = max(1, int(math.sqrt(max_blocks)))
     rows = np.unique(np.linspace(0, n_rows - 1, min(per_side, n_rows)).round().astype(int))
