@@ -14,13 +14,19 @@ It reports:
 * **readers**: chips/s read (mask and data) by threads reading one chip per
   GDAL call, and by the reader processes reading runs of chips;
 * **model-only**: uint8 chips already on the GPU, normalised there and
-  classified, per precision (the ceiling);
+  classified, per precision, kernels launched eagerly (the ceiling; bf16
+  replayed from a CUDA graph too);
 * **end-to-end**: :func:`jobs.scene_job.classify_cells` on the scene, from
   opening the scene to the probability table (reader processes, double
   buffering), per precision, with GPU utilisation (NVML, sampled every 20 ms),
   GPU busy time (CUDA events) and where the host's time went;
 * **accuracy**: the share of tag decisions on the real chips that bf16 and
-  fp16 change against fp32.
+  fp16 change against fp32;
+* **variants** of the bf16 end-to-end run, on the same scene in the same run
+  (ratios are what compare): kernels launched eagerly instead of replayed
+  from a CUDA graph, chips copied into the pinned ring instead of uploaded
+  from the page-locked reader slots, one reader process fewer or more, a
+  larger batch.
 
 The GeoPackage write is not part of "end-to-end" here; ``bench/bench_scene.py``
 measures it (it runs on the CPU, whatever the model runs on).
@@ -138,6 +144,26 @@ def model_only(predictor, chips: np.ndarray, batch: int, seconds: float = 3.0) -
     return n / (time.perf_counter() - t0)
 
 
+def model_only_graphed(predictor, chips: np.ndarray, batch: int, seconds: float) -> float:
+    """chips/s of full batches replayed from the predictor's CUDA graph, chips already on the device."""
+    import torch
+
+    reps = -(-batch // len(chips))
+    x = torch.from_numpy(np.concatenate([chips] * reps)[:batch]).to(predictor.device)
+    with torch.inference_mode():
+        for _ in range(2):  # eager the first time, captured the second
+            predictor._graphed(x)
+        torch.cuda.synchronize()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            predictor._graphed(x)
+            n += batch
+            if n % (batch * 4) == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
 class GpuSampler:
     """Mean GPU utilisation (NVML) over a block, sampled every 20 ms."""
 
@@ -173,17 +199,26 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
-def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None) -> dict:
-    """classify_cells on the scene with reader processes: chips/s and where the time went."""
+def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, direct: bool = True) -> dict:
+    """classify_cells on the scene with reader processes: chips/s and where the time went.
+
+    ``direct=False`` refuses to page-lock the reader slots, so chips are copied
+    into the pinned ring as before (for comparison).
+    """
     from jobs.options import RunOptions
     from jobs.scene_job import classify_cells, plan_scene
 
     predictor.gpu_seconds = 0.0
+    if not direct:
+        predictor.register_host = lambda memory: False  # the instance's, shadowing the method
     with GpuSampler() as gpu:
         t0 = time.perf_counter()
         plan = plan_scene(scene, predictor.spec, RunOptions(reader="processes", readers=workers, batch_size=batch))
         t_plan = time.perf_counter() - t0
-        table = classify_cells(plan, predictor)
+        try:
+            table = classify_cells(plan, predictor)
+        finally:
+            predictor.__dict__.pop("register_host", None)
         wall = time.perf_counter() - t0
     tm = table.extra["timings"]
     return {
@@ -220,7 +255,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10, help="mosaic repeats per side")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: cores less two)")
+    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: cores less one)")
     ap.add_argument("--reader-cells", type=int, default=6000)
     ap.add_argument("--model-seconds", type=float, default=3.0)
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -283,9 +318,37 @@ def main() -> None:
         print(f"end-to-end {p}: {e['chips']} chips in {e['wall_s']:.2f} s = {e['chips_per_s']:.0f} chips/s "
               f"({e['ratio_to_model_only_same_precision']:.2f} of model-only {p}); GPU util "
               f"{e['gpu_util_mean_pct']}%, busy {e['gpu_busy_share']:.2f}; reader start-up "
-              f"{e['reader_startup']:.2f} s, wait for reads {e['wait_read']:.2f} s, submit {e['submit']:.2f} s, "
-              f"wait for GPU {e['wait_infer']:.2f} s", flush=True)
+              f"{e['reader_startup']:.2f} s, page-lock {e['host_register']:.2f} s (direct {e['direct_upload']}), "
+              f"wait for reads {e['wait_read']:.2f} s, submit {e['submit']:.2f} s, "
+              f"wait for uploads {e['wait_upload']:.2f} s, wait for GPU {e['wait_infer']:.2f} s", flush=True)
         save()
+
+    if "bf16" in predictors and args.device.startswith("cuda"):
+        pred = predictors["bf16"]
+        eager = TorchPredictor(args.checkpoint, device=args.device, precision="bf16", batch_size=args.batch,
+                               cuda_graphs=False)
+        variants = {"bf16_eager": (eager, dict(workers=workers, batch=args.batch)),
+                    "bf16_copy": (pred, dict(workers=workers, batch=args.batch, direct=False))}
+        for w in sorted({max(1, workers - 1), min(16, workers + 1)} - {workers}):
+            variants[f"bf16_readers{w}"] = (pred, dict(workers=w, batch=args.batch))
+        variants["bf16_batch512"] = (pred, dict(workers=workers, batch=512))
+        model_only(pred, chips, 512, 0.5)  # cuDNN picks its kernels for the new shape first
+        res["model_only"]["bf16_graphs"] = model_only_graphed(pred, chips, args.batch, args.model_seconds)
+        print(f"model-only bf16 from a CUDA graph: {res['model_only']['bf16_graphs']:.0f} chips/s", flush=True)
+        res["variants"] = {}
+        for name, (p, kw) in variants.items():
+            try:
+                e = end_to_end(scene, p, **kw)
+            except Exception as exc:  # noqa: BLE001 - one failed variant must not lose the others
+                res["variants"][name] = {"error": repr(exc)}
+                print(f"variant {name} failed: {exc!r}", flush=True)
+                continue
+            e["ratio_to_model_only_bf16"] = e["chips_per_s"] / res["model_only"]["bf16"]
+            res["variants"][name] = e
+            print(f"variant {name}: {e['chips_per_s']:.0f} chips/s ({e['ratio_to_model_only_bf16']:.2f} of "
+                  f"model-only bf16); GPU busy {e['gpu_busy_share']:.2f}; submit {e['submit']:.2f} s, "
+                  f"wait for reads {e['wait_read']:.2f} s", flush=True)
+            save()
     print(json.dumps(res, indent=1))
 
 

@@ -24,7 +24,7 @@ class RunOptions:
         resample: Read chips at the model's ground resolution.
         batch_size: Chips per model call; None takes the backend's own (8 on the CPU).
         readers: Reader threads or processes; None: 2 threads, or one process per core
-            less two.
+            less one.
         reader: "threads" (one chip per read, for CPU models), "processes" (runs of chips
             read by processes into shared memory, to feed a GPU) or "auto" (processes when
             the model runs on a GPU).

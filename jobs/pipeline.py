@@ -4,11 +4,20 @@ Reading, upload, compute and result collection overlap:
 
 * reader processes (:class:`tiler.feed.ProcessFeed`) read runs of neighbouring
   chips into shared memory, many runs ahead;
-* this thread copies kept chips into a batch and hands it to a
-  :class:`model.predictor.Submitter`, which returns at once (on CUDA the
-  upload and compute are queued behind each other on the GPU);
-* up to ``depth`` batches are in flight; this thread collects the oldest
+* this thread gathers kept chips (views into those slots) into a batch and
+  hands it to a :class:`model.predictor.Submitter`, which returns at once (on
+  CUDA the upload and compute are queued behind each other on the GPU);
+* on CUDA the slots are page-locked for the scene, so a batch is uploaded
+  straight from where the readers wrote it, with no copy on the host; a run's
+  slot goes back to the readers once the upload of the last batch that uses
+  it has finished.  Elsewhere the chips are copied when submitted and the
+  slots go back at once;
+* up to ``DEPTH`` batches are in flight; this thread collects the oldest
   result only when it has the next batch queued, so the GPU always has work.
+
+The consumer never holds more slots than leaves every reader one to read
+into: on a sparse scene (few kept chips per run) it submits a short batch
+rather than wait.
 
 The result is the same :class:`ChipTable` as the thread path gives, in grid
 order, with a breakdown of where the time went in ``table.extra["timings"]``.
@@ -55,13 +64,14 @@ def classify_with_feed(
     gpu_before = getattr(predictor, "gpu_seconds", None)  # the predictor's running total
     batches: list[ChipTable] = []
     in_flight: deque[tuple[np.ndarray, Pending]] = deque()
+    uploading: deque[tuple[list[Run], Pending]] = deque()  # direct uploads: runs freed once uploaded
     parts: list[np.ndarray] = []
     part_meta: list[np.ndarray] = []
-    held: list[Run] = []  # runs whose chips are in ``parts``
+    held: list[Run] = []  # runs whose last kept chips are in ``parts``
     n_batch = 0
     skipped = 0
     read_seconds = 0.0
-    t = {"wait_read": 0.0, "submit": 0.0, "wait_infer": 0.0}
+    t = {"wait_read": 0.0, "submit": 0.0, "wait_upload": 0.0, "wait_infer": 0.0}
 
     def collect_one() -> None:
         meta, pending = in_flight.popleft()
@@ -73,17 +83,31 @@ def classify_with_feed(
         if progress:
             progress(len(meta))
 
-    def submit() -> None:
-        """Hand the gathered chips to the model; their runs' slots are free afterwards."""
+    def release_uploaded(keep: int) -> None:
+        """Free the slots of all but the ``keep`` newest batches, once their chips are on the device."""
+        while len(uploading) > keep:
+            runs, pending = uploading.popleft()
+            t0 = time.perf_counter()
+            submitter.wait_uploaded(pending)
+            t["wait_upload"] += time.perf_counter() - t0
+            for r in runs:
+                r.release()
+
+    def submit(done_runs: list[Run]) -> None:
+        """Hand the gathered chips to the model; ``done_runs`` (whose last chips these are) are freed after."""
         nonlocal n_batch
         if not parts:
             return
         t0 = time.perf_counter()
-        pending = submitter.submit(parts)  # copies the chips before it returns
+        pending = submitter.submit(parts)
         t["submit"] += time.perf_counter() - t0
         in_flight.append((np.concatenate(part_meta), pending))
-        for r in held:
-            r.release()
+        if submitter.direct:  # uploads run in order: the previous batch is on the device by now
+            uploading.append((list(done_runs), pending))
+            release_uploaded(keep=1)
+        else:  # the chips were copied before submit returned
+            for r in done_runs:
+                r.release()
         parts.clear()
         part_meta.clear()
         held.clear()
@@ -91,37 +115,50 @@ def classify_with_feed(
         while len(in_flight) > DEPTH:
             collect_one()
 
+    def n_holding() -> int:
+        return len(held) + sum(len(runs) for runs, _ in uploading)
+
     # The reads (and their GDAL settings) are the reader processes'; this thread does none.
-    with ProcessFeed(reader, cells, workers=workers) as feed, Submitter(predictor) as submitter:
-        runs = iter(feed)
-        while True:
-            t0 = time.perf_counter()
-            run = next(runs, None)
-            t["wait_read"] += time.perf_counter() - t0
-            if run is None:
-                break
-            read_seconds += run.seconds
-            skipped += run.n_skipped
-            if progress and run.n_skipped:
-                progress(run.n_skipped)
-            n_kept = len(run.kept)
-            meta = _meta(run.cells, run.kept, run.valid)
-            start = 0
-            while start < n_kept:
-                take = min(batch_size - n_batch, n_kept - start)
-                parts.append(run.pixels[start:start + take])
-                part_meta.append(meta[start:start + take])
-                n_batch += take
-                start += take
-                if n_batch >= batch_size:
-                    submit()
-            if n_kept and n_batch:
-                held.append(run)  # some of its chips wait in the next batch
-            else:
-                run.release()
-        submit()
-        while in_flight:
-            collect_one()
+    with ProcessFeed(reader, cells, workers=workers, hold_chips=2 * batch_size) as feed, \
+            Submitter(predictor) as submitter:
+        feed.start()  # the readers start up while the slots are page-locked
+        t0 = time.perf_counter()
+        with submitter.uploading_from(feed.memory) as direct:  # page-locks the slots on CUDA
+            t["host_register"] = time.perf_counter() - t0
+            runs = iter(feed)
+            while True:
+                t0 = time.perf_counter()
+                run = next(runs, None)
+                t["wait_read"] += time.perf_counter() - t0
+                if run is None:
+                    break
+                read_seconds += run.seconds
+                skipped += run.n_skipped
+                if progress and run.n_skipped:
+                    progress(run.n_skipped)
+                n_kept = len(run.kept)
+                meta = _meta(run.cells, run.kept, run.valid)
+                start = 0
+                while start < n_kept:
+                    take = min(batch_size - n_batch, n_kept - start)
+                    parts.append(run.pixels[start:start + take])
+                    part_meta.append(meta[start:start + take])
+                    n_batch += take
+                    start += take
+                    if n_batch >= batch_size:
+                        submit(held + [run] if start >= n_kept else list(held))
+                if n_kept == 0:
+                    run.release()
+                elif n_batch:
+                    held.append(run)  # its last chips wait in the batch being gathered
+                    if n_holding() >= feed.max_held:  # sparse runs: keep the readers in slots
+                        release_uploaded(keep=0)
+                        if len(held) >= feed.max_held:
+                            submit(list(held))
+            submit(list(held))
+            release_uploaded(keep=0)
+            while in_flight:
+                collect_one()
 
     wall = time.perf_counter() - t_start
     table = ChipTable.concat(batches, n_labels)  # into grid order
@@ -131,7 +168,7 @@ def classify_with_feed(
     table.seconds_infer = gpu if gpu else t["wait_infer"] + t["submit"]
     table.extra["timings"] = {
         "wall": wall, "reader_startup": feed.startup_seconds, "readers": feed.workers,
-        "read_in_readers": read_seconds, **t,
+        "read_in_readers": read_seconds, "direct_upload": direct, **t,
     }
     return table
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -69,19 +70,52 @@ class Submitter:
     Any other backend runs on one worker thread; the parts are copied into one
     batch on the caller's thread before :meth:`submit` returns, so the caller
     may reuse their memory at once in both cases.
+
+    Inside :meth:`uploading_from` a backend that can page-lock the caller's
+    memory (``register_host``) uploads parts straight from it; :attr:`direct`
+    is then True and the caller may reuse a part's memory only after
+    :meth:`wait_uploaded` on its batch.
     """
 
     def __init__(self, predictor: "Predictor") -> None:
         self.predictor = predictor
-        self._own: Callable[[Sequence[np.ndarray]], Pending] | None = getattr(predictor, "submit", None)
+        self._own: Callable[..., Pending] | None = getattr(predictor, "submit", None)
         self._pool = None if self._own else ThreadPoolExecutor(1, thread_name_prefix="inference")
+        #: Whether parts are uploaded from the caller's memory (see :meth:`uploading_from`).
+        self.direct = False
+
+    @contextmanager
+    def uploading_from(self, memory: np.ndarray) -> Iterator[bool]:
+        """Within this block, parts that lie in ``memory`` go to the device without a host copy.
+
+        Yields whether that is so: only a backend with ``register_host`` (the
+        torch backend on CUDA) does it, and only where the driver agrees.
+        ``memory`` must outlive the block; leaving it waits for every upload.
+        """
+        register = getattr(self.predictor, "register_host", None)
+        if register is None or not register(memory):
+            yield False
+            return
+        self.direct = True
+        try:
+            yield True
+        finally:
+            self.direct = False
+            self.predictor.unregister_host(memory)
 
     def submit(self, parts: Sequence[np.ndarray]) -> Pending:
         """Start classifying the chips of ``parts`` (uint8 ``(n_i, C, H, W)`` each), in order."""
         if self._own is not None:
-            return self._own(parts)
+            return self._own(parts, direct=True) if self.direct else self._own(parts)
         batch = np.concatenate(parts) if len(parts) != 1 else np.array(parts[0], copy=True)
         return self._pool.submit(self.predictor.predict, batch)
+
+    @staticmethod
+    def wait_uploaded(pending: Pending) -> None:
+        """Wait until the parts of ``pending``'s batch may be reused (at once unless :attr:`direct`)."""
+        uploaded = getattr(pending, "uploaded", None)
+        if uploaded is not None:
+            uploaded()
 
     def close(self) -> None:
         if self._pool is not None:

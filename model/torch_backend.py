@@ -17,11 +17,21 @@ It owns its device, precision and batching:
   into pinned memory; the caller prepares the next batch meanwhile (double
   buffering).  Compute time on the GPU is measured with CUDA events
   (``gpu_seconds``).
+* memory the caller owns for a while (the reader processes' shared memory)
+  can be page-locked with :meth:`TorchPredictor.register_host`; chips in it
+  are then uploaded straight from where they were read, with no copy on the
+  host (``submit(parts, direct=True)``).  On the H200 host the copy into the
+  pinned ring cost the consumer thread 2.6-3.7 s per 7 GB scene, and
+  uploading from the slots raised end-to-end bf16 by 13-14%;
+* on CUDA, full batches replay a captured CUDA graph (``cuda_graphs``), so
+  the thread that feeds the GPU does not spend ~11 ms per batch launching
+  kernels from Python.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +51,10 @@ CUDA_BATCH = 256
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Batches that may be queued on the GPU at once (pinned buffers in the ring).
 RING = 3
+#: CUDA graphs kept per predictor (one per repeating batch shape).
+GRAPHS = 2
+#: cudaHostRegisterPortable.
+HOST_REGISTER_PORTABLE = 1
 
 
 def resolve_device(device: str) -> str:
@@ -66,11 +80,14 @@ class TorchPredictor:
         batch_size: Chips per forward pass; default 8 on the CPU (larger batches only
             cost memory there), 256 on CUDA.
         channels_last: Channels-last layout; default on CUDA.
+        cuda_graphs: On CUDA, replay full batches from a captured CUDA graph instead of
+            launching every kernel from Python (see :meth:`_graphed`); default on CUDA,
+            ignored elsewhere.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
                  precision: str = "fp32", batch_size: int | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, cuda_graphs: bool | None = None):
         torch = require("torch", "torch")
         from model.checkpoint import load_checkpoint
 
@@ -103,6 +120,9 @@ class TorchPredictor:
         self.gpu_seconds = 0.0
         self._ring: list[dict] = []
         self._next = 0
+        self.cuda_graphs = on_cuda and (cuda_graphs is None or bool(cuda_graphs))
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()  # shape -> (graph, static in, static out)
+        self._seen: set[tuple] = set()  # shapes run once, eagerly
         if on_cuda:
             self._copy_stream = torch.cuda.Stream(device=self.device)
         log.info("torch model %s on %s (%s, %s, %d labels)", self.path, self.device, self.spec.arch,
@@ -114,9 +134,70 @@ class TorchPredictor:
         if self.channels_last:  # convert while the pixels are one byte each
             x_u8 = x_u8.contiguous(memory_format=torch.channels_last)
         x = x_u8.float() * self._scale + self._offset
-        with torch.autocast(self._device_type, dtype=self._dtype or torch.float32, enabled=self._dtype is not None):
+        # No autocast weight cache: it is freed when the block ends, which a captured graph would outlive.
+        with torch.autocast(self._device_type, dtype=self._dtype or torch.float32,
+                            enabled=self._dtype is not None, cache_enabled=False):
             logits = self.model(x)
         return torch.sigmoid(logits.float())
+
+    def _graphed(self, x_u8):
+        """``_forward`` on CUDA, replayed from a CUDA graph for batch shapes that repeat.
+
+        Launching lite0's kernels from Python costs the calling thread about
+        11 ms per batch of 256 or 512 (docs/performance.md, run 4), time the
+        thread that feeds the GPU doesn't have; a replay costs a few
+        microseconds.  In run 5, end-to-end bf16 went from 11.4k to 11.9k
+        chips/s with graphs, and the thread's submit time from 2.1 s to 0.18 s.
+
+        A shape runs eagerly the first time and is captured the second (a
+        scene's short last batch is seen once); at most :data:`GRAPHS` graphs
+        are kept, each with its own activations.  The chips are copied into
+        the graph's own input on the device, and its output must be read
+        (copied out on the same stream) before the next replay.  If capture
+        fails (out of memory, an operation that can't be captured), the batch
+        runs eagerly and graphs are turned off.
+        """
+        torch = self._torch
+        key = tuple(x_u8.shape)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if key not in self._seen:
+                if len(self._seen) > 64:  # many one-off shapes: forget them
+                    self._seen.clear()
+                self._seen.add(key)
+                return self._run(x_u8)
+            try:
+                entry = self._capture(x_u8)
+            except Exception as exc:  # noqa: BLE001 - eager launches still work
+                log.warning("CUDA graph capture failed (%s): running eagerly", exc)
+                self.cuda_graphs = False
+                self._graphs.clear()
+                torch.cuda.empty_cache()
+                return self._run(x_u8)
+            while len(self._graphs) >= GRAPHS:
+                self._graphs.popitem(last=False)
+            self._graphs[key] = entry
+        self._graphs.move_to_end(key)
+        graph, static_in, static_out = entry
+        static_in.copy_(x_u8)
+        graph.replay()
+        return static_out
+
+    def _capture(self, x_u8) -> tuple:
+        """A CUDA graph of ``_forward`` for ``x_u8``'s shape: (graph, static input, static output)."""
+        torch = self._torch
+        static_in = x_u8.clone()
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up: cuDNN picks its kernels outside the capture
+            for _ in range(2):
+                self._forward(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(static_in)
+        log.info("captured a CUDA graph for batches of %d", x_u8.shape[0])
+        return graph, static_in, static_out
 
     def _run(self, x_u8):
         """``_forward``, splitting the batch in halves while the device runs out of memory."""
@@ -162,12 +243,44 @@ class TorchPredictor:
                 out.append(self._run(host[start:start + self.batch_size]))
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
-    def submit(self, parts: Sequence[np.ndarray]) -> "Done | _CudaPending":
+    def register_host(self, array: np.ndarray) -> bool:
+        """Page-lock ``array``'s memory so that chips in it upload without a host copy.
+
+        Returns False (and changes nothing) off CUDA, or where the driver
+        refuses; the caller then passes ``direct=False``.  The memory must stay
+        mapped until :meth:`unregister_host`.
+        """
+        if self._device_type != "cuda" or not array.flags.c_contiguous or array.nbytes == 0:
+            return False
+        torch = self._torch
+        try:
+            with torch.cuda.device(self.device):
+                # Portable: pinned for every CUDA context of the process, not only this device's.
+                torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(
+                    array.ctypes.data, array.nbytes, HOST_REGISTER_PORTABLE))
+        except Exception as exc:  # noqa: BLE001 - a driver refusal only costs the copy path
+            log.warning("could not page-lock %.0f MiB of reader memory (%s): chips are copied instead",
+                        array.nbytes / 2**20, exc)
+            return False
+        return True
+
+    def unregister_host(self, array: np.ndarray) -> None:
+        """Undo :meth:`register_host`, once every upload from ``array`` has finished."""
+        torch = self._torch
+        with torch.cuda.device(self.device):
+            self._copy_stream.synchronize()
+            torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(array.ctypes.data))
+
+    def submit(self, parts: Sequence[np.ndarray], direct: bool = False) -> "Done | _CudaPending":
         """Start classifying the chips of ``parts``; ``result()`` of the return value waits.
 
         On CUDA this returns once the chips are in pinned memory (the caller may
         reuse ``parts`` at once); upload and compute are queued on the GPU.  On
         the CPU it classifies at once.
+
+        With ``direct=True`` the parts must lie in memory given to
+        :meth:`register_host`: they are uploaded from there, and the caller may
+        reuse them only after ``uploaded()`` of the return value.
         """
         if self._device_type != "cuda":
             return Done(self.predict(np.concatenate(parts) if len(parts) != 1 else parts[0]))
@@ -177,39 +290,48 @@ class TorchPredictor:
             return Done(np.zeros((0, self.spec.n_labels), np.float32))
         for p in parts:
             self._check(np.asarray(p))
-        slot = self._slot(n, parts[0].shape[1:])
-        host = slot["host"]
-        staging = slot["host_np"]
-        off = 0
-        for p in parts:
-            # A plain memcpy on this thread.  On the H200 host, torch's copy_ here (which fans out
-            # to torch's CPU thread pool) took 13 s for 7 GB while 14 reader processes kept every
-            # core busy; this copy took 2.5-3.7 s for the same 7 GB (docs/performance.md, runs 2-3).
-            np.copyto(staging[off:off + len(p)], p, casting="no")
-            off += len(p)
+        slot = self._slot(n, parts[0].shape[1:], staging=not direct)
+        if not direct:
+            staging = slot["host_np"]
+            off = 0
+            for p in parts:
+                # A plain memcpy on this thread.  On the H200 host, torch's copy_ here (which fans
+                # out to torch's CPU thread pool) took 13 s for 7 GB while 14 reader processes kept
+                # every core busy; this copy took 2.5-3.7 s (docs/performance.md, runs 2-3).
+                np.copyto(staging[off:off + len(p)], p, casting="no")
+                off += len(p)
+            sources = [slot["host"][:n]]
+        else:
+            sources = [torch.from_numpy(p) for p in parts]
         with torch.inference_mode():
             with torch.cuda.stream(self._copy_stream):
-                dev = host[:n].to(self.device, non_blocking=True)
+                dev = torch.empty((n, *parts[0].shape[1:]), dtype=torch.uint8, device=self.device)
+                off = 0
+                for src in sources:  # from page-locked memory: asynchronous DMA
+                    dev[off:off + len(src)].copy_(src, non_blocking=True)
+                    off += len(src)
                 slot["uploaded"].record(self._copy_stream)
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(slot["uploaded"])
             dev.record_stream(compute)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(compute)
-            probs = self._run(dev)
+            probs = self._graphed(dev) if self.cuda_graphs else self._run(dev)
             end.record(compute)
             out = slot["out"][:n]
             out.copy_(probs, non_blocking=True)
             done = torch.cuda.Event()
             done.record(compute)
-        slot["pending"] = _CudaPending(self, out, done, start, end)
+        slot["pending"] = _CudaPending(self, out, done, start, end, slot["uploaded"])
         return slot["pending"]
 
-    def _slot(self, n: int, chip_shape: tuple) -> dict:
-        """The next pinned buffer pair of the ring, free and large enough for ``n`` chips.
+    def _slot(self, n: int, chip_shape: tuple, staging: bool) -> dict:
+        """The next buffers of the ring, free and large enough for ``n`` chips.
 
-        A buffer is reused only after the upload from it has finished and the
-        probabilities of its last batch have been read out.
+        Each slot has a pinned buffer for probabilities and, when ``staging``
+        (chips not uploaded from the caller's page-locked memory), a pinned
+        buffer for the chips.  A slot is reused only after the upload from it
+        has finished and the probabilities of its last batch have been read out.
         """
         torch = self._torch
         i = self._next
@@ -220,25 +342,30 @@ class TorchPredictor:
         if slot.get("pending") is not None:
             slot.pop("pending").result()
         if slot.get("cap", 0) < n or slot.get("shape") != tuple(chip_shape):
-            cap = max(n, self.batch_size)
-            slot.update(
-                cap=cap, shape=tuple(chip_shape),
-                host=(host := torch.empty((cap, *chip_shape), dtype=torch.uint8, pin_memory=True)),
-                host_np=host.numpy(),
-                out=torch.empty((cap, self.spec.n_labels), dtype=torch.float32, pin_memory=True),
-                uploaded=torch.cuda.Event(),
-            )
+            slot.clear()
+            slot.update(cap=max(n, self.batch_size), shape=tuple(chip_shape), uploaded=torch.cuda.Event(),
+                        out=torch.empty((max(n, self.batch_size), self.spec.n_labels), dtype=torch.float32,
+                                        pin_memory=True))
         else:
             slot["uploaded"].synchronize()
+        if staging and "host" not in slot:
+            slot["host"] = torch.empty((slot["cap"], *chip_shape), dtype=torch.uint8, pin_memory=True)
+            slot["host_np"] = slot["host"].numpy()
         return slot
 
 
 class _CudaPending:
     """Probabilities queued on the GPU; :meth:`result` waits and copies them out."""
 
-    def __init__(self, owner: TorchPredictor, out, done, start, end) -> None:
+    def __init__(self, owner: TorchPredictor, out, done, start, end, uploaded) -> None:
         self._owner, self._out, self._done, self._start, self._end = owner, out, done, start, end
+        self._uploaded = uploaded
         self._probs: np.ndarray | None = None
+
+    def uploaded(self) -> None:
+        """Wait until the chips are on the GPU (their host memory may be reused after this)."""
+        if self._probs is None:
+            self._uploaded.synchronize()
 
     def result(self) -> np.ndarray:
         if self._probs is None:

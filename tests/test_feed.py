@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -147,6 +149,104 @@ def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batc
     assert timings["readers"] == 2 and timings["wall"] > 0 and b.seconds_read > 0
 
 
+class _PoisonedFeed(ProcessFeed):
+    """A feed that scribbles over a slot the moment it is given back, so a premature release shows."""
+
+    made: list["_PoisonedFeed"] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _PoisonedFeed.made.append(self)
+
+    def _release(self, slot: int) -> None:
+        self._slots[slot] = 77
+        super()._release(slot)
+
+
+class _LazyDirect:
+    """A backend that uploads straight from registered memory, late (as a copy engine may)."""
+
+    def __init__(self, inner, batch_size: int) -> None:
+        self.inner, self.batch_size = inner, batch_size
+        self.spec, self.sha256, self.path = inner.spec, inner.sha256, inner.path
+        self.registered: list[int] = []
+        self.unregistered: list[int] = []
+
+    def predict(self, chips):
+        return self.inner.predict(chips)
+
+    def register_host(self, memory) -> bool:
+        self.registered.append(memory.ctypes.data)
+        return True
+
+    def unregister_host(self, memory) -> None:
+        self.unregistered.append(memory.ctypes.data)
+
+    def submit(self, parts, direct=False):
+        assert direct, "inside uploading_from the parts must go direct"
+        return _LazyUpload(self.inner, list(parts))
+
+
+class _LazyUpload:
+    def __init__(self, inner, parts) -> None:
+        self.inner, self.parts, self.batch = inner, parts, None
+
+    def uploaded(self) -> None:
+        if self.batch is None:  # the "DMA" reads the slots only now
+            self.batch = np.concatenate(self.parts)
+            self.parts = None
+
+    def result(self):
+        self.uploaded()
+        return self.inner.predict(self.batch)
+
+
+def _same_tables(a, b) -> None:
+    assert len(a) == len(b) > 0 and a.n_skipped_nodata == b.n_skipped_nodata
+    for col in ("row", "col", "x_off", "y_off", "width", "height"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [3, 16, 64])
+@pytest.mark.parametrize("direct", [False, True])
+def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_model, monkeypatch, batch_size, direct):
+    """Batches that end mid-run, on a run boundary or span runs: no slot is given back too early."""
+    import jobs.pipeline
+
+    monkeypatch.setattr(jobs.pipeline, "ProcessFeed", _PoisonedFeed)
+    path = _scene(make_raster, width=700, height=390)
+    inner = load_predictor(tiny_model)
+    predictor = _LazyDirect(inner, batch_size) if direct else inner
+    opts = RunOptions(readers=2, batch_size=batch_size, stride=32)
+    a = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="threads")), inner)
+    b = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="processes")), predictor)
+    _same_tables(a, b)
+    assert b.extra["timings"]["direct_upload"] is direct
+    if direct:  # the slots were page-locked for the scene, and let go after it
+        assert len(predictor.registered) == 1 and predictor.unregistered == predictor.registered
+
+
+def test_a_sparse_scene_does_not_starve_the_readers_of_slots(make_raster, tiny_model, monkeypatch):
+    """Runs that keep one chip each: the consumer submits short batches instead of holding every slot."""
+    import jobs.pipeline
+
+    monkeypatch.setattr(jobs.pipeline, "ProcessFeed", _PoisonedFeed)
+    rng = np.random.default_rng(5)
+    data = np.zeros((3, 64 * 12, 64 * 64), np.uint8)
+    for c in range(0, 64, 16):  # one valid chip column in 16
+        data[:, :, c * 64:(c + 1) * 64] = rng.integers(1, 255, size=(3, 64 * 12, 64))
+    path = make_raster("sparse.tif", data, nodata=0, tiled=True)
+    inner = load_predictor(tiny_model)
+    batch = 64  # more runs than the feed's slots to fill one batch
+    a = classify_cells(plan_scene(path, inner.spec, RunOptions(reader="threads")), inner)
+    b = classify_cells(plan_scene(path, inner.spec, RunOptions(reader="processes", readers=1, batch_size=batch)),
+                       _LazyDirect(inner, batch))
+    feed = _PoisonedFeed.made[-1]
+    assert -(-batch // 2) > feed.max_held  # at two kept chips per run, a full batch would need every slot
+    _same_tables(a, b)
+
+
 def test_reader_mode_picks_processes_only_for_a_gpu_model(tiny_model):
     cpu = load_predictor(tiny_model)
     assert reader_mode(RunOptions(), cpu, 10_000) == "threads"
@@ -241,3 +341,4 @@ def test_cuda_pipeline_gives_the_cpu_tags(make_raster, tmp_path):
     np.testing.assert_array_equal(a.col, b.col)
     np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)  # TF32 convolutions on CUDA
     assert b.extra["timings"]["readers"] >= 1 and gpu.gpu_seconds > 0
+    assert b.extra["timings"]["direct_upload"]  # uploaded from the page-locked slots

@@ -137,6 +137,114 @@ def test_submit_on_the_cpu_is_done_at_once(checkpoint):
     np.testing.assert_allclose(pending.result(), predictor.predict(x), atol=1e-6)
 
 
+def test_cpu_memory_is_not_page_locked_and_parts_are_copied(checkpoint):
+    from model.predictor import Submitter
+
+    predictor = TorchPredictor(checkpoint)
+    x = chips(3, seed=6)
+    assert predictor.register_host(x) is False
+    with Submitter(predictor) as sub, sub.uploading_from(x) as direct:
+        assert direct is False and sub.direct is False
+        np.testing.assert_allclose(sub.submit([x]).result(), predictor.predict(x), atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_direct_upload_from_page_locked_shared_memory(checkpoint):
+    """Chips uploaded straight from registered shared memory (as the reader slots are), then reused."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    x = chips(22, seed=7)
+    ref = TorchPredictor(checkpoint).predict(x)
+    gpu = TorchPredictor(checkpoint, device="cuda", batch_size=4)
+    shm = SharedMemory(create=True, size=x.nbytes)
+    try:
+        memory = np.ndarray(x.shape, np.uint8, buffer=shm.buf)
+        memory[:] = x
+        assert gpu.register_host(memory)
+        pending = [gpu.submit([memory[i:i + 3], memory[i + 3:i + 4]], direct=True) for i in range(0, 20, 4)]
+        pending.append(gpu.submit([memory[20:]], direct=True))
+        for p in pending:
+            p.uploaded()
+        memory[:] = 0  # reused once uploaded: the results must not change
+        got = np.concatenate([p.result() for p in pending])
+        gpu.unregister_host(memory)
+        del memory
+    finally:
+        shm.close()
+        shm.unlink()
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+
+
+def test_cuda_graphs_are_ignored_off_cuda(checkpoint):
+    x = chips(9, seed=8)
+    graphed = TorchPredictor(checkpoint, batch_size=4, cuda_graphs=True)
+    assert graphed.cuda_graphs is False
+    np.testing.assert_allclose(graphed.predict(x), TorchPredictor(checkpoint).predict(x), atol=1e-6)
+
+
+def test_graphs_are_captured_for_shapes_that_repeat_and_kept_two_at_a_time(checkpoint, monkeypatch):
+    """The graph cache's bookkeeping, with a stand-in for CUDA capture (a graph that re-runs the forward)."""
+    from model import torch_backend
+
+    pred = TorchPredictor(checkpoint)
+    captured = []
+
+    class Replay:
+        def __init__(self, static_in, static_out):
+            self.static_in, self.static_out = static_in, static_out
+
+        def replay(self):
+            self.static_out.copy_(pred._forward(self.static_in))
+
+    def capture(x):
+        captured.append(x.shape[0])
+        static_in = x.clone()
+        static_out = torch.zeros((x.shape[0], pred.spec.n_labels))  # written by replays only
+        return Replay(static_in, static_out), static_in, static_out
+
+    monkeypatch.setattr(pred, "_capture", capture)
+    assert torch_backend.GRAPHS == 2
+    x = torch.from_numpy(chips(40, seed=9))
+    start = 0
+    with torch.inference_mode():
+        for n in (4, 4, 4, 1, 2, 2, 4, 3, 3, 2):  # new chips every call: a replay must read them
+            batch = x[start:start + n]
+            start += n
+            torch.testing.assert_close(pred._graphed(batch), pred._forward(batch))
+    assert captured == [4, 2, 3, 2]  # a shape is captured on its second sighting; 2 was evicted by 3
+    assert [k[0] for k in pred._graphs] == [3, 2]
+
+
+def test_a_failed_capture_turns_graphs_off_and_runs_eagerly(checkpoint, monkeypatch):
+    pred = TorchPredictor(checkpoint)
+    pred.cuda_graphs = True
+
+    def capture(x):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(pred, "_capture", capture)
+    x = torch.from_numpy(chips(3, seed=10))
+    with torch.inference_mode():
+        pred._graphed(x)
+        torch.testing.assert_close(pred._graphed(x), pred._forward(x))
+    assert pred.cuda_graphs is False and not pred._graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graphs_give_the_eager_probabilities(checkpoint, precision):
+    """Repeating batches replayed from a captured graph (over more than a lap of the ring), a short one eager."""
+    x = chips(21, seed=8)
+    eager = TorchPredictor(checkpoint, device="cuda", batch_size=4, precision=precision, cuda_graphs=False)
+    graphed = TorchPredictor(checkpoint, device="cuda", batch_size=4, precision=precision)  # graphs by default
+    ref = eager.predict(x)
+    assert not eager.cuda_graphs and not eager._graphs
+    got = graphed.predict(x)
+    assert graphed.cuda_graphs and list(graphed._graphs) == [(4, 3, 64, 64)]  # the single chip ran eagerly
+    np.testing.assert_allclose(got, ref, atol=5e-3)
+    np.testing.assert_allclose(graphed.predict(x[::-1].copy()), ref[::-1], atol=5e-3)  # replays read new input
+
+
 @pytest.mark.gpu
 def test_cuda_submit_ring_gives_the_cpu_probabilities(checkpoint):
     """Many batches through the ring of pinned buffers (reused ones read out first), against the CPU."""

@@ -9,8 +9,10 @@ read with one mask read and one data read (:meth:`ChipReader.read_run`).
 Pixels never go through a pipe: the feed owns a ring of slots in one
 shared-memory block, a reader writes a run's kept chips into the slot it was
 given, and only the small metadata comes back.  The consumer takes a
-:class:`Run` (a view into its slot), copies the pixels where it needs them,
-and calls :meth:`Run.release` so the slot can take another run.  At most
+:class:`Run` (a view into its slot), copies the pixels where it needs them
+or uploads them straight from the slot (the whole :attr:`ProcessFeed.memory`
+can be page-locked for that), and calls :meth:`Run.release` once it is done
+with them, so the slot can take another run.  At most
 ``slots`` runs are in flight, so memory stays flat whatever the scene size.
 """
 
@@ -42,12 +44,17 @@ CELLS_PER_RUN = 32
 
 
 def default_workers() -> int:
-    """Reader processes by default: the usable cores less two (the consumer and the model's thread)."""
+    """Reader processes by default: one per usable core, less one for the consumer thread.
+
+    Measured on the 16-core H200 host with chips uploaded straight from the
+    slots (docs/performance.md, run 4): 14, 15 and 16 readers gave 0.61, 0.67
+    and 0.60 of model-only bf16; with 16 the consumer thread lost its core.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(16, cores - 2))
+    return max(1, min(16, cores - 1))
 
 
 def runs_of(cells: Sequence[GridCell], per_run: int = CELLS_PER_RUN) -> list[list[GridCell]]:
@@ -153,16 +160,22 @@ class ProcessFeed:
         cells: The cells to read.
         workers: Reader processes (default :func:`default_workers`).
         per_run: Cells per task.
-        slots: Runs in flight (default twice the workers, plus two).
+        slots: Runs in flight (default: twice the workers, plus two, plus the runs that
+            ``hold_chips`` chips span).
         cachemax_mb: GDAL block cache per process (default :func:`scenetag.config.gdal_cachemax_mb`).
+        hold_chips: Chips the consumer keeps in slots at once (say, the batch being
+            gathered and the one being uploaded); their slots come on top of the readers'.
     """
 
     def __init__(self, reader: ChipReader, cells: Sequence[GridCell], workers: int | None = None,
-                 per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int | None = None) -> None:
+                 per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int | None = None,
+                 hold_chips: int = 0) -> None:
         self.workers = int(workers or default_workers())
         self.runs = runs_of(cells, per_run)
         self.per_run = max((len(r) for r in self.runs), default=1)
-        self.n_slots = int(slots or 2 * self.workers + 2)
+        mean_run = len(cells) / max(1, len(self.runs))
+        hold = -(-int(hold_chips) // max(1, int(mean_run))) + 1 if hold_chips > 0 else 0
+        self.n_slots = int(slots or 2 * self.workers + 2 + hold)
         nb, size = len(reader.bands), reader.chip_size
         slot_bytes = self.per_run * nb * size * size
         room = _shm_free_bytes()
@@ -186,6 +199,19 @@ class ProcessFeed:
             self.workers, mp_context=_context(), initializer=_init_worker,
             initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
         self._closed = False
+        self._pending: dict[Future, tuple[list[GridCell], int]] = {}
+        self._todo = iter(self.runs)
+        self._exhausted = False
+
+    @property
+    def memory(self) -> np.ndarray:
+        """Every slot, as one array in shared memory (for page-locking it; see :class:`Run`)."""
+        return self._slots
+
+    @property
+    def max_held(self) -> int:
+        """Runs the consumer may hold at once and still leave every reader a slot to read into."""
+        return max(1, self.n_slots - self.workers)
 
     def _release(self, slot: int) -> None:
         with self._lock:
@@ -195,37 +221,46 @@ class ProcessFeed:
         with self._lock:
             return self._free.pop() if self._free else None
 
+    def start(self) -> None:
+        """Hand the readers their first runs now, so they start while the caller gets ready.
+
+        Iterating starts them anyway; this only lets their start-up overlap
+        the caller's own (page-locking :attr:`memory`, say).
+        """
+        self._fill()
+
+    def _fill(self) -> None:
+        """Give a free slot and the next run to the readers, while both are left."""
+        while not self._exhausted:
+            slot = self._take_slot()
+            if slot is None:
+                return
+            cells = next(self._todo, None)
+            if cells is None:
+                self._release(slot)
+                self._exhausted = True
+                return
+            self._pending[self._pool.submit(_read_run, cells, slot)] = cells, slot
+
     def __iter__(self) -> Iterator[Run]:
-        pending: dict[Future, tuple[list[GridCell], int]] = {}
-        todo = iter(self.runs)
-        exhausted = False
         first = True
         try:
             while True:
-                while not exhausted:
-                    slot = self._take_slot()
-                    if slot is None:
-                        break
-                    cells = next(todo, None)
-                    if cells is None:
-                        self._release(slot)
-                        exhausted = True
-                        break
-                    pending[self._pool.submit(_read_run, cells, slot)] = cells, slot
-                if not pending:
-                    if exhausted:
+                self._fill()
+                if not self._pending:
+                    if self._exhausted:
                         return
                     raise RuntimeError("every slot is held by the consumer: release runs as they are used")
-                done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                done, _ = wait(list(self._pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    cells, slot = pending.pop(fut)
+                    cells, slot = self._pending.pop(fut)
                     kept, valid, seconds = fut.result()
                     if first:
                         self.startup_seconds = time.perf_counter() - self._t0
                         first = False
                     yield Run(cells, kept, valid, self._slots[slot, :len(kept)], seconds, self, slot)
         finally:
-            for fut in pending:
+            for fut in self._pending:
                 fut.cancel()
 
     def close(self) -> None:

@@ -61,7 +61,7 @@ def job_options(func):
                      "or auto (processes when the model runs on a GPU)."),
         click.option("--readers", type=click.IntRange(min=1), default=None,
                      help="Reader threads or processes. Default: 2 threads, or one process per "
-                     "core less two."),
+                     "core less one."),
         click.option("--to-crs", default=None, metavar="CRS",
                      help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
         click.option("--raster", is_flag=True,
