@@ -265,11 +265,17 @@ class TorchPredictor:
         return True
 
     def unregister_host(self, array: np.ndarray) -> None:
-        """Undo :meth:`register_host`, once every upload from ``array`` has finished."""
+        """Undo :meth:`register_host`, once every upload from ``array`` has finished.
+
+        A refusal is logged, not raised: this runs while a scene's errors
+        unwind, and must not hide them.
+        """
         torch = self._torch
         with torch.cuda.device(self.device):
             self._copy_stream.synchronize()
-            torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(array.ctypes.data))
+            code = torch.cuda.cudart().cudaHostUnregister(array.ctypes.data)
+        if code != torch.cuda.cudart().cudaError.success:
+            log.warning("could not release the page-locked reader memory (CUDA error %s)", code)
 
     def submit(self, parts: Sequence[np.ndarray], direct: bool = False) -> "Done | _CudaPending":
         """Start classifying the chips of ``parts``; ``result()`` of the return value waits.
