@@ -114,7 +114,7 @@ def main() -> None:
         per_workers = {}
         for n_workers in (1, 2):
             t0 = time.perf_counter()
-            with connect(None, workers=n_workers, threads=1, dashboard_address=None) as client:
+            with connect(None, workers=n_workers, threads=1, dashboard_address=None) as (client, _):
                 startup = time.perf_counter() - t0
                 best, chips = float("inf"), 0
                 for _ in range(args.rounds):
@@ -141,7 +141,7 @@ def main() -> None:
             best_run = min(best_run, time.perf_counter() - t0)
             seconds, _ = timed_batch([one], None, workers=2)
             best_fresh = min(best_fresh, seconds)
-        with connect(None, workers=2, threads=1, dashboard_address=None) as client:
+        with connect(None, workers=2, threads=1, dashboard_address=None) as (client, _):
             for _ in range(args.rounds):
                 seconds, _ = timed_batch([one], client.scheduler.address)
                 best_warm = min(best_warm, seconds)

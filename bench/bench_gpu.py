@@ -52,44 +52,6 @@ sys.path.insert(0, str(ROOT))
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def load_chips(folder: Path, limit: int) -> np.ndarray:
-    """uint8 ``(N, 3, 256, 256)`` RGB from the first ``limit`` JPEG chips in ``folder``."""
-    from model.data import load_images
-
-    names = sorted(p.name for p in folder.glob("*.jpg"))[:limit]
-    if not names:
-        raise SystemExit(f"no .jpg chips in {folder}")
-    return load_images(folder, names, 256)
-
-
-def build_scene(chips: np.ndarray, work: Path, repeat: int) -> Path:
-    """The mosaic of ``chips`` repeated ``repeat`` x ``repeat`` times (see the module docstring), built once."""
-    import rasterio
-    from affine import Affine
-
-    from bench.scenes import repeat_scene
-
-    side = int(np.sqrt(len(chips)))
-    dst_path = work / f"scene_{side}x{side}chips_{repeat}x.tif"
-    if dst_path.exists():
-        return dst_path
-    c = chips[:side * side]
-    size = c.shape[-1]
-    block = c.reshape(side, side, 3, size, size).transpose(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
-    block = np.where(block == 0, 1, block)  # keep 0 for nodata only
-    work.mkdir(parents=True, exist_ok=True)
-    src = work / "mosaic.tif"
-    profile = dict(driver="GTiff", width=block.shape[2], height=block.shape[1], count=3, dtype="uint8",
-                   crs="EPSG:32721", transform=Affine(3.0, 0, 500000.0, 0, -3.0, 9000000.0), nodata=0)
-    try:
-        with rasterio.open(src, "w", **profile) as dst:
-            dst.write(block)
-        repeat_scene(src, dst_path, repeat, NUM_THREADS="ALL_CPUS", ZLEVEL="1")
-    finally:
-        src.unlink(missing_ok=True)
-    return dst_path
-
-
 def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -> dict:
     """chips/s read by one-chip thread reads and by run-reading processes (no model)."""
     import rasterio
@@ -123,44 +85,25 @@ def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -
     return out
 
 
-def model_only(predictor, chips: np.ndarray, batch: int, seconds: float = 3.0) -> float:
-    """chips/s of normalise + forward on uint8 chips already on the device."""
+def model_only(predictor, chips: np.ndarray, batch: int, seconds: float = 3.0, graphed: bool = False) -> float:
+    """chips/s of normalise + forward on uint8 chips already on the device (``graphed``: replayed from a CUDA graph)."""
     import torch
 
     reps = -(-batch // len(chips))
     x = torch.from_numpy(np.concatenate([chips] * reps)[:batch]).to(predictor.device)
+    step = predictor._graphed if graphed else predictor._forward
     sync = torch.cuda.synchronize if predictor.device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
-        for _ in range(3):
-            predictor._forward(x)
+        for _ in range(3):  # graphed: eager the first time, captured the second
+            step(x)
         sync()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            predictor._forward(x)
+            step(x)
             n += batch
             if n % (batch * 4) == 0:
                 sync()
         sync()
-    return n / (time.perf_counter() - t0)
-
-
-def model_only_graphed(predictor, chips: np.ndarray, batch: int, seconds: float) -> float:
-    """chips/s of full batches replayed from the predictor's CUDA graph, chips already on the device."""
-    import torch
-
-    reps = -(-batch // len(chips))
-    x = torch.from_numpy(np.concatenate([chips] * reps)[:batch]).to(predictor.device)
-    with torch.inference_mode():
-        for _ in range(2):  # eager the first time, captured the second
-            predictor._graphed(x)
-        torch.cuda.synchronize()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            predictor._graphed(x)
-            n += batch
-            if n % (batch * 4) == 0:
-                torch.cuda.synchronize()
-        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -232,17 +175,18 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
 
 def accuracy(predictors: dict, chips: np.ndarray) -> dict:
     """Share of tag decisions that bf16/fp16 change against fp32 on real chips."""
+    from model.predictor import tags_from_probs
+
     ref = predictors["fp32"]
-    thr = np.asarray(ref.spec.thresholds, np.float32)
     p32 = ref.predict(chips)
-    t32 = p32 >= thr
+    t32 = tags_from_probs(p32, ref.spec)
     out = {"chips": len(chips), "decisions": int(t32.size), "positive_tags_fp32": int(t32.sum())}
     for name, pred in predictors.items():
         if name == "fp32":
             continue
         p = pred.predict(chips)
-        out[name] = {"tag_decisions_changed": float(((p >= thr) != t32).mean()),
-                     "n_changed": int(((p >= thr) != t32).sum()),
+        changed = tags_from_probs(p, ref.spec) != t32
+        out[name] = {"tag_decisions_changed": float(changed.mean()), "n_changed": int(changed.sum()),
                      "max_abs_prob_diff": float(np.abs(p - p32).max())}
     return out
 
@@ -279,6 +223,8 @@ def main() -> None:
             args.json.write_text(json.dumps(res, indent=1))
 
     t0 = time.perf_counter()
+    from bench.scenes import build_scene, load_chips
+
     chips = load_chips(args.chips, 10_000)
     scene = build_scene(chips, args.work, args.repeat)
     res["scene"] = {"path": str(scene), "bytes": scene.stat().st_size, "chips_in_mosaic": int(np.sqrt(len(chips))) ** 2,
@@ -333,7 +279,7 @@ def main() -> None:
             variants[f"bf16_readers{w}"] = (pred, dict(workers=w, batch=args.batch))
         variants["bf16_batch512"] = (pred, dict(workers=workers, batch=512))
         model_only(pred, chips, 512, 0.5)  # cuDNN picks its kernels for the new shape first
-        res["model_only"]["bf16_graphs"] = model_only_graphed(pred, chips, args.batch, args.model_seconds)
+        res["model_only"]["bf16_graphs"] = model_only(pred, chips, args.batch, args.model_seconds, graphed=True)
         print(f"model-only bf16 from a CUDA graph: {res['model_only']['bf16_graphs']:.0f} chips/s", flush=True)
         res["variants"] = {}
         for name, (p, kw) in variants.items():

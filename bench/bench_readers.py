@@ -17,6 +17,7 @@ What one process does per chip bounds what N reader processes do together.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,17 +35,15 @@ def without_nodata(scene: Path) -> Path:
     """A copy of ``scene`` with no nodata value (so no mask at all), built once."""
     dst_path = scene.with_name(scene.stem + "_nonodata.tif")
     if not dst_path.exists():
-        with rasterio.open(scene) as src, atomic_path(dst_path) as tmp:
-            profile = src.profile
-            profile.update(nodata=None)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                for _, w in src.block_windows(1):
-                    dst.write(src.read(window=w), window=w)
+        with atomic_path(dst_path) as tmp:
+            shutil.copyfile(scene, tmp)  # the same blocks, not decoded
+            with rasterio.open(tmp, "r+") as dst:
+                dst.nodata = None
     return dst_path
 
 
 def main() -> None:
-    from bench.bench_gpu import build_scene, load_chips
+    from bench.scenes import build_scene, load_chips
     from jobs.options import RunOptions
     from jobs.scene_job import plan_scene
     from model.default import default_model_path

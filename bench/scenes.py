@@ -64,3 +64,41 @@ def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Pat
         CACHE.mkdir(parents=True, exist_ok=True)
         export_tiny_model(path, tiny_spec(chip_size=chip, resolution_m=resolution_m))
     return path, f"tiny test model (mobilenetv3_small_050, random weights, {chip} px chips, {resolution_m:g} m, 3 bands)"
+
+
+def load_chips(folder: Path, limit: int) -> np.ndarray:
+    """uint8 ``(N, 3, 256, 256)`` RGB from the first ``limit`` JPEG chips in ``folder``."""
+    from model.data import load_images
+
+    names = sorted(p.name for p in folder.glob("*.jpg"))[:limit]
+    if not names:
+        raise SystemExit(f"no .jpg chips in {folder}")
+    return load_images(folder, names, 256)
+
+
+def build_scene(chips: np.ndarray, work: Path, repeat: int) -> Path:
+    """The real-derived GPU benchmark scene, built once into ``work``.
+
+    ``chips`` laid edge to edge as a square mosaic, repeated ``repeat`` x
+    ``repeat`` times: tiled 256, DEFLATE level 1 (compressed on every core;
+    decoding costs the same at any level), nodata 0, 3 m, EPSG:32721.
+    """
+    side = int(np.sqrt(len(chips)))
+    dst_path = work / f"scene_{side}x{side}chips_{repeat}x.tif"
+    if dst_path.exists():
+        return dst_path
+    c = chips[:side * side]
+    size = c.shape[-1]
+    block = c.reshape(side, side, 3, size, size).transpose(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
+    block = np.where(block == 0, 1, block)  # keep 0 for nodata only
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "mosaic.tif"
+    profile = dict(driver="GTiff", width=block.shape[2], height=block.shape[1], count=3, dtype="uint8",
+                   crs="EPSG:32721", transform=Affine(3.0, 0, 500000.0, 0, -3.0, 9000000.0), nodata=0)
+    try:
+        with rasterio.open(src, "w", **profile) as dst:
+            dst.write(block)
+        repeat_scene(src, dst_path, repeat, NUM_THREADS="ALL_CPUS", ZLEVEL="1")
+    finally:
+        src.unlink(missing_ok=True)
+    return dst_path

@@ -44,13 +44,14 @@ from typing import Callable, Iterator, Sequence
 
 from distributed import WorkerPlugin
 
-from jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect, describe,
+from jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect,
                           local_gpu_count)
 from jobs.inputs import expand_inputs, output_paths
 from jobs.lock import OutputLock
 from jobs.options import RunOptions
 from jobs.report import BatchReport, SceneRecord
-from jobs.scene_job import ScenePlan, SceneResult, _now, classify_cells, plan_scene, signature, write_scene
+from jobs.scene_job import (ScenePlan, SceneResult, _now, check_outputs, classify_cells, plan_scene, signature,
+                             write_scene)
 from model.predictor import file_sha256
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
@@ -292,8 +293,7 @@ def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:
 
 def run_scenes(
     client,
-    scenes: Sequence[str | os.PathLike],
-    outs: Sequence[str | os.PathLike],
+    records: Sequence[SceneRecord],
     model: ModelRef,
     options: RunOptions,
     *,
@@ -302,34 +302,26 @@ def run_scenes(
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
     resources: dict | None = None,
     on_done: Callable[[SceneRecord], None] | None = None,
-    records: Sequence[SceneRecord] | None = None,
     raise_scene_errors: bool = False,
-) -> tuple[list[SceneRecord], dict[str, SceneResult]]:
-    """Run every scene through prepare → classify strips → write on ``client``'s cluster.
+) -> list[SceneResult | None]:
+    """Run the scene of every record through prepare → classify strips → write on ``client``'s cluster.
 
-    The model must already be on the workers (:class:`shipped`).  Returns a
-    record per scene, in input order (``records``, updated as scenes finish,
-    when given), and the :class:`SceneResult` of each scene written.  Raises
-    the first error that is not a per-scene failure, and with
+    The model must already be on the workers (:class:`shipped`).  The records
+    are updated as their scenes finish; returns each scene's
+    :class:`SceneResult`, in record order (None where it failed).  Raises the
+    first error that is not a per-scene failure, and with
     ``raise_scene_errors`` also the first per-scene failure after its retries.
     """
-    from dask.base import tokenize
     from distributed import as_completed
 
-    if records is None:
-        records = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
     states = [_Scene(r) for r in records]
     # Bound to this client's loop: by default it takes the default client's (dask/distributed#4317).
     pending = as_completed(loop=client.loop)
     owner: dict[str, tuple[_Scene, int, str]] = {}
-    # Prepare and write touch files (they are not pure), so their keys are new in every batch;
-    # a strip's key is a function of what determines its result: scene content, model, options.
-    batch_token = uuid.uuid4().hex
 
-    def submit(state: _Scene, stage: str, fn, *args, token=None, **kwargs):
-        token = token if token is not None else tokenize(batch_token, state.record.scene, state.record.output)
-        fut = client.submit(_task, stage, fn, *args, key=f"scenetag-{stage}-{tokenize(token, state.attempt)}",
-                            pure=False, **kwargs)
+    def submit(state: _Scene, stage: str, fn, *args, **kwargs):
+        # Tasks read and write files: every submission gets a key of its own.
+        fut = client.submit(_task, stage, fn, *args, key=f"scenetag-{stage}-{uuid.uuid4().hex}", **kwargs)
         state.futures.append(fut)
         return fut
 
@@ -387,11 +379,8 @@ def run_scenes(
                 strips = plan.grid.strips(rows)
                 rec.strips = len(strips)
                 rec.chips_total = len(plan.grid) + plan.grid.n_skipped
-                # The signature covers scene content, model, spec and the result-affecting options.
-                content = tokenize(prep.signature, prep.scene, model.device, options.to_dict(), rows)
-                classified = [submit(state, "classify", classify_strip, plan, cells, model, resources=resources,
-                                     token=tokenize(content, i))
-                              for i, cells in enumerate(strips)]
+                classified = [submit(state, "classify", classify_strip, plan, cells, model, resources=resources)
+                              for cells in strips]
                 writer = submit(state, "write", write_output, prep, model, *classified)
                 owner[writer.key] = (state, state.attempt, "write")
                 pending.add(writer)
@@ -406,8 +395,7 @@ def run_scenes(
     except BaseException:
         client.cancel([f for s in states for f in s.futures])
         raise
-    results = {s.record.scene: s.result for s in states if s.result is not None}
-    return [s.record for s in states], results
+    return [s.result for s in states]
 
 
 class shipped:
@@ -468,8 +456,7 @@ def _model_on_cluster(predictor, device: str, scheduler: str | None, *, gpu: boo
     """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session."""
     data = model_bytes(predictor)
     model = ModelRef.from_predictor(predictor, device)
-    with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as client:
-        info = describe(client)
+    with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
         with shipped(client, model, data):
             yield _Session(client, info, model, resources)
@@ -541,9 +528,8 @@ def run_batch(
                     for name in ("jobs", "tiler", "model", "outputs_schema"):
                         session.client.forward_logging(name, level=logging.INFO)
                 try:
-                    run_scenes(session.client, scenes, outs, session.model, options, force=force, retries=retries,
-                               chips_per_task=chips_per_task, resources=session.resources, on_done=on_done,
-                               records=report.scenes)
+                    run_scenes(session.client, report.scenes, session.model, options, force=force, retries=retries,
+                               chips_per_task=chips_per_task, resources=session.resources, on_done=on_done)
                 finally:
                     write_report()
     log.info("report: %s", report_path)
@@ -556,24 +542,21 @@ def run_scene_on_cluster(
     predictor,
     options: RunOptions,
     *,
+    overwrite: bool = False,
     device: str = "cpu",
     scheduler: str | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    gpu: bool | None = None,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
-    dashboard_address: str | None = DEFAULT_DASHBOARD,
     announce: Callable[[ClusterInfo], None] | None = None,
 ) -> SceneResult:
     """``run`` on a cluster: one scene, split into strips, written to ``out``; raises its error.
 
-    The caller has already refused an existing ``out`` unless overwriting (as
-    ``run`` does with :func:`~outputs_schema.writer.check_output`).
+    An existing ``out`` is refused before any work unless ``overwrite``, as
+    :func:`~jobs.scene_job.run_scene` does.
     """
-    with _model_on_cluster(predictor, device, scheduler, gpu=gpu, workers=workers, threads=threads,
-                           dashboard_address=dashboard_address, announce=announce) as session:
+    check_outputs(out, options, overwrite)
+    with _model_on_cluster(predictor, device, scheduler, gpu=None, announce=announce) as session:
         # A scene's ScenetagError is raised here, as `run` raises it in-process.
-        records, results = run_scenes(session.client, [Path(scene).resolve()], [Path(out)], session.model, options,
-                                      force=True, chips_per_task=chips_per_task, resources=session.resources,
-                                      raise_scene_errors=True)
-    return results[records[0].scene]
+        record = SceneRecord(str(Path(scene).resolve()), str(out))
+        [result] = run_scenes(session.client, [record], session.model, options, force=True,
+                              chips_per_task=chips_per_task, resources=session.resources, raise_scene_errors=True)
+    return result

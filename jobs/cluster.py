@@ -107,8 +107,9 @@ def connect(
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     timeout: float = 30.0,
     announce: Callable[[ClusterInfo], None] | None = None,
-) -> Iterator:
-    """A :class:`distributed.Client` on the chosen cluster, closed (with a LocalCluster) on exit.
+) -> Iterator[tuple]:
+    """``(client, info)``: a :class:`distributed.Client` on the chosen cluster and its
+    :class:`ClusterInfo`; the client (and a LocalCluster) is closed on exit.
 
     Args:
         scheduler: ``tcp://HOST:PORT`` of an existing scheduler, ``local``, or
@@ -159,7 +160,7 @@ def connect(
                  f", {info.gpu_workers} with a GPU" if info.gpu_workers else "", info.dashboard)
         if announce is not None:
             announce(info)
-        yield client
+        yield client, info
     finally:
         client.close()
         if cluster is not None:

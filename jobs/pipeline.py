@@ -63,10 +63,13 @@ def classify_with_feed(
     t_start = time.perf_counter()
     gpu_before = getattr(predictor, "gpu_seconds", None)  # the predictor's running total
     batches: list[ChipTable] = []
-    in_flight: deque[tuple[np.ndarray, Pending]] = deque()
+    grid = np.array([(c.row, c.col, c.col_off, c.row_off, c.width, c.height) for c in cells], np.int32)
+    grid = grid.reshape(-1, 6)
+    valid = np.zeros(len(grid), np.float32)  # each cell's valid fraction, filled in as runs are read
+    in_flight: deque[tuple[np.ndarray, Pending]] = deque()  # cell indexes of a batch, its probabilities
     uploading: deque[tuple[list[Run], Pending]] = deque()  # direct uploads: runs freed once uploaded
     parts: list[np.ndarray] = []
-    part_meta: list[np.ndarray] = []
+    part_cells: list[np.ndarray] = []  # cell indexes of ``parts``
     held: list[Run] = []  # runs whose last kept chips are in ``parts``
     n_batch = 0
     skipped = 0
@@ -74,14 +77,13 @@ def classify_with_feed(
     t = {"wait_read": 0.0, "submit": 0.0, "wait_upload": 0.0, "wait_infer": 0.0}
 
     def collect_one() -> None:
-        meta, pending = in_flight.popleft()
+        index, pending = in_flight.popleft()
         t0 = time.perf_counter()
         p = pending.result()
         t["wait_infer"] += time.perf_counter() - t0
-        batches.append(ChipTable(*meta[:, :6].T.astype(np.int32), meta[:, 6].astype(np.float32),
-                                 p.astype(np.float32, copy=False)))
+        batches.append(ChipTable(*grid[index].T, valid[index], p.astype(np.float32, copy=False)))
         if progress:
-            progress(len(meta))
+            progress(len(index))
 
     def release_uploaded(keep: int) -> None:
         """Free the slots of all but the ``keep`` newest batches, once their chips are on the device."""
@@ -101,7 +103,7 @@ def classify_with_feed(
         t0 = time.perf_counter()
         pending = submitter.submit(parts)
         t["submit"] += time.perf_counter() - t0
-        in_flight.append((np.concatenate(part_meta), pending))
+        in_flight.append((np.concatenate(part_cells), pending))
         if submitter.direct:  # uploads run in order: the previous batch is on the device by now
             uploading.append((list(done_runs), pending))
             release_uploaded(keep=1)
@@ -109,7 +111,7 @@ def classify_with_feed(
             for r in done_runs:
                 r.release()
         parts.clear()
-        part_meta.clear()
+        part_cells.clear()
         held.clear()
         n_batch = 0
         while len(in_flight) > DEPTH:
@@ -137,12 +139,13 @@ def classify_with_feed(
                 if progress and run.n_skipped:
                     progress(run.n_skipped)
                 n_kept = len(run.kept)
-                meta = _meta(run.cells, run.kept, run.valid)
+                valid[run.first:run.first + len(run.cells)] = run.valid
+                index = run.first + run.kept
                 start = 0
                 while start < n_kept:
                     take = min(batch_size - n_batch, n_kept - start)
                     parts.append(run.pixels[start:start + take])
-                    part_meta.append(meta[start:start + take])
+                    part_cells.append(index[start:start + take])
                     n_batch += take
                     start += take
                     if n_batch >= batch_size:
@@ -172,11 +175,3 @@ def classify_with_feed(
     }
     return table
 
-
-def _meta(cells: Sequence[GridCell], kept: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(n_kept, 7)`` float64 rows: row, col, x_off, y_off, width, height, valid fraction."""
-    out = np.empty((len(kept), 7), np.float64)
-    for i, k in enumerate(kept):
-        c = cells[int(k)]
-        out[i] = (c.row, c.col, c.col_off, c.row_off, c.width, c.height, valid[int(k)])
-    return out

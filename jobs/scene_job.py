@@ -37,8 +37,7 @@ from rasterio.crs import CRS
 
 import scenetag
 from jobs.options import DEFAULT_THREADS, RunOptions
-from model.onnx_backend import GPU_PROVIDERS
-from model.predictor import Predictor, file_sha256
+from model.predictor import Predictor, file_sha256, on_gpu
 from model.spec import ModelSpec
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import SCHEMA_VERSION
@@ -128,19 +127,19 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in
             fut.cancel()
 
 
-def on_gpu(predictor: Predictor) -> bool:
-    """Whether the predictor runs on a GPU (torch on CUDA, or ORT's CUDA/TensorRT providers)."""
-    device = str(getattr(predictor, "device", ""))
-    providers = getattr(predictor, "providers", None) or ()
-    return device.startswith("cuda") or (bool(providers) and providers[0] in GPU_PROVIDERS)
-
-
 def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
-    """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid)."""
+    """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid).
+
+    A daemonic process (a Dask worker) may not start children, so it reads
+    with threads whatever was asked.
+    """
+    if multiprocessing.current_process().daemon:
+        if options.reader == "processes":
+            log.warning("--reader processes: this process (a Dask worker?) may not start reader processes; "
+                        "reading with threads")
+        return "threads"
     if options.reader != "auto":
         return options.reader
-    if multiprocessing.current_process().daemon:  # e.g. a Dask worker: no child processes
-        return "threads"
     return "processes" if on_gpu(predictor) and n_cells >= PROCESS_MIN_CELLS else "threads"
 
 

@@ -16,12 +16,12 @@ the architecture and labels come from a spec file or from options.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from model.spec import ModelSpec, expand_thresholds
+from scenetag.atomic import atomic_path
 from scenetag.errors import ModelLoadError, ModelSpecError
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,10 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         **meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    spec_tmp = spec_path_for(path).with_suffix(".tmp")
-    spec_tmp.write_text(spec.to_json() + "\n")
-    os.replace(spec_tmp, spec_path_for(path))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    with atomic_path(spec_path_for(path)) as tmp:
+        tmp.write_text(spec.to_json() + "\n")
     return path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -107,7 +106,7 @@ def predict_all(predictor, images: np.ndarray, batch_size: int | None = None) ->
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, predictor.spec.n_labels), np.float32)
 
 
-def parse_thresholds(text: str | None, labels: Sequence[str]):
+def parse_thresholds(text: str | None):
     """``"0.3"`` or ``"clear=0.4,haze=0.1"`` → a value or a label→value map (validated by the spec)."""
     if text is None:
         return None

@@ -30,17 +30,10 @@ OUTPUT_NAME = "probabilities"
 
 
 def _with_sigmoid(model):
+    """The network with sigmoid outputs: what the ONNX file computes."""
     import torch
 
-    class WithSigmoid(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.sigmoid(self.net(x))
-
-    return WithSigmoid(model).eval()
+    return torch.nn.Sequential(model, torch.nn.Sigmoid()).eval()
 
 
 def set_onnx_spec(proto, spec: ModelSpec) -> None:

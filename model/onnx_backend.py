@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model.preprocess import normalize
-from model.predictor import device_id, file_sha256
+from model.predictor import GPU_PROVIDERS, device_id, file_sha256
 from model.spec import METADATA_KEY, ModelSpec
 from scenetag.errors import ModelLoadError, ModelSpecError, require
 
@@ -37,7 +37,6 @@ GPU_BATCH = 64
 
 
 #: Execution providers that run on a CUDA GPU, best first.
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict]]:

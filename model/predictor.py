@@ -25,6 +25,8 @@ from scenetag.errors import ModelLoadError, OptionError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
+#: ONNX Runtime's GPU execution providers, in order of preference.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -65,8 +67,9 @@ class Done:
 class Submitter:
     """Runs a predictor asynchronously, so the caller can prepare the next batch meanwhile.
 
-    A backend with its own ``submit(parts)`` (the torch backend on CUDA: pinned
-    staging, upload on a copy stream, compute queued behind it) is used as is.
+    A backend on a GPU with its own ``submit(parts)`` (the torch backend on
+    CUDA: pinned staging, upload on a copy stream, compute queued behind it)
+    is used as is.
     Any other backend runs on one worker thread; the parts are copied into one
     batch on the caller's thread before :meth:`submit` returns, so the caller
     may reuse their memory at once in both cases.
@@ -79,7 +82,7 @@ class Submitter:
 
     def __init__(self, predictor: "Predictor") -> None:
         self.predictor = predictor
-        self._own: Callable[..., Pending] | None = getattr(predictor, "submit", None)
+        self._own: Callable[..., Pending] | None = getattr(predictor, "submit", None) if on_gpu(predictor) else None
         self._pool = None if self._own else ThreadPoolExecutor(1, thread_name_prefix="inference")
         #: Whether parts are uploaded from the caller's memory (see :meth:`uploading_from`).
         self.direct = False
@@ -92,7 +95,7 @@ class Submitter:
         torch backend on CUDA) does it, and only where the driver agrees.
         ``memory`` must outlive the block; leaving it waits for every upload.
         """
-        register = getattr(self.predictor, "register_host", None)
+        register = getattr(self.predictor, "register_host", None) if self._own is not None else None
         if register is None or not register(memory):
             yield False
             return
@@ -106,9 +109,8 @@ class Submitter:
     def submit(self, parts: Sequence[np.ndarray]) -> Pending:
         """Start classifying the chips of ``parts`` (uint8 ``(n_i, C, H, W)`` each), in order."""
         if self._own is not None:
-            return self._own(parts, direct=True) if self.direct else self._own(parts)
-        batch = np.concatenate(parts) if len(parts) != 1 else np.array(parts[0], copy=True)
-        return self._pool.submit(self.predictor.predict, batch)
+            return self._own(parts, direct=self.direct)
+        return self._pool.submit(self.predictor.predict, np.concatenate(parts))  # a copy, even of one part
 
     @staticmethod
     def wait_uploaded(pending: Pending) -> None:
@@ -126,6 +128,13 @@ class Submitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def on_gpu(predictor: object) -> bool:
+    """Whether the predictor runs on a GPU (torch on CUDA, or ORT's CUDA/TensorRT providers)."""
+    device = str(getattr(predictor, "device", ""))
+    providers = getattr(predictor, "providers", None) or ()
+    return device.startswith("cuda") or (bool(providers) and providers[0] in GPU_PROVIDERS)
 
 
 def device_id(device: str) -> int:

@@ -23,7 +23,7 @@ It owns its device, precision and batching:
   host (``submit(parts, direct=True)``).  On the H200 host the copy into the
   pinned ring cost the consumer thread 2.6-3.7 s per 7 GB scene, and
   uploading from the slots raised end-to-end bf16 by 13-14%;
-* on CUDA, full batches replay a captured CUDA graph (``cuda_graphs``), so
+* on CUDA, batch shapes that repeat replay a captured CUDA graph (``cuda_graphs``), so
   the thread that feeds the GPU does not spend ~11 ms per batch launching
   kernels from Python.
 """
@@ -31,7 +31,6 @@ It owns its device, precision and batching:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -51,7 +50,7 @@ CUDA_BATCH = 256
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Batches that may be queued on the GPU at once (pinned buffers in the ring).
 RING = 3
-#: CUDA graphs kept per predictor (one per repeating batch shape).
+#: CUDA graphs per predictor (one per repeating batch shape; the first ones seen).
 GRAPHS = 2
 #: cudaHostRegisterPortable.
 HOST_REGISTER_PORTABLE = 1
@@ -80,7 +79,7 @@ class TorchPredictor:
         batch_size: Chips per forward pass; default 8 on the CPU (larger batches only
             cost memory there), 256 on CUDA.
         channels_last: Channels-last layout; default on CUDA.
-        cuda_graphs: On CUDA, replay full batches from a captured CUDA graph instead of
+        cuda_graphs: On CUDA, replay repeating batch shapes from a captured CUDA graph instead of
             launching every kernel from Python (see :meth:`_graphed`); default on CUDA,
             ignored elsewhere.
     """
@@ -121,7 +120,7 @@ class TorchPredictor:
         self._ring: list[dict] = []
         self._next = 0
         self.cuda_graphs = on_cuda and (cuda_graphs is None or bool(cuda_graphs))
-        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()  # shape -> (graph, static in, static out)
+        self._graphs: dict[tuple, tuple] = {}  # shape -> (graph, static in, static out)
         self._seen: set[tuple] = set()  # shapes run once, eagerly
         if on_cuda:
             self._copy_stream = torch.cuda.Stream(device=self.device)
@@ -140,6 +139,15 @@ class TorchPredictor:
             logits = self.model(x)
         return torch.sigmoid(logits.float())
 
+    def _infer(self, x_u8):
+        """Probabilities of a batch on CUDA, in chunks of :attr:`batch_size` (smaller after an OOM split)."""
+        infer = self._graphed if self.cuda_graphs else self._run
+        bs = self.batch_size
+        if len(x_u8) <= bs:
+            return infer(x_u8)
+        # A graph's output is overwritten by its next replay: keep each chunk's own copy.
+        return self._torch.cat([infer(x_u8[i:i + bs]).clone() for i in range(0, len(x_u8), bs)])
+
     def _graphed(self, x_u8):
         """``_forward`` on CUDA, replayed from a CUDA graph for batch shapes that repeat.
 
@@ -150,8 +158,10 @@ class TorchPredictor:
         chips/s with graphs, and the thread's submit time from 2.1 s to 0.18 s.
 
         A shape runs eagerly the first time and is captured the second (a
-        scene's short last batch is seen once); at most :data:`GRAPHS` graphs
-        are kept, each with its own activations.  The chips are copied into
+        scene's short last batch is seen once).  The first :data:`GRAPHS`
+        shapes that repeat get graphs, each with its own activations, and are
+        kept; other shapes run eagerly (a capture synchronises the device, so
+        it is not done over and over).  The chips are copied into
         the graph's own input on the device, and its output must be read
         (copied out on the same stream) before the next replay.  If capture
         fails (out of memory, an operation that can't be captured), the batch
@@ -161,7 +171,7 @@ class TorchPredictor:
         key = tuple(x_u8.shape)
         entry = self._graphs.get(key)
         if entry is None:
-            if key not in self._seen:
+            if key not in self._seen or len(self._graphs) >= GRAPHS:
                 if len(self._seen) > 64:  # many one-off shapes: forget them
                     self._seen.clear()
                 self._seen.add(key)
@@ -174,10 +184,7 @@ class TorchPredictor:
                 self._graphs.clear()
                 torch.cuda.empty_cache()
                 return self._run(x_u8)
-            while len(self._graphs) >= GRAPHS:
-                self._graphs.popitem(last=False)
             self._graphs[key] = entry
-        self._graphs.move_to_end(key)
         graph, static_in, static_out = entry
         static_in.copy_(x_u8)
         graph.replay()
@@ -194,7 +201,8 @@ class TorchPredictor:
                 self._forward(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # On this predictor's GPU and stream: torch's default capture stream lives on GPU 0.
+        with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=side):
             static_out = self._forward(static_in)
         log.info("captured a CUDA graph for batches of %d", x_u8.shape[0])
         return graph, static_in, static_out
@@ -322,7 +330,7 @@ class TorchPredictor:
             dev.record_stream(compute)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(compute)
-            probs = self._graphed(dev) if self.cuda_graphs else self._run(dev)
+            probs = self._infer(dev)
             end.record(compute)
             out = slot["out"][:n]
             out.copy_(probs, non_blocking=True)

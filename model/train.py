@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from model.data import (
 from model.preprocess import normalize
 from model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from model.torch_backend import resolve_device
+from scenetag.atomic import atomic_path
 from scenetag.errors import DataError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -261,9 +261,8 @@ def train(
             "monitor": cfg.monitor,
             "finished": done,
         }
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, out / "metrics.json")
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
         return record
 
     from tqdm import tqdm

@@ -92,9 +92,9 @@ def dissolve_windows(
         log.debug("lattice of %d cells is too large: dissolving %d windows as vectors", n_cells, len(x0))
         union = shapely.union_all(shapely.box(x0, y0, x1, y1))
         pixel = shapely.MultiPolygon([g for g in shapely.get_parts(union) if g.geom_type == "Polygon"])
-        return orient(shapely.transform(pixel, lambda xy: np.stack(transform @ (xy[:, 0], xy[:, 1]), axis=1)))
+        return shapely.orient_polygons(shapely.transform(pixel, lambda xy: np.stack(transform @ (xy[:, 0], xy[:, 1]), axis=1)))
     covered = _cover(xs, ys, x0, y0, x1, y1)
-    return orient(shapely.multipolygons(_polygonize(covered, xs, ys, transform)))
+    return shapely.orient_polygons(shapely.multipolygons(_polygonize(covered, xs, ys, transform)))
 
 
 def _polygonize(covered: np.ndarray, xs: np.ndarray, ys: np.ndarray, transform: Affine) -> np.ndarray:
@@ -113,8 +113,3 @@ def _polygonize(covered: np.ndarray, xs: np.ndarray, ys: np.ndarray, transform: 
     rings = shapely.linearrings(world, indices=np.repeat(np.arange(len(coords)), lengths))
     # The first ring of each polygon is its shell; the others are its holes.
     return shapely.polygons(rings, indices=np.asarray(ring_poly, np.intp))
-
-
-def orient(geoms):
-    """Counter-clockwise shells and clockwise holes."""
-    return shapely.orient_polygons(geoms)

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from model.spec import ModelSpec
 from outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
-from outputs_schema.styles import QML_DOCTYPE, QML_VERSION, xml_safe
+from outputs_schema.styles import QML_VERSION, qml_text, xml_safe
 from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,7 @@ def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSche
         srs = ET.SubElement(crs_el, "spatialrefsys")
         ET.SubElement(srs, "wkt").text = wkt
         ET.SubElement(srs, "authid").text = authid
-    ET.indent(root, space=" ")
-    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
+    return qml_text(root)
 
 
 def _layer_crs(con: sqlite3.Connection) -> dict[str, tuple[str, str]]:

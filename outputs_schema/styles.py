@@ -137,6 +137,12 @@ def fill_symbol(name: str, fill: str, outline: str, outline_width: float = 0.26,
     return sym
 
 
+def qml_text(root: ET.Element) -> str:
+    """A QGIS document (style or layer metadata) as text: indented, with QGIS's doctype."""
+    ET.indent(root, space=" ")
+    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
+
+
 def _qgis_root() -> ET.Element:
     return ET.Element("qgis", version=QML_VERSION,
                       styleCategories="Symbology|Fields|MapTips|Rendering|AttributeTable")
@@ -154,8 +160,7 @@ def _finish(root: ET.Element, *, map_tip: str, preview: str,
     ET.SubElement(root, "previewExpression").text = preview
     ET.SubElement(root, "mapTip").text = map_tip
     ET.SubElement(root, "layerGeometryType").text = _POLYGON
-    ET.indent(root, space=" ")
-    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
+    return qml_text(root)
 
 
 def _chips_map_tip(schema: OutputSchema) -> str:
@@ -293,8 +298,7 @@ def probability_raster_qml(label: str, band: int = 1, opacity: float = 1.0) -> s
                   colorizeRed="255", colorizeGreen="128", colorizeBlue="128", colorizeStrength="100")
     ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
     ET.SubElement(root, "blendMode").text = "0"
-    ET.indent(root, space=" ")
-    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
+    return qml_text(root)
 
 
 def prob_style_names(labels: Sequence[str]) -> tuple[str, ...]:

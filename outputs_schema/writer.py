@@ -25,7 +25,7 @@ from rasterio.crs import CRS
 from model.predictor import tags_from_probs
 from model.spec import ModelSpec
 from outputs_schema import metadata, styles
-from outputs_schema.dissolve import dissolve_windows, orient
+from outputs_schema.dissolve import dissolve_windows
 from outputs_schema.records import ChipTable
 from outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
@@ -67,7 +67,7 @@ def footprints(table: ChipTable, transform: Affine) -> np.ndarray:
     rows = np.stack([y0, y0, y1, y1, y0], axis=1)
     polys = shapely.polygons(np.stack(transform @ (cols, rows), axis=2))
     # Normalise orientation (north-up rasters give clockwise rings).
-    return orient(polys)
+    return shapely.orient_polygons(polys)
 
 
 def _typed(data: Mapping[str, Any], fields: tuple[Field, ...],

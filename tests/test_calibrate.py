@@ -152,15 +152,24 @@ def test_evaluate_command_on_val_split(tmp_path):
 
 
 def test_evaluate_rebuilds_split_from_spec_seed(tmp_path):
+    import json
+
     from click.testing import CliRunner
 
     from scenetag.commands.evaluate import command
 
     images, csv, ckpt, split = _small_run(tmp_path)
+    args = [str(ckpt), str(images), "--labels", str(csv), "--resize", "--format", "json"]
+    from_file = CliRunner().invoke(command, args)
+    assert from_file.exit_code == 0, from_file.output
     (ckpt.parent / "split.json").unlink()
-    res = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize", "--format", "json"])
+    res = CliRunner().invoke(command, args)
     assert res.exit_code == 0, res.output
     assert "recomputed" in res.output
+    a, b = json.loads(from_file.output), json.loads(res.output)
+    # The rebuilt split is train's: the same validation chips, so the same scores.
+    assert b["n_images"] == a["n_images"] == len(split["val"])
+    assert b["samples_f2"] == a["samples_f2"] and b["per_class"] == a["per_class"]
 
 
 def test_evaluate_refuses_split_of_other_data(tmp_path):

@@ -273,6 +273,13 @@ def test_precision_option(tiny_model, tmp_path):
     assert res.exit_code == 1 and "needs the torch backend" in res.output
     assert not (tmp_path / "a.gpkg").exists()
     ckpt = save_checkpoint(tmp_path / "m.pt", tiny_network(tiny_spec()), tiny_spec())
-    res = invoke("run", scene, "-o", tmp_path / "b.gpkg", "--model", ckpt, "--precision", "bf16", "--no-progress")
-    assert res.exit_code == 0, res.output
-    assert len(pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="chips")) > 50
+    chips = {}
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / f"{precision}.gpkg"
+        res = invoke("run", scene, "-o", out, "--model", ckpt, "--precision", precision, "--no-progress")
+        assert res.exit_code == 0, res.output
+        chips[precision] = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips["bf16"]) == len(chips["fp32"]) > 50
+    prob = [c for c in chips["fp32"].columns if c.startswith("p_")]
+    diff = np.abs(chips["bf16"][prob].to_numpy() - chips["fp32"][prob].to_numpy()).max()
+    assert 0 < diff < 0.05, f"bf16 differs from fp32 by {diff}: the precision did not reach the model"

@@ -177,7 +177,11 @@ def test_lattice_coverage_counts_cells():
 
 
 def test_a_lattice_too_large_falls_back_to_the_vector_union(monkeypatch):
+    def no_lattice(*args, **kwargs):
+        raise AssertionError("a lattice over MAX_LATTICE_CELLS must not be built")
+
     monkeypatch.setattr(dissolve, "MAX_LATTICE_CELLS", 0)
+    monkeypatch.setattr(dissolve, "_cover", no_lattice)
     table = grid_table(60, 60, 10, 7, "shift")
     mask = np.random.default_rng(1).random(len(table)) < 0.5
     for transform in TRANSFORMS:

@@ -15,7 +15,7 @@ from tiler.feed import ProcessFeed, runs_of
 from tiler.grid import GridCell
 
 
-def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270):
+def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270, transform=None):
     """A scene with a ragged nodata region, so that some chips are partly or wholly invalid."""
     rng = np.random.default_rng(seed)
     hi = 255 if dtype == "uint8" else 4000
@@ -23,7 +23,7 @@ def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270):
     yy, xx = np.mgrid[:height, :width]
     data[:, (xx + 0.7 * yy) > 300] = 0
     data[:, :40, :50] = 0
-    return make_raster("s.tif", data, nodata=nodata, tiled=True)
+    return make_raster("s.tif", data, nodata=nodata, tiled=True, transform=transform)
 
 
 @pytest.mark.parametrize("edge,stride,min_valid,dtype", [
@@ -103,13 +103,20 @@ def test_runs_of_keeps_to_one_row_and_the_run_length():
     assert [c for r in runs for c in r] == cells
 
 
-def test_process_feed_reads_every_cell_once(make_raster, tiny_model):
-    path = _scene(make_raster)
-    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions(stride=48))
+@pytest.mark.parametrize("resample", [False, True])
+def test_process_feed_reads_every_cell_once(make_raster, tiny_model, resample):
+    """Runs of cells read by processes give :meth:`read`'s chips, also where chips are resampled."""
+    from affine import Affine
+
+    five_metres = Affine(5.0, 0, 500000.0, 0, -5.0, 4000000.0)  # the model's resolution is 10 m
+    path = _scene(make_raster, transform=five_metres if resample else None)
+    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions(stride=48, resample=resample))
+    assert (plan.reader().factor != 1.0) is resample
     cells = list(plan.grid)
     seen, kept = [], 0
     with plan.reader() as ref, ProcessFeed(plan.reader(), cells, workers=2, per_run=4, slots=3) as feed:
         for run in feed:
+            assert run.cells == cells[run.first:run.first + len(run.cells)]
             seen.extend((c.row, c.col) for c in run.cells)
             for j, k in enumerate(run.kept):
                 np.testing.assert_array_equal(run.pixels[j], ref.read(run.cells[int(k)]).pixels)
@@ -128,6 +135,15 @@ def test_process_feed_says_when_the_consumer_keeps_every_slot(make_raster, tiny_
                 pass  # never released
 
 
+def _same_tables(a, b) -> None:
+    """The same chips, in the same order, with the same valid fractions and probabilities."""
+    assert len(a) == len(b) > 0 and a.n_skipped_nodata == b.n_skipped_nodata
+    for col in ("row", "col", "x_off", "y_off", "width", "height"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    np.testing.assert_allclose(a.valid_fraction, b.valid_fraction, atol=1e-6)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+
+
 @pytest.mark.parametrize("batch_size", [None, 5])
 def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batch_size):
     path = _scene(make_raster, width=420, height=390)
@@ -140,11 +156,8 @@ def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batc
         tables[mode] = classify_cells(plan, predictor, progress=done.append)
         assert sum(done) == len(plan.grid)
     a, b = tables["threads"], tables["processes"]
-    assert len(a) == len(b) > 0 and a.n_skipped_nodata == b.n_skipped_nodata > 0
-    for col in ("row", "col", "x_off", "y_off", "width", "height"):
-        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
-    np.testing.assert_allclose(a.valid_fraction, b.valid_fraction, atol=1e-6)
-    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    _same_tables(a, b)
+    assert a.n_skipped_nodata > 0
     timings = b.extra["timings"]
     assert timings["readers"] == 2 and timings["wall"] > 0 and b.seconds_read > 0
 
@@ -165,6 +178,8 @@ class _PoisonedFeed(ProcessFeed):
 
 class _LazyDirect:
     """A backend that uploads straight from registered memory, late (as a copy engine may)."""
+
+    device = "cuda:0"  # what it stands for: a backend on a GPU, with its own submit
 
     def __init__(self, inner, batch_size: int) -> None:
         self.inner, self.batch_size = inner, batch_size
@@ -199,13 +214,6 @@ class _LazyUpload:
     def result(self):
         self.uploaded()
         return self.inner.predict(self.batch)
-
-
-def _same_tables(a, b) -> None:
-    assert len(a) == len(b) > 0 and a.n_skipped_nodata == b.n_skipped_nodata
-    for col in ("row", "col", "x_off", "y_off", "width", "height"):
-        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
-    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
 
 
 @pytest.mark.parametrize("batch_size", [3, 16, 64])
@@ -261,6 +269,22 @@ def test_reader_mode_picks_processes_only_for_a_gpu_model(tiny_model):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert reader_mode(RunOptions(), FakeOrtGpu(), 10_000) == "processes"
     assert reader_mode(RunOptions(reader="threads"), FakeOrtGpu(), 10_000) == "threads"
+
+
+def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tiny_model, monkeypatch, caplog):
+    """A Dask worker may not start children: ``--reader processes`` there falls back to threads, saying so."""
+    import logging
+    import types
+
+    import jobs.scene_job
+
+    class FakeGpu:
+        device = "cuda:0"
+    monkeypatch.setattr(jobs.scene_job.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    with caplog.at_level(logging.WARNING, logger="jobs.scene_job"):
+        assert reader_mode(RunOptions(reader="processes"), FakeGpu(), 10_000) == "threads"
+    assert "may not start reader processes" in caplog.text
+    assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "threads"
 
 
 def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_raster, tiny_model):

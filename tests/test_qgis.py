@@ -179,8 +179,19 @@ def test_rendering_over_the_scene_is_not_blank(borneo):
     assert 0.15 < not_white.mean() < 0.95  # the 27 % valid scene plus chips, on white
     packed = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
     assert len(np.unique(packed)) > 500  # imagery, not flat fills
-    # A classified chip's pixels carry its label's colour blended over the imagery.
     assert png["non_background_fraction"] > 0.15
+    # The chips are drawn: against the scene rendered alone (same extent and size, no legend since
+    # no chips), their label colours change most pixels of the scene's valid part (27 %).
+    alone = borneo["png"].with_name("borneo_scene_only.png")
+    run_qgis_check(borneo["gpkg"], "--scene", str(borneo["scene"]), "--bands", "3,2,1", "--png", str(alone),
+                   "--layers", "", "--legend")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(alone) as src:
+            scene_only = src.read()[:3].astype(int)
+    assert scene_only.shape == rgb.shape
+    changed = (np.abs(rgb - scene_only).max(axis=0) > 12).mean()
+    assert changed > 0.15, f"only {changed:.1%} of the pixels changed: the chips were not drawn"
 
 
 def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from model.spec import PLANET_LABELS, ModelSpec, expand_thresholds
@@ -37,7 +39,7 @@ def test_round_trip_json():
     (dict(resolution_m=0), "resolution_m"),
 ])
 def test_invalid_specs_are_refused_with_the_value(kw, message):
-    with pytest.raises(ModelSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ModelSpecError, match=re.escape(message)):
         spec(**kw)
 
 

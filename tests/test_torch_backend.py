@@ -182,7 +182,7 @@ def test_cuda_graphs_are_ignored_off_cuda(checkpoint):
     np.testing.assert_allclose(graphed.predict(x), TorchPredictor(checkpoint).predict(x), atol=1e-6)
 
 
-def test_graphs_are_captured_for_shapes_that_repeat_and_kept_two_at_a_time(checkpoint, monkeypatch):
+def test_graphs_are_captured_for_the_first_two_shapes_that_repeat(checkpoint, monkeypatch):
     """The graph cache's bookkeeping, with a stand-in for CUDA capture (a graph that re-runs the forward)."""
     from model import torch_backend
 
@@ -211,8 +211,33 @@ def test_graphs_are_captured_for_shapes_that_repeat_and_kept_two_at_a_time(check
             batch = x[start:start + n]
             start += n
             torch.testing.assert_close(pred._graphed(batch), pred._forward(batch))
-    assert captured == [4, 2, 3, 2]  # a shape is captured on its second sighting; 2 was evicted by 3
-    assert [k[0] for k in pred._graphs] == [3, 2]
+    assert captured == [4, 2]  # a shape is captured on its second sighting; 3, a third shape, runs eagerly
+    assert [k[0] for k in pred._graphs] == [4, 2]
+
+
+def test_a_batch_larger_than_the_batch_size_runs_in_chunks_each_with_its_own_output(checkpoint, monkeypatch):
+    """After an OOM split the batch size shrinks: a larger batch is cut, and graph replays don't share output."""
+    pred = TorchPredictor(checkpoint, batch_size=4)
+    pred.cuda_graphs = True
+    shared = {}
+
+    class Replay:
+        def replay(self):
+            shared["out"].copy_(pred._forward(shared["in"]))
+
+    def capture(x):
+        shared["in"], shared["out"] = x.clone(), torch.zeros((x.shape[0], pred.spec.n_labels))
+        return Replay(), shared["in"], shared["out"]
+
+    monkeypatch.setattr(pred, "_capture", capture)
+    calls = []
+    run = pred._run
+    monkeypatch.setattr(pred, "_run", lambda x: calls.append(len(x)) or run(x))
+    x = torch.from_numpy(chips(14, seed=11))
+    with torch.inference_mode():
+        got = pred._infer(x)  # chunks of 4, 4 (captured), 4 (replayed), 2
+        torch.testing.assert_close(got, pred._forward(x), atol=1e-5, rtol=1e-5)
+    assert calls == [4, 2] and list(pred._graphs) == [(4, 3, 64, 64)]
 
 
 def test_a_failed_capture_turns_graphs_off_and_runs_eagerly(checkpoint, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from model.checkpoint import load_checkpoint, read_checkpoint
 from model.data import augment_batch, load_images, make_split, read_labels, split_indices
 from model.spec import PLANET_LABELS
 from scenetag.errors import DataError
@@ -151,10 +152,15 @@ def test_train_command_writes_outputs_and_resumes(tmp_path):
     assert metrics["n_train"] + metrics["n_val"] == 48
     split = json.loads((out / "split.json").read_text())
     assert len(split["val"]) == metrics["n_val"] and split["seed"] == 0
-    for name in ("best.pt", "last.pt", "best.spec.json", "val_probs.npz"):
-        assert (out / name).is_file(), name
     spec = json.loads((out / "best.spec.json").read_text())
     assert spec["extra"]["split"]["seed"] == 0 and spec["chip_size"] == 64
+    val = np.load(out / "val_probs.npz")
+    assert val["names"].tolist() == split["val"] and val["labels"].tolist() == spec["labels"]
+    assert val["probs"].shape == val["targets"].shape == (metrics["n_val"], 5)
+    assert ((val["probs"] >= 0) & (val["probs"] <= 1)).all()
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1
+    _, best_spec, _ = load_checkpoint(out / "best.pt")
+    assert list(best_spec.labels) == spec["labels"] and read_checkpoint(out / "best.pt")["epoch"] in (0, 1)
 
     res = CliRunner().invoke(command, args + ["--epochs", "2"])
     assert res.exit_code != 0 and "--resume" in res.output  # no silent overwrite
@@ -165,6 +171,7 @@ def test_train_command_writes_outputs_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    assert read_checkpoint(out / "last.pt")["epoch"] == 2
     assert json.loads((out / "split.json").read_text()) == split
 
 

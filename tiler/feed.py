@@ -76,6 +76,8 @@ class Run:
     """One run's result: kept chips (a view into the feed's shared memory) and its cells."""
 
     cells: list[GridCell]
+    #: Index of the run's first cell among the cells the feed was given.
+    first: int
     kept: np.ndarray
     valid: np.ndarray
     pixels: np.ndarray
@@ -134,19 +136,8 @@ def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cach
 
 def _read_run(cells: list[GridCell], slot: int) -> tuple[np.ndarray, np.ndarray, float]:
     t0 = time.perf_counter()
-    reader: ChipReader = _worker["reader"]
-    out = _worker["slots"][slot]
-    if reader.run_readable(cells):
-        r = reader.read_run(cells, out=out)
-        return r.kept, r.valid, time.perf_counter() - t0
-    kept, valid = [], []
-    for i, cell in enumerate(cells):  # resampled reads: one cell at a time
-        read = reader.read(cell)
-        valid.append(read.chip.valid_fraction)
-        if not read.skipped:
-            out[len(kept)] = read.pixels
-            kept.append(i)
-    return np.asarray(kept, np.int64), np.asarray(valid, np.float32), time.perf_counter() - t0
+    r = _worker["reader"].read_run(cells, out=_worker["slots"][slot])
+    return r.kept, r.valid, time.perf_counter() - t0
 
 
 # --- in the consumer ---------------------------------------------------------
@@ -199,8 +190,9 @@ class ProcessFeed:
             self.workers, mp_context=_context(), initializer=_init_worker,
             initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
         self._closed = False
-        self._pending: dict[Future, tuple[list[GridCell], int]] = {}
+        self._pending: dict[Future, tuple[list[GridCell], int, int]] = {}
         self._todo = iter(self.runs)
+        self._first = 0  # index of the next run's first cell
         self._exhausted = False
 
     @property
@@ -240,10 +232,11 @@ class ProcessFeed:
                 self._release(slot)
                 self._exhausted = True
                 return
-            self._pending[self._pool.submit(_read_run, cells, slot)] = cells, slot
+            self._pending[self._pool.submit(_read_run, cells, slot)] = cells, slot, self._first
+            self._first += len(cells)
 
     def __iter__(self) -> Iterator[Run]:
-        first = True
+        started = False
         try:
             while True:
                 self._fill()
@@ -253,12 +246,12 @@ class ProcessFeed:
                     raise RuntimeError("every slot is held by the consumer: release runs as they are used")
                 done, _ = wait(list(self._pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    cells, slot = self._pending.pop(fut)
+                    cells, slot, first = self._pending.pop(fut)
                     kept, valid, seconds = fut.result()
-                    if first:
+                    if not started:
                         self.startup_seconds = time.perf_counter() - self._t0
-                        first = False
-                    yield Run(cells, kept, valid, self._slots[slot, :len(kept)], seconds, self, slot)
+                        started = True
+                    yield Run(cells, first, kept, valid, self._slots[slot, :len(kept)], seconds, self, slot)
         finally:
             for fut in self._pending:
                 fut.cancel()

@@ -145,10 +145,6 @@ class ChipReader:
             pixels = padded
         return ChipRead(chip, np.ascontiguousarray(pixels))
 
-    def run_readable(self, cells: Sequence[GridCell]) -> bool:
-        """Whether :meth:`read_run` can take ``cells``: one grid row, no resampling."""
-        return (self.factor == 1.0 and len(cells) > 0
-                and all(c.row_off == cells[0].row_off and c.height == cells[0].height for c in cells))
 
     def _mask_mode(self, ds: rasterio.DatasetReader) -> str:
         """How this scene's validity is known: "all_valid", "nodata" (per band) or "gdal" (others).
@@ -178,12 +174,17 @@ class ChipReader:
         * alpha band, mask band or per-dataset nodata: GDAL's dataset mask is
           read over the run, then the bands over the span of the kept cells.
 
+        A resampled scene (``factor`` not 1) is read one cell at a time with
+        :meth:`read`.
+
         ``out``, if given, receives the pixels (room for ``len(cells)`` chips);
         ``pixels`` is then a view of it.
         """
-        if not self.run_readable(cells):
-            raise ValueError("read_run takes cells of one grid row, without resampling")
+        if not cells or any(c.row_off != cells[0].row_off or c.height != cells[0].height for c in cells):
+            raise ValueError("read_run takes cells of one grid row")
         n, size, nb = len(cells), self.chip_size, len(self.bands)
+        if self.factor != 1.0:
+            return self._read_each(cells, out)
         x0 = np.fromiter((c.col_off for c in cells), np.int64, n)
         x1 = x0 + np.fromiter((c.width for c in cells), np.int64, n)
         y, h = cells[0].row_off, cells[0].height
@@ -201,7 +202,6 @@ class ChipReader:
                 for band, nodata in zip(every, ds.nodatavals):
                     mask |= _differs_from(band, nodata)
                 order = [b - 1 for b in self.bands]
-                data_all = every if order == list(range(len(every))) else every[order]
             else:
                 mask = ds.dataset_mask(window=span) > 0
             if mask is not None:
@@ -214,8 +214,10 @@ class ChipReader:
             if len(kept) == 0:
                 return RunRead(kept, valid.astype(np.float32), pixels)
             klo, khi = int(x0[kept].min()), int(x1[kept].max())
-            if mode == "nodata":
-                data = data_all[:, :, klo - lo:khi - lo]
+            if mode == "nodata":  # cut to the kept cells, then put the bands in model order
+                data = every[:, :, klo - lo:khi - lo]
+                if order != list(range(len(every))):
+                    data = data[order]
             else:
                 data = ds.read(self.bands, window=Window(klo, y, khi - klo, h))
         except RasterioError as exc:
@@ -233,6 +235,18 @@ class ChipReader:
                 pixels[i] = 0
                 pixels[i, :, :h, :b - a] = data[:, :, a:b]
         return RunRead(kept, valid.astype(np.float32), pixels)
+
+
+    def _read_each(self, cells: Sequence[GridCell], out: np.ndarray | None) -> "RunRead":
+        """:meth:`read_run`'s result, from one :meth:`read` per cell."""
+        reads = [self.read(c) for c in cells]
+        kept = np.asarray([i for i, r in enumerate(reads) if not r.skipped], np.int64)
+        valid = np.asarray([r.chip.valid_fraction for r in reads], np.float32)
+        pixels = (out[:len(kept)] if out is not None
+                  else np.empty((len(kept), len(self.bands), self.chip_size, self.chip_size), np.uint8))
+        for i, k in enumerate(kept):
+            pixels[i] = reads[k].pixels
+        return RunRead(kept, valid, pixels)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
     predictor, table, probs, source = load_probs(model_path, data, labels_csv, spec_path, split, split_file,
                                                  backend, device, batch_size, resize)
     spec = predictor.spec
-    override = parse_thresholds(thresholds, spec.labels)
+    override = parse_thresholds(thresholds)
     if override is not None:
         spec = spec.with_thresholds(override)
     result = evaluate(table.targets, probs, spec.thresholds, spec.labels, min_support=min_support)

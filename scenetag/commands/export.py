@@ -67,7 +67,7 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
         raise OutputExistsError(f"{out_path} exists: pass --overwrite to replace it")
     spec = read_spec(spec_path)
     labels = parse_label_names(label_names)
-    thr = parse_thresholds(thresholds, labels or ())
+    thr = parse_thresholds(thresholds)
     model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr)
     if name:
         spec = replace(spec, name=name)

@@ -133,7 +133,7 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     a `runs` table with the provenance.
     """
     from jobs.cluster import resolve_scheduler
-    from jobs.scene_job import check_outputs, run_scene
+    from jobs.scene_job import run_scene
 
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     on_cluster = resolve_scheduler(scheduler) is not None
@@ -141,12 +141,11 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     predictor = load_model(model_path, spec_path, backend, "cpu" if on_cluster else device, precision)
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
                             to_crs, raster, predictor.spec.chip_size, reader)
-    check_outputs(out, options, overwrite)
     if on_cluster:
         from jobs.batch import run_scene_on_cluster
 
         quiet_third_party()  # again: importing distributed set its own levels
-        result = run_scene_on_cluster(scene, out, predictor, options, device=device,
+        result = run_scene_on_cluster(scene, out, predictor, options, overwrite=overwrite, device=device,
                                       scheduler=scheduler, announce=announce_cluster)
     else:
         show = sys.stderr.isatty() if progress is None else progress
