@@ -70,13 +70,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    logging.getLogger("tiler.scene").setLevel(logging.ERROR)  # the resolution warning, once per scene
+    logging.getLogger("scenetag.tiler.scene").setLevel(logging.ERROR)  # the resolution warning, once per scene
 
-    from jobs.batch import run_batch
-    from jobs.cluster import connect
-    from jobs.options import RunOptions
-    from jobs.scene_job import run_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.batch import run_batch
+    from scenetag.jobs.cluster import connect
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import run_scene
+    from scenetag.model.predictor import load_predictor
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # importing it set its own level
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))

@@ -56,10 +56,10 @@ def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -
     """chips/s read by one-chip thread reads and by run-reading processes (no model)."""
     import rasterio
 
-    from jobs.options import RunOptions
-    from jobs.scene_job import plan_scene
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import plan_scene
     from scenetag.config import gdal_cachemax_mb
-    from tiler.feed import ProcessFeed
+    from scenetag.tiler.feed import ProcessFeed
 
     plan = plan_scene(scene, spec, RunOptions())
     cells = list(plan.grid)[:n_cells]
@@ -148,8 +148,8 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
     ``direct=False`` refuses to page-lock the reader slots, so chips are copied
     into the pinned ring as before (for comparison).
     """
-    from jobs.options import RunOptions
-    from jobs.scene_job import classify_cells, plan_scene
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import classify_cells, plan_scene
 
     predictor.gpu_seconds = 0.0
     if not direct:
@@ -175,7 +175,7 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
 
 def accuracy(predictors: dict, chips: np.ndarray) -> dict:
     """Share of tag decisions that bf16/fp16 change against fp32 on real chips."""
-    from model.predictor import tags_from_probs
+    from scenetag.model.predictor import tags_from_probs
 
     ref = predictors["fp32"]
     p32 = ref.predict(chips)
@@ -208,8 +208,8 @@ def main() -> None:
 
     import torch
 
-    from model.torch_backend import TorchPredictor
-    from tiler.feed import default_workers
+    from scenetag.model.torch_backend import TorchPredictor
+    from scenetag.tiler.feed import default_workers
 
     res: dict = {"device": args.device, "torch": torch.__version__,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

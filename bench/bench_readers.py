@@ -44,12 +44,12 @@ def without_nodata(scene: Path) -> Path:
 
 def main() -> None:
     from bench.scenes import build_scene, load_chips
-    from jobs.options import RunOptions
-    from jobs.scene_job import plan_scene
-    from model.default import default_model_path
-    from model.onnx_backend import read_spec
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.model.default import default_model_path
+    from scenetag.model.onnx_backend import read_spec
     from scenetag.config import gdal_cachemax_mb
-    from tiler.feed import runs_of
+    from scenetag.tiler.feed import runs_of
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chips", type=Path, default=DATA / "chips" / "planet_amazon" / "images")

@@ -54,9 +54,9 @@ def build_scene(size: int) -> Path:
 def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
     import numpy as np
 
-    from jobs.options import RunOptions
-    from jobs.scene_job import plan_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.model.predictor import load_predictor
 
     pred = load_predictor(model)
     batch_size = batch_size or pred.batch_size
@@ -79,9 +79,9 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
 
 
 def measure_run(scene: str, model: str, batch_size: int, out: str) -> dict:
-    from jobs.options import RunOptions
-    from jobs.scene_job import run_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import run_scene
+    from scenetag.model.predictor import load_predictor
 
     pred = load_predictor(model)
     t0 = time.perf_counter()
@@ -100,7 +100,7 @@ def measure_naive(scene: str, model: str, batch_size: int, out: str) -> dict:
     from rasterio.windows import Window, bounds
     from shapely.geometry import box
 
-    from model.onnx_backend import read_spec
+    from scenetag.model.onnx_backend import read_spec
 
     spec = read_spec(model)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])

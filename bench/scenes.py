@@ -53,7 +53,7 @@ def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Pat
     The tiny model (mobilenetv3_small_050, random weights, ``chip`` px chips at
     ``resolution_m``) is exported once into :data:`CACHE`.
     """
-    from model.default import DEFAULT_MODEL
+    from scenetag.model.default import DEFAULT_MODEL
 
     if DEFAULT_MODEL.exists() and not tiny:
         return DEFAULT_MODEL, f"{DEFAULT_MODEL} (the shipped default model)"
@@ -68,7 +68,7 @@ def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Pat
 
 def load_chips(folder: Path, limit: int) -> np.ndarray:
     """uint8 ``(N, 3, 256, 256)`` RGB from the first ``limit`` JPEG chips in ``folder``."""
-    from model.data import load_images
+    from scenetag.model.data import load_images
 
     names = sorted(p.name for p in folder.glob("*.jpg"))[:limit]
     if not names:

@@ -44,21 +44,21 @@ from typing import Callable, Iterator, Sequence
 
 from distributed import WorkerPlugin
 
-from jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect,
+from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect,
                           local_gpu_count)
-from jobs.inputs import expand_inputs, output_paths
-from jobs.lock import OutputLock
-from jobs.options import RunOptions
-from jobs.report import BatchReport, SceneRecord
-from jobs.scene_job import (ScenePlan, SceneResult, _now, check_outputs, classify_cells, plan_scene, signature,
+from scenetag.jobs.inputs import expand_inputs, output_paths
+from scenetag.jobs.lock import OutputLock
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.report import BatchReport, SceneRecord
+from scenetag.jobs.scene_job import (ScenePlan, SceneResult, _now, check_outputs, classify_cells, plan_scene, signature,
                              write_scene)
-from model.predictor import file_sha256
-from model.spec import ModelSpec
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import RUNS_LAYER
+from scenetag.model.predictor import file_sha256
+from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import RUNS_LAYER
 from scenetag.atomic import TMP_GLOB
 from scenetag.errors import ModelError, ModelLoadError, OutputError, OutputExistsError, SceneReadError, ScenetagError
-from tiler.grid import GridCell
+from scenetag.tiler.grid import GridCell
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def get_predictor(model: ModelRef):
             # Not shipped to this process (an in-process call): read the file, and check it.
             log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
             data = Path(model.path).read_bytes()
-        from model.onnx_backend import OnnxPredictor
+        from scenetag.model.onnx_backend import OnnxPredictor
 
         predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec,
                                   intra_op_threads=model.intra_op_threads, model_bytes=data)
@@ -525,8 +525,7 @@ def run_batch(
                 info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
                 if forward_logs:
-                    for name in ("jobs", "tiler", "model", "outputs_schema"):
-                        session.client.forward_logging(name, level=logging.INFO)
+                    session.client.forward_logging("scenetag", level=logging.INFO)
                 try:
                     run_scenes(session.client, report.scenes, session.model, options, force=force, retries=retries,
                                chips_per_task=chips_per_task, resources=session.resources, on_done=on_done)

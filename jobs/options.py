@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from scenetag.errors import OptionError
-from tiler.grid import EdgePolicy
+from scenetag.tiler.grid import EdgePolicy
 
 READER_MODES = ("auto", "threads", "processes")
 #: Reader threads by default.

@@ -31,10 +31,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from model.predictor import Pending, Predictor, Submitter
-from outputs_schema.records import ChipTable
-from tiler.feed import ProcessFeed, Run
-from tiler.grid import GridCell
+from scenetag.model.predictor import Pending, Predictor, Submitter
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.tiler.feed import ProcessFeed, Run
+from scenetag.tiler.grid import GridCell
 
 #: Batches in flight at once: one computing, one queued behind it.
 DEPTH = 2

@@ -36,17 +36,17 @@ import rasterio
 from rasterio.crs import CRS
 
 import scenetag
-from jobs.options import DEFAULT_THREADS, RunOptions
-from model.predictor import Predictor, file_sha256, on_gpu
-from model.spec import ModelSpec
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import SCHEMA_VERSION
+from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
+from scenetag.model.predictor import Predictor, file_sha256, on_gpu
+from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import OptionError, OutputExistsError
-from tiler.grid import Grid, GridCell, chip_grid
-from tiler.reader import ChipRead, ChipReader
-from tiler.scaling import Stretch, scene_stretch
-from tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
+from scenetag.tiler.grid import Grid, GridCell, chip_grid
+from scenetag.tiler.reader import ChipRead, ChipReader
+from scenetag.tiler.scaling import Stretch, scene_stretch
+from scenetag.tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def classify_cells(
     opts = plan.options
     bs = opts.batch_size or getattr(predictor, "batch_size", 8)
     if reader_mode(opts, predictor, len(cells)) == "processes":
-        from jobs.pipeline import classify_with_feed
+        from scenetag.jobs.pipeline import classify_with_feed
 
         return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
                                   batch_size=bs, workers=opts.readers, progress=progress)
@@ -247,7 +247,7 @@ def raster_path(out: str | Path) -> Path:
 
 def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None:
     """Refuse existing outputs (unless ``overwrite``) or an unwritable folder before any work."""
-    from outputs_schema.writer import check_output  # the writer's stack loads only where it writes
+    from scenetag.outputs_schema.writer import check_output  # the writer's stack loads only where it writes
 
     check_output(out, overwrite)
     if options.raster and raster_path(out).exists() and not overwrite:
@@ -266,7 +266,7 @@ def write_scene(
     scene_sha256: str | None = None,
 ) -> SceneResult:
     """Write the GeoPackage with its ``runs`` provenance row; returns the result."""
-    from outputs_schema.writer import write_geopackage
+    from scenetag.outputs_schema.writer import write_geopackage
 
     info, spec, opts = plan.info, plan.spec, plan.options
     scene_sha = scene_sha256 or file_sha256(info.path)
@@ -307,7 +307,7 @@ def write_scene(
     write_geopackage(out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
                      crs=info.crs, run=run, overwrite=overwrite, to_crs=to_crs)
     if opts.raster:
-        from outputs_schema.raster import grid_transform, write_probability_raster
+        from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
 
         write_probability_raster(
             raster_path(out), table, spec.labels, *plan.grid.shape,

@@ -1,5 +1,5 @@
 """Models: the frozen spec that travels with every model, and predictor backends."""
 
-from model.spec import ModelSpec, PLANET_LABELS
+from scenetag.model.spec import ModelSpec, PLANET_LABELS
 
 __all__ = ["ModelSpec", "PLANET_LABELS"]

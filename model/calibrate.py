@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.metrics import fbeta, fbeta_from_counts
+from scenetag.model.metrics import fbeta, fbeta_from_counts
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from model.spec import ModelSpec, expand_thresholds
+from scenetag.model.spec import ModelSpec, expand_thresholds
 from scenetag.atomic import atomic_path
 from scenetag.errors import ModelLoadError, ModelSpecError
 
@@ -225,7 +225,7 @@ def load_checkpoint(
     Returns ``(model, spec, raw)``: the model in eval mode on the CPU, its
     spec, and the raw checkpoint dict (epoch, optimizer state for resuming).
     """
-    from model.nets import build_model
+    from scenetag.model.nets import build_model
 
     raw = read_checkpoint(path)
     if spec is None and "spec" not in raw:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import LabelTable, load_images, make_split, read_labels, read_split, targets_digest
-from model.spec import ModelSpec
+from scenetag.model.data import LabelTable, load_images, make_split, read_labels, read_split, targets_digest
+from scenetag.model.spec import ModelSpec
 from scenetag.errors import DataError
 
 log = logging.getLogger(__name__)

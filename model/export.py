@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.onnx_backend import OnnxPredictor
-from model.spec import METADATA_KEY, ModelSpec
+from scenetag.model.onnx_backend import OnnxPredictor
+from scenetag.model.spec import METADATA_KEY, ModelSpec
 from scenetag.atomic import atomic_path
 from scenetag.errors import ModelError, OutputExistsError, require
 
@@ -65,7 +65,7 @@ def compare(model, predictor: OnnxPredictor, chips: np.ndarray) -> float:
     """Max absolute probability difference between torch ``model`` and the ORT ``predictor`` on uint8 ``chips``."""
     import torch
 
-    from model.preprocess import normalize
+    from scenetag.model.preprocess import normalize
 
     x = normalize(chips, predictor.spec)
     with torch.inference_mode():

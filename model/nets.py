@@ -15,7 +15,7 @@ import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Mapping
 
-from model.spec import ModelSpec
+from scenetag.model.spec import ModelSpec
 from scenetag.errors import ModelLoadError, ModelSpecError, require
 
 if TYPE_CHECKING:  # pragma: no cover

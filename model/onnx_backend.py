@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.preprocess import normalize
-from model.predictor import GPU_PROVIDERS, device_id, file_sha256
-from model.spec import METADATA_KEY, ModelSpec
+from scenetag.model.preprocess import normalize
+from scenetag.model.predictor import GPU_PROVIDERS, device_id, file_sha256
+from scenetag.model.spec import METADATA_KEY, ModelSpec
 from scenetag.errors import ModelLoadError, ModelSpecError, require
 
 log = logging.getLogger(__name__)

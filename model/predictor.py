@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from model.spec import ModelSpec
+from scenetag.model.spec import ModelSpec
 from scenetag.errors import ModelLoadError, OptionError
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,9 @@ def load_predictor(
                 f"--precision {precision} needs the torch backend: ONNX Runtime runs a model in the "
                 "precision it was exported in (pass a checkpoint with --backend torch)"
             )
-        from model.onnx_backend import OnnxPredictor
+        from scenetag.model.onnx_backend import OnnxPredictor
 
         return OnnxPredictor(path, device=device, spec=spec)
-    from model.torch_backend import TorchPredictor
+    from scenetag.model.torch_backend import TorchPredictor
 
     return TorchPredictor(path, device=device, spec=spec, precision=precision)

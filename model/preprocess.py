@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from model.spec import ModelSpec
+from scenetag.model.spec import ModelSpec
 
 
 @lru_cache(maxsize=32)

@@ -36,9 +36,9 @@ from typing import Sequence
 
 import numpy as np
 
-from model.predictor import Done, device_id, file_sha256
-from model.preprocess import scale_offset
-from model.spec import ModelSpec
+from scenetag.model.predictor import Done, device_id, file_sha256
+from scenetag.model.preprocess import scale_offset
+from scenetag.model.spec import ModelSpec
 from scenetag.errors import ModelError, ModelLoadError, OptionError, require
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class TorchPredictor:
                  precision: str = "fp32", batch_size: int | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool | None = None):
         torch = require("torch", "torch")
-        from model.checkpoint import load_checkpoint
+        from scenetag.model.checkpoint import load_checkpoint
 
         if precision not in PRECISIONS:
             raise OptionError(f"precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.data import (
+from scenetag.model.data import (
     SPLIT_FILE,
     LabelTable,
     augment_batch,
@@ -41,9 +41,9 @@ from model.data import (
     targets_digest,
     write_split,
 )
-from model.preprocess import normalize
-from model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from model.torch_backend import resolve_device
+from scenetag.model.preprocess import normalize
+from scenetag.model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from scenetag.model.torch_backend import resolve_device
 from scenetag.atomic import atomic_path
 from scenetag.errors import DataError, OutputExistsError
 
@@ -173,10 +173,10 @@ def train(
     """Train a model; returns the final ``metrics.json`` content."""
     import torch
 
-    from model.checkpoint import load_weights, network_state_dict, read_checkpoint, save_checkpoint
-    from model.losses import make_loss
-    from model.metrics import evaluate
-    from model.nets import build_model
+    from scenetag.model.checkpoint import load_weights, network_state_dict, read_checkpoint, save_checkpoint
+    from scenetag.model.losses import make_loss
+    from scenetag.model.metrics import evaluate
+    from scenetag.model.nets import build_model
 
     if cfg.monitor not in MONITORS:
         raise DataError(f"monitor {cfg.monitor!r} is unknown: use one of {MONITORS}")

@@ -1,5 +1,5 @@
 """The GeoPackage schema, declared once, and its writer."""
 
-from outputs_schema.schema import SCHEMA_VERSION, OutputSchema
+from scenetag.outputs_schema.schema import SCHEMA_VERSION, OutputSchema
 
 __all__ = ["SCHEMA_VERSION", "OutputSchema"]

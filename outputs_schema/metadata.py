@@ -29,9 +29,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping
 
-from model.spec import ModelSpec
-from outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
-from outputs_schema.styles import QML_VERSION, qml_text, xml_safe
+from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
+from scenetag.outputs_schema.styles import QML_VERSION, qml_text, xml_safe
 from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import SCHEMA_VERSION
-from outputs_schema.styles import probability_raster_qml
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import SCHEMA_VERSION
+from scenetag.outputs_schema.styles import probability_raster_qml
 from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError, OutputExistsError
 

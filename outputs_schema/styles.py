@@ -42,9 +42,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from model.spec import ModelSpec
-from outputs_schema.colors import Color, label_color
-from outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
+from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.colors import Color, label_color
+from scenetag.outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
 from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
-from model.predictor import tags_from_probs
-from model.spec import ModelSpec
-from outputs_schema import metadata, styles
-from outputs_schema.dissolve import dissolve_windows
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import (
+from scenetag.model.predictor import tags_from_probs
+from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema import metadata, styles
+from scenetag.outputs_schema.dissolve import dissolve_windows
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
 from scenetag.atomic import atomic_path

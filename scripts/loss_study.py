@@ -38,8 +38,8 @@ RUNS = {
 
 
 def run(args) -> None:
-    from model.spec import PLANET_LABELS
-    from model.train import TrainConfig, train
+    from scenetag.model.spec import PLANET_LABELS
+    from scenetag.model.train import TrainConfig, train
 
     out = Path(args.out)
     for name in args.runs:
@@ -57,9 +57,9 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    from model.calibrate import calibrate, crossfit
-    from model.metrics import evaluate
-    from model.train import macro_ap
+    from scenetag.model.calibrate import calibrate, crossfit
+    from scenetag.model.metrics import evaluate
+    from scenetag.model.train import macro_ap
 
     out = Path(args.out)
     rows = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.spec import ModelSpec
+from scenetag.model.spec import ModelSpec
 from tests.model_fixtures import SMALL_ARCH as TINY_ARCH, small_model, small_spec
 
 TINY_LABELS = ("clear", "cloudy", "primary", "water", "it's; DROP TABLE chips--")
@@ -22,7 +22,7 @@ tiny_network = small_model
 
 def export_tiny_model(path: Path, spec: ModelSpec | None = None, seed: int = 0) -> Path:
     """Export a random-weight timm model with ``spec`` in the ONNX metadata."""
-    from model.export import export_onnx
+    from scenetag.model.export import export_onnx
 
     spec = spec or tiny_spec()
     export_onnx(tiny_network(spec, seed), spec, path, overwrite=True, n_random=1)

@@ -26,7 +26,7 @@ def planet_or_skip() -> Path:
 
 def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH, thresholds=0.2,
                name: str = "small-test", **kw):
-    from model.spec import ModelSpec
+    from scenetag.model.spec import ModelSpec
 
     return ModelSpec.create(name, arch, labels, thresholds, chip_size=chip_size, **kw)
 
@@ -34,7 +34,7 @@ def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH,
 def small_model(spec=None, seed: int = 0):
     import torch
 
-    from model.nets import build_model
+    from scenetag.model.nets import build_model
 
     torch.manual_seed(seed)
     return build_model(spec or small_spec(), pretrained=False).eval()
@@ -57,7 +57,7 @@ def planet_subset(tmp_path: Path, n: int = 48, labels: tuple[str, ...] | None = 
 
 def real_chips(n: int = 8, size: int = 256) -> np.ndarray:
     """The first ``n`` real chips as uint8 NCHW RGB (resampled to ``size``)."""
-    from model.data import load_images, read_labels
+    from scenetag.model.data import load_images, read_labels
 
     planet_or_skip()
     names = read_labels(PLANET_CSV).names[:n]

@@ -19,8 +19,8 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import RUN_FIELDS
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import RUN_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 QGIS_PYTHON = os.environ.get("SCENETAG_QGIS_PYTHON", "/usr/bin/python3")
@@ -86,7 +86,7 @@ def synthetic_table(n_rows: int, n_cols: int, n_labels: int, chip: int = 64, kee
 def write_synthetic_gpkg(out: Path, spec, n_rows: int = 3, n_cols: int = 4, seed: int = 0,
                          crs: str = "EPSG:32633") -> Path:
     """A GeoPackage from the real writer (which stores the styles) over a synthetic table."""
-    from outputs_schema.writer import write_geopackage
+    from scenetag.outputs_schema.writer import write_geopackage
 
     table = synthetic_table(n_rows, n_cols, spec.n_labels, seed=seed)
     return write_geopackage(out, table=table, spec=spec, scene_id="synthetic",

@@ -23,12 +23,12 @@ import rasterio
 from click.testing import CliRunner
 from distributed import Client, LocalCluster, SchedulerPlugin, WorkerPlugin
 
-from jobs.batch import REPORT_NAME, model_loads, run_batch, run_scene_on_cluster
-from jobs.cluster import ClusterError
-from jobs.lock import LOCK_NAME
-from jobs.options import RunOptions
-from jobs.scene_job import run_scene
-from model.predictor import load_predictor
+from scenetag.jobs.batch import REPORT_NAME, model_loads, run_batch, run_scene_on_cluster
+from scenetag.jobs.cluster import ClusterError
+from scenetag.jobs.lock import LOCK_NAME
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.scene_job import run_scene
+from scenetag.model.predictor import load_predictor
 from tests.conftest import ROOT, real_scene
 
 SCENES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif", "landsat8_rgb16.tif")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.batch import SceneFailure, _task, gpu_resources, recorded_signature
-from jobs.cluster import SCHEDULER_ENV, ClusterError, ClusterInfo, resolve_scheduler
-from jobs.inputs import InputError, expand_inputs, output_paths
-from jobs.lock import LOCK_NAME, OutputLock
-from jobs.report import BatchReport, SceneRecord
+from scenetag.jobs.batch import SceneFailure, _task, gpu_resources, recorded_signature
+from scenetag.jobs.cluster import SCHEDULER_ENV, ClusterError, ClusterInfo, resolve_scheduler
+from scenetag.jobs.inputs import InputError, expand_inputs, output_paths
+from scenetag.jobs.lock import LOCK_NAME, OutputLock
+from scenetag.jobs.report import BatchReport, SceneRecord
 from scenetag.errors import LockedError, ModelLoadError, OutputExistsError, SceneReadError
 
 
@@ -144,7 +144,7 @@ def test_recorded_signature_refuses_a_foreign_file(tmp_path):
 
 
 def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
-    from jobs.batch import sweep_leftovers
+    from scenetag.jobs.batch import sweep_leftovers
 
     old = tmp_path / ".scene.gpkg.0123456789ab.tmp.gpkg"
     old.write_bytes(b"half")

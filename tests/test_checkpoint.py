@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, save_checkpoint, spec_path_for, strip_prefixes
-from model.predictor import Predictor, file_sha256, load_predictor
-from model.spec import ModelSpec
-from model.torch_backend import TorchPredictor
+from scenetag.model.checkpoint import load_checkpoint, save_checkpoint, spec_path_for, strip_prefixes
+from scenetag.model.predictor import Predictor, file_sha256, load_predictor
+from scenetag.model.spec import ModelSpec
+from scenetag.model.torch_backend import TorchPredictor
 from scenetag.errors import ModelLoadError, ModelSpecError
 from tests.model_fixtures import SMALL_ARCH, SMALL_LABELS, small_model, small_spec
 
@@ -126,7 +126,7 @@ def test_torch_predictor_implements_protocol(tmp_path):
     probs = pred.predict(x)
     assert probs.dtype == np.float32 and probs.shape == (3, 5)
     assert ((probs > 0) & (probs < 1)).all()
-    from model.preprocess import normalize
+    from scenetag.model.preprocess import normalize
 
     with torch.inference_mode():
         ref = torch.sigmoid(model(torch.from_numpy(normalize(x, spec)))).numpy()

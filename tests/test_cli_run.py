@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from outputs_schema.schema import OutputSchema
+from scenetag.outputs_schema.schema import OutputSchema
 from tests.conftest import ROOT, real_scene
 
 
@@ -163,7 +163,7 @@ def test_scene_smaller_than_a_chip(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(tiny_model, tmp_path, monkeypatch):
-    import outputs_schema.writer as writer
+    import scenetag.outputs_schema.writer as writer
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -240,8 +240,8 @@ def test_raster_and_to_crs(tiny_model, tmp_path):
 
 def test_torch_backend_matches_onnx_end_to_end(tmp_path):
     """The same weights as a checkpoint (torch backend) and as ONNX give the same GeoPackage."""
-    from model.checkpoint import save_checkpoint
-    from model.export import export_onnx
+    from scenetag.model.checkpoint import save_checkpoint
+    from scenetag.model.export import export_onnx
     from tests.model_factory import tiny_network, tiny_spec
 
     spec = tiny_spec()
@@ -265,7 +265,7 @@ def test_torch_backend_matches_onnx_end_to_end(tmp_path):
 
 
 def test_precision_option(tiny_model, tmp_path):
-    from model.checkpoint import save_checkpoint
+    from scenetag.model.checkpoint import save_checkpoint
     from tests.model_factory import tiny_network, tiny_spec
 
     scene = real_scene("landsat7_rgb_byte.tif")

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from rasterio.crs import CRS
 from shapely import affinity
 
-from outputs_schema import dissolve
-from outputs_schema.dissolve import dissolve_windows, lattice_coverage
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import LABEL_FIELDS
-from outputs_schema.writer import footprints, label_frame
+from scenetag.outputs_schema import dissolve
+from scenetag.outputs_schema.dissolve import dissolve_windows, lattice_coverage
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import LABEL_FIELDS
+from scenetag.outputs_schema.writer import footprints, label_frame
 
 NORTH_UP = Affine(3.0, 0.0, 500000.0, 0.0, -3.0, 100000.0)
 TRANSFORMS = (

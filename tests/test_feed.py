@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from jobs.options import RunOptions
-from jobs.scene_job import classify_cells, plan_scene, reader_mode
-from model.predictor import Submitter, load_predictor
-from tiler.feed import ProcessFeed, runs_of
-from tiler.grid import GridCell
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.scene_job import classify_cells, plan_scene, reader_mode
+from scenetag.model.predictor import Submitter, load_predictor
+from scenetag.tiler.feed import ProcessFeed, runs_of
+from scenetag.tiler.grid import GridCell
 
 
 def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270, transform=None):
@@ -220,9 +220,9 @@ class _LazyUpload:
 @pytest.mark.parametrize("direct", [False, True])
 def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_model, monkeypatch, batch_size, direct):
     """Batches that end mid-run, on a run boundary or span runs: no slot is given back too early."""
-    import jobs.pipeline
+    import scenetag.jobs.pipeline
 
-    monkeypatch.setattr(jobs.pipeline, "ProcessFeed", _PoisonedFeed)
+    monkeypatch.setattr(scenetag.jobs.pipeline, "ProcessFeed", _PoisonedFeed)
     path = _scene(make_raster, width=700, height=390)
     inner = load_predictor(tiny_model)
     predictor = _LazyDirect(inner, batch_size) if direct else inner
@@ -237,9 +237,9 @@ def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_mode
 
 def test_a_sparse_scene_does_not_starve_the_readers_of_slots(make_raster, tiny_model, monkeypatch):
     """Runs that keep one chip each: the consumer submits short batches instead of holding every slot."""
-    import jobs.pipeline
+    import scenetag.jobs.pipeline
 
-    monkeypatch.setattr(jobs.pipeline, "ProcessFeed", _PoisonedFeed)
+    monkeypatch.setattr(scenetag.jobs.pipeline, "ProcessFeed", _PoisonedFeed)
     rng = np.random.default_rng(5)
     data = np.zeros((3, 64 * 12, 64 * 64), np.uint8)
     for c in range(0, 64, 16):  # one valid chip column in 16
@@ -276,12 +276,12 @@ def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tin
     import logging
     import types
 
-    import jobs.scene_job
+    import scenetag.jobs.scene_job
 
     class FakeGpu:
         device = "cuda:0"
-    monkeypatch.setattr(jobs.scene_job.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
-    with caplog.at_level(logging.WARNING, logger="jobs.scene_job"):
+    monkeypatch.setattr(scenetag.jobs.scene_job.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    with caplog.at_level(logging.WARNING, logger="scenetag.jobs.scene_job"):
         assert reader_mode(RunOptions(reader="processes"), FakeGpu(), 10_000) == "threads"
     assert "may not start reader processes" in caplog.text
     assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "threads"
@@ -326,7 +326,7 @@ def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
     import pyogrio  # the writer's stack: imported here, so the GPU tests above run without it
 
     from cli import main
-    from outputs_schema.schema import OutputSchema
+    from scenetag.outputs_schema.schema import OutputSchema
 
     path = _scene(make_raster, width=300, height=300)
     chips = {}
@@ -351,7 +351,7 @@ def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
 def test_cuda_pipeline_gives_the_cpu_tags(make_raster, tmp_path):
     """Reader processes + double-buffered CUDA inference against threads + the CPU, same checkpoint."""
     pytest.importorskip("torch")
-    from model.checkpoint import save_checkpoint
+    from scenetag.model.checkpoint import save_checkpoint
     from tests.model_factory import tiny_network, tiny_spec
 
     spec = tiny_spec()

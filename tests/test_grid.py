@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiler.grid import EdgePolicy, chip_grid, stride_from_overlap
+from scenetag.tiler.grid import EdgePolicy, chip_grid, stride_from_overlap
 
 
 def expected_axis(length: int, chip: int, stride: int, edge: EdgePolicy) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.nets import (
+from scenetag.model.nets import (
     DEFAULT_ARCH,
     PretrainedWeightsWarning,
     build_model,

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from model.onnx_backend import OnnxPredictor, providers_for
-from model.predictor import device_id
+from scenetag.model.onnx_backend import OnnxPredictor, providers_for
+from scenetag.model.predictor import device_id
 from scenetag.errors import ModelLoadError, OptionError
 
 CPU = "CPUExecutionProvider"

@@ -21,10 +21,10 @@ import pyogrio
 import pytest
 import rasterio
 
-from outputs_schema import styles
-from outputs_schema.colors import label_color
-from outputs_schema.raster import grid_transform, write_probability_raster
-from outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
+from scenetag.outputs_schema import styles
+from scenetag.outputs_schema.colors import label_color
+from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
+from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
 from tests.conftest import real_scene
 from tests.qgis_fixtures import QGIS_PYTHON, qgis_unavailable, run_qgis_check
 
@@ -43,9 +43,9 @@ def needs_qgis():
 @pytest.fixture(scope="module")
 def borneo(tmp_path_factory, tiny_model):
     """Borneo through the scene job, its probability raster, and QGIS's report on both."""
-    from jobs.options import RunOptions
-    from jobs.scene_job import classify_cells, plan_scene, write_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import classify_cells, plan_scene, write_scene
+    from scenetag.model.predictor import load_predictor
 
     scene = real_scene(BORNEO)
     folder = tmp_path_factory.mktemp("qgis")
@@ -195,9 +195,9 @@ def test_rendering_over_the_scene_is_not_blank(borneo):
 
 
 def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):
-    from jobs.options import RunOptions
-    from jobs.scene_job import run_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import run_scene
+    from scenetag.model.predictor import load_predictor
 
     out = tmp_path / "borneo_4326.gpkg"
     run_scene(borneo["scene"], out, load_predictor(tiny_model), RunOptions(bands=(3, 2, 1), to_crs="EPSG:4326"))

@@ -11,8 +11,8 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
-from outputs_schema.records import ChipTable
+from scenetag.outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
+from scenetag.outputs_schema.records import ChipTable
 from scenetag.errors import OutputError, OutputExistsError
 from tests.conftest import real_scene
 from tests.qgis_fixtures import synthetic_table
@@ -160,9 +160,9 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
 
 def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
     """Borneo through the scene job: one pixel per grid position, NaN where chips were skipped."""
-    from jobs.options import RunOptions
-    from jobs.scene_job import classify_cells, plan_scene
-    from model.predictor import load_predictor
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import classify_cells, plan_scene
+    from scenetag.model.predictor import load_predictor
 
     scene = real_scene("planetscope_borneo_3m_analytic.tif")
     predictor = load_predictor(tiny_model)

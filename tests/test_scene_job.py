@@ -10,11 +10,11 @@ import pytest
 import rasterio
 from rasterio.windows import Window, bounds as window_bounds
 
-from jobs.options import RunOptions
-from jobs.scene_job import classify_cells, plan_scene, run_scene
-from model.predictor import load_predictor
-from model.preprocess import normalize
-from outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.scene_job import classify_cells, plan_scene, run_scene
+from scenetag.model.predictor import load_predictor
+from scenetag.model.preprocess import normalize
+from scenetag.outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
 from tests.conftest import SCENES, real_scene, real_scenes
 
 # Scenes the job must refuse, with the error class and part of the message.
@@ -146,11 +146,11 @@ def test_probabilities_match_the_model_on_chips_read_directly(predictor, tmp_pat
 
 
 def test_uint16_scene_is_stretched_once_per_scene(predictor, make_raster, tmp_path, monkeypatch):
-    import tiler.scaling
+    import scenetag.tiler.scaling
 
     samples = []
-    real = tiler.scaling.decimated_read
-    monkeypatch.setattr(tiler.scaling, "decimated_read", lambda *a, **k: samples.append(1) or real(*a, **k))
+    real = scenetag.tiler.scaling.decimated_read
+    monkeypatch.setattr(scenetag.tiler.scaling, "decimated_read", lambda *a, **k: samples.append(1) or real(*a, **k))
     data = np.random.default_rng(1).integers(1000, 5000, size=(3, 130, 140)).astype("uint16")
     scene = make_raster("u16.tif", data)
     plan = plan_scene(scene, predictor.spec, RunOptions())
@@ -166,8 +166,8 @@ def test_uint16_scene_is_stretched_once_per_scene(predictor, make_raster, tmp_pa
 
 def test_stretch_of_a_large_scene_without_overviews_samples_whole_blocks(predictor, make_raster):
     """Without overviews the stretch reads a spread of whole blocks (not every block), subsampled."""
-    from tiler.scaling import MAX_SAMPLE
-    from tiler.scene import decimated_read
+    from scenetag.tiler.scaling import MAX_SAMPLE
+    from scenetag.tiler.scene import decimated_read
 
     rng = np.random.default_rng(2)
     data = rng.integers(1000, 5000, size=(3, 1100, 1300)).astype("uint16")
@@ -185,7 +185,7 @@ def test_stretch_of_a_large_scene_without_overviews_samples_whole_blocks(predict
 
 def test_stretch_sample_of_a_striped_scene_spans_many_rows(make_raster):
     """In a file of one-row strips, the sample covers hundreds of rows, not a few scan lines."""
-    from tiler.scene import decimated_read
+    from scenetag.tiler.scene import decimated_read
 
     height, width = 2000, 1500
     rows = np.broadcast_to(np.arange(height, dtype="uint16")[:, None], (height, width))
@@ -240,7 +240,7 @@ def test_resample_reads_at_the_model_resolution(predictor, make_raster, tmp_path
 
 
 def test_geographic_scene_resolution_in_metres():
-    from tiler.scene import open_scene
+    from scenetag.tiler.scene import open_scene
 
     info = open_scene(real_scene("planetscope_3m_epsg4326.tif"))
     assert 2.0 < info.resolution_m < 4.5

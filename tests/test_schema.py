@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
 
-from model.spec import PLANET_LABELS, ModelSpec
-from outputs_schema.records import ChipTable
-from outputs_schema.schema import MAX_NAME, OutputSchema, sanitize_names, tag_names
-from outputs_schema.writer import write_geopackage
+from scenetag.model.spec import PLANET_LABELS, ModelSpec
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import MAX_NAME, OutputSchema, sanitize_names, tag_names
+from scenetag.outputs_schema.writer import write_geopackage
 from scenetag.errors import OutputError
 from tests.qgis_fixtures import fake_run
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from model.spec import PLANET_LABELS, ModelSpec, expand_thresholds
+from scenetag.model.spec import PLANET_LABELS, ModelSpec, expand_thresholds
 from scenetag.errors import ModelSpecError
 
 
@@ -58,7 +58,7 @@ def test_threshold_map_with_unknown_label():
 
 
 def test_spec_travels_in_onnx_metadata(tiny_model):
-    from model.onnx_backend import read_spec
+    from scenetag.model.onnx_backend import read_spec
     from tests.model_factory import tiny_spec
 
     assert read_spec(tiny_model) == tiny_spec()

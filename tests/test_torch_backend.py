@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.predictor import Done, load_predictor  # noqa: E402
-from model.torch_backend import TorchPredictor, resolve_device  # noqa: E402
+from scenetag.model.checkpoint import save_checkpoint  # noqa: E402
+from scenetag.model.predictor import Done, load_predictor  # noqa: E402
+from scenetag.model.torch_backend import TorchPredictor, resolve_device  # noqa: E402
 from scenetag.errors import ModelError, OptionError  # noqa: E402
 from tests.model_factory import tiny_network, tiny_spec  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_submit_on_the_cpu_is_done_at_once(checkpoint):
 
 
 def test_cpu_memory_is_not_page_locked_and_parts_are_copied(checkpoint):
-    from model.predictor import Submitter
+    from scenetag.model.predictor import Submitter
 
     predictor = TorchPredictor(checkpoint)
     x = chips(3, seed=6)
@@ -184,7 +184,7 @@ def test_cuda_graphs_are_ignored_off_cuda(checkpoint):
 
 def test_graphs_are_captured_for_the_first_two_shapes_that_repeat(checkpoint, monkeypatch):
     """The graph cache's bookkeeping, with a stand-in for CUDA capture (a graph that re-runs the forward)."""
-    from model import torch_backend
+    from scenetag.model import torch_backend
 
     pred = TorchPredictor(checkpoint)
     captured = []

@@ -33,8 +33,8 @@ import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
-from tiler.grid import GridCell
-from tiler.reader import ChipReader
+from scenetag.tiler.grid import GridCell
+from scenetag.tiler.reader import ChipReader
 
 log = logging.getLogger(__name__)
 

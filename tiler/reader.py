@@ -23,10 +23,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from scenetag.errors import SceneReadError
-from tiler.chip import Chip
-from tiler.grid import GridCell
-from tiler.scaling import Stretch
-from tiler.scene import SceneInfo
+from scenetag.tiler.chip import Chip
+from scenetag.tiler.grid import GridCell
+from scenetag.tiler.scaling import Stretch
+from scenetag.tiler.scene import SceneInfo
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import rasterio
 
-from model.spec import ModelSpec
-from tiler.scene import SceneInfo, decimated_read
+from scenetag.model.spec import ModelSpec
+from scenetag.tiler.scene import SceneInfo, decimated_read
 
 log = logging.getLogger(__name__)
 

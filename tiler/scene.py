@@ -20,7 +20,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from model.spec import ModelSpec
+from scenetag.model.spec import ModelSpec
 from scenetag.errors import BandError, GeoreferenceError, SceneReadError
 
 log = logging.getLogger(__name__)

@@ -94,15 +94,15 @@ def read_spec(spec_path: str | Path | None):
     """The :class:`~model.spec.ModelSpec` in the ``--spec`` file, or None without one."""
     if not spec_path:
         return None
-    from model.spec import ModelSpec
+    from scenetag.model.spec import ModelSpec
 
     return ModelSpec.from_json(Path(spec_path).read_text())
 
 
 def load_model(model_path, spec_path, backend, device, precision="fp32"):
     """Load the predictor for CLI commands (the shipped default when no path is given)."""
-    from model.default import default_model_path
-    from model.predictor import load_predictor
+    from scenetag.model.default import default_model_path
+    from scenetag.model.predictor import load_predictor
 
     path = model_path or default_model_path()
     return load_predictor(path, backend=backend, device=device, spec=read_spec(spec_path), precision=precision)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
+from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
 from scenetag.commands._common import announce_cluster, handle_errors, load_model, quiet_third_party, scheduler_option
 from scenetag.commands.run import build_options, job_options, tqdm_progress
 from scenetag.errors import ScenetagError
@@ -98,7 +98,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
     scenes done or skipped, 1 some failed (or another error), 3 another
     batch holds OUT_DIR.
     """
-    from jobs.batch import REPORT_NAME, run_batch
+    from scenetag.jobs.batch import REPORT_NAME, run_batch
 
     quiet_third_party()  # again: importing distributed set its own levels
     handler = add_log_file(log_file) if log_file else None

@@ -35,7 +35,7 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
     Prints the thresholds and the metrics before (global threshold) and after
     as JSON on stdout.
     """
-    from model.calibrate import calibrate, crossfit
+    from scenetag.model.calibrate import calibrate, crossfit
     from scenetag.errors import OutputExistsError
 
     if out_path is not None and out_path.exists() and not overwrite:
@@ -71,16 +71,16 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
 
 
 def _write(model_path: Path, out_path: Path, spec, predictor) -> None:
-    from model.predictor import TORCH_SUFFIXES
+    from scenetag.model.predictor import TORCH_SUFFIXES
 
     if model_path.suffix.lower() in TORCH_SUFFIXES:
-        from model.checkpoint import save_checkpoint
+        from scenetag.model.checkpoint import save_checkpoint
 
         if out_path.suffix.lower() not in TORCH_SUFFIXES:
             raise click.UsageError(f"MODEL is a checkpoint: --out needs one of {TORCH_SUFFIXES}, got {out_path.name}")
         save_checkpoint(out_path, predictor.model, spec)
     else:
-        from model.export import rewrite_onnx_spec
+        from scenetag.model.export import rewrite_onnx_spec
 
         rewrite_onnx_spec(model_path, out_path, spec)
 

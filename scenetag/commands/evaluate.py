@@ -38,7 +38,7 @@ def eval_options(func):
 
 def load_probs(model_path, data, labels_csv, spec_path, split, split_file, backend, device, batch_size, resize):
     """Predictor, labelled set and probabilities for a command."""
-    from model.evaluation import load_eval_set, predict_all
+    from scenetag.model.evaluation import load_eval_set, predict_all
 
     predictor = load_model(model_path, spec_path, backend, device)
     table, images, source = load_eval_set(
@@ -66,8 +66,8 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
     Per-class precision, recall, F1 and support; micro, macro and samples F1
     and F2, at the model's thresholds (or --thresholds).
     """
-    from model.evaluation import parse_thresholds
-    from model.metrics import evaluate, format_table
+    from scenetag.model.evaluation import parse_thresholds
+    from scenetag.model.metrics import evaluate, format_table
 
     predictor, table, probs, source = load_probs(model_path, data, labels_csv, spec_path, split, split_file,
                                                  backend, device, batch_size, resize)

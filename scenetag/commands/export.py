@@ -15,14 +15,14 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
     """``planet``, a CSV in Kaggle format (its tags, sorted), a text file (one per line) or ``a,b,c``."""
     if not value:
         return None
-    from model.spec import PLANET_LABELS
+    from scenetag.model.spec import PLANET_LABELS
 
     if value.lower() == "planet":
         return PLANET_LABELS
     path = Path(value)
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            from model.data import read_labels
+            from scenetag.model.data import read_labels
 
             return read_labels(path).labels
         return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
@@ -58,9 +58,9 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
     returns sigmoid probabilities; the spec goes into its metadata.  The export
     is checked with onnx.checker and compared with torch; prints the report as JSON.
     """
-    from model.checkpoint import load_checkpoint
-    from model.evaluation import parse_thresholds
-    from model.export import export_onnx
+    from scenetag.model.checkpoint import load_checkpoint
+    from scenetag.model.evaluation import parse_thresholds
+    from scenetag.model.export import export_onnx
     from scenetag.errors import OutputExistsError
 
     if out_path.exists() and not overwrite:
@@ -75,7 +75,7 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
         spec = replace(spec, chip_size=chip_size)
     real = None
     if check_chips is not None:
-        from model.data import IMAGE_SUFFIXES, load_images
+        from scenetag.model.data import IMAGE_SUFFIXES, load_images
 
         names = sorted(p.name for p in check_chips.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n_check]
         real = load_images(check_chips, names, spec.chip_size, on_wrong_size="resize")

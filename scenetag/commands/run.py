@@ -76,8 +76,8 @@ def job_options(func):
 def build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
                   raster, chip_size: int, reader: str = "auto"):
     """RunOptions from CLI values (``chip_size`` comes from the model spec)."""
-    from jobs.options import RunOptions
-    from tiler.grid import stride_from_overlap
+    from scenetag.jobs.options import RunOptions
+    from scenetag.tiler.grid import stride_from_overlap
 
     if stride is not None and overlap is not None:
         raise click.UsageError("give --stride or --overlap, not both")
@@ -132,8 +132,8 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     (footprints, probabilities, tags), one `label_<name>` layer per label and
     a `runs` table with the provenance.
     """
-    from jobs.cluster import resolve_scheduler
-    from jobs.scene_job import run_scene
+    from scenetag.jobs.cluster import resolve_scheduler
+    from scenetag.jobs.scene_job import run_scene
 
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     on_cluster = resolve_scheduler(scheduler) is not None
@@ -142,7 +142,7 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers,
                             to_crs, raster, predictor.spec.chip_size, reader)
     if on_cluster:
-        from jobs.batch import run_scene_on_cluster
+        from scenetag.jobs.batch import run_scene_on_cluster
 
         quiet_third_party()  # again: importing distributed set its own levels
         result = run_scene_on_cluster(scene, out, predictor, options, overwrite=overwrite, device=device,

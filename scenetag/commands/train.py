@@ -65,8 +65,8 @@ def command(data, labels_csv, out, arch, name, label_set, loss, focal_gamma, foc
     Writes checkpoints, split.json and metrics.json to --out after every epoch;
     prints the final metrics as JSON on stdout.
     """
-    from model.spec import PLANET_LABELS
-    from model.train import TrainConfig, train
+    from scenetag.model.spec import PLANET_LABELS
+    from scenetag.model.train import TrainConfig, train
 
     labels_csv = labels_csv or data.parent / "labels.csv"
     cfg = TrainConfig(

@@ -1,0 +1,62 @@
+"""The scenetag command line: ``scenetag COMMAND`` (or ``python cli.py COMMAND`` in a checkout).
+
+Each command lives in its own module under ``scenetag/commands``; heavy
+imports happen inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from scenetag import __version__
+from scenetag.commands._common import configure_logging
+
+#: command name → module under scenetag.commands holding ``command``.
+COMMANDS = {
+    "run": "run",
+    "batch": "batch",
+    "train": "train",
+    "evaluate": "evaluate",
+    "calibrate": "calibrate",
+    "export": "export",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        try:
+            module = importlib.import_module(f"scenetag.commands.{COMMANDS[name]}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"scenetag.commands.{COMMANDS[name]}":
+                return None
+            raise
+        return module.command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scenetag")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def main(verbose: int, quiet: int) -> None:
+    """Tag georeferenced scenes with a multi-label chip classifier.
+
+    Logs and progress go to stderr; results go to stdout.
+    """
+    configure_logging(verbose, quiet)
+
+
+if __name__ == "__main__":
+    main()
