@@ -175,17 +175,16 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
 
 def accuracy(predictors: dict, chips: np.ndarray) -> dict:
     """Share of tag decisions that bf16/fp16 change against fp32 on real chips."""
-    from scenetag.model.predictor import tags_from_probs
 
     ref = predictors["fp32"]
     p32 = ref.predict(chips)
-    t32 = tags_from_probs(p32, ref.spec)
+    t32 = ref.spec.tags(p32)
     out = {"chips": len(chips), "decisions": int(t32.size), "positive_tags_fp32": int(t32.sum())}
     for name, pred in predictors.items():
         if name == "fp32":
             continue
         p = pred.predict(chips)
-        changed = tags_from_probs(p, ref.spec) != t32
+        changed = ref.spec.tags(p) != t32
         out[name] = {"tag_decisions_changed": float(changed.mean()), "n_changed": int(changed.sum()),
                      "max_abs_prob_diff": float(np.abs(p - p32).max())}
     return out

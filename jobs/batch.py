@@ -52,7 +52,7 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import BatchReport, SceneRecord
 from scenetag.jobs.scene_job import (ScenePlan, SceneResult, _now, check_outputs, classify_cells, plan_scene, signature,
                              write_scene)
-from scenetag.model.predictor import file_sha256
+from scenetag.hashing import file_sha256
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import RUNS_LAYER

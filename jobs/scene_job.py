@@ -37,7 +37,8 @@ from rasterio.crs import CRS
 
 import scenetag
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
-from scenetag.model.predictor import Predictor, file_sha256, on_gpu
+from scenetag.hashing import file_sha256
+from scenetag.model.predictor import Predictor, on_gpu
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import SCHEMA_VERSION

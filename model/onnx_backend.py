@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from scenetag.model.preprocess import normalize
-from scenetag.model.predictor import GPU_PROVIDERS, device_id, file_sha256
+from scenetag.hashing import file_sha256
+from scenetag.model.predictor import GPU_PROVIDERS, device_id
 from scenetag.model.spec import METADATA_KEY, ModelSpec
 from scenetag.errors import ModelLoadError, ModelSpecError, require
 

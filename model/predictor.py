@@ -10,7 +10,6 @@ model file's suffix.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -145,20 +144,6 @@ def device_id(device: str) -> int:
     if not index.isdigit():
         raise OptionError(f"--device {device!r} names no GPU index: use cuda, or cuda:N with N = 0, 1, ...")
     return int(index)
-
-
-def tags_from_probs(probs: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Boolean ``(N, L)`` tag matrix: probability at or above each label's threshold."""
-    return probs >= np.asarray(spec.thresholds, dtype=np.float32)[None, :]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_predictor(

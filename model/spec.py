@@ -188,6 +188,15 @@ class ModelSpec:
         """A copy of the spec with other thresholds."""
         return replace(self, thresholds=expand_thresholds(thresholds, self.labels))
 
+    def tags(self, probs: "np.ndarray") -> "np.ndarray":
+        """Boolean ``(N, L)`` tags of ``(N, L)`` probabilities: each label at or above its threshold.
+
+        The one place tags are made: the writer, evaluation and calibration all call it.
+        """
+        import numpy as np
+
+        return np.asarray(probs) >= np.asarray(self.thresholds, dtype=np.float32)[None, :]
+
     @property
     def n_labels(self) -> int:
         return len(self.labels)

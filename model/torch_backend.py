@@ -36,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from scenetag.model.predictor import Done, device_id, file_sha256
+from scenetag.hashing import file_sha256
+from scenetag.model.predictor import Done, device_id
 from scenetag.model.preprocess import scale_offset
 from scenetag.model.spec import ModelSpec
 from scenetag.errors import ModelError, ModelLoadError, OptionError, require

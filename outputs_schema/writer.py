@@ -22,7 +22,6 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
-from scenetag.model.predictor import tags_from_probs
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema import metadata, styles
 from scenetag.outputs_schema.dissolve import dissolve_windows
@@ -81,7 +80,7 @@ def _typed(data: Mapping[str, Any], fields: tuple[Field, ...],
 def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scene_id: str,
                 transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
     """The ``chips`` layer as a GeoDataFrame with the declared columns; ``tagged`` is
-    :func:`model.predictor.tags_from_probs` of the table."""
+    :meth:`ModelSpec.tags` of the table."""
     probs = table.probs
     # " w1 w2" per chip (a space before each tag word), so the row sums join the words.
     spaced = np.where(tagged, " " + np.asarray(tag_names(schema.labels), dtype=object), "")
@@ -155,7 +154,7 @@ def write_geopackage(
     """
     out = check_output(out, overwrite)
     schema = OutputSchema(spec.labels)
-    tagged = tags_from_probs(table.probs, spec)
+    tagged = spec.tags(table.probs)
     chips = chips_frame(table, schema, tagged, scene_id, transform, crs)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
     label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)

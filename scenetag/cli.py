@@ -11,7 +11,7 @@ import importlib
 import click
 
 from scenetag import __version__
-from scenetag.commands._common import configure_logging
+from scenetag.commands.options import configure_logging
 
 #: command name → module under scenetag.commands holding ``command``.
 COMMANDS = {

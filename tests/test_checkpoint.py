@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from scenetag.model.checkpoint import load_checkpoint, save_checkpoint, spec_path_for, strip_prefixes
-from scenetag.model.predictor import Predictor, file_sha256, load_predictor
+from scenetag.hashing import file_sha256
+from scenetag.model.predictor import Predictor, load_predictor
 from scenetag.model.spec import ModelSpec
 from scenetag.model.torch_backend import TorchPredictor
 from scenetag.errors import ModelLoadError, ModelSpecError

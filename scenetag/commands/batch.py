@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
-from scenetag.commands._common import announce_cluster, handle_errors, load_model, quiet_third_party, scheduler_option
+from scenetag.commands.options import announce_cluster, handle_errors, load_model, quiet_third_party, scheduler_option
 from scenetag.commands.run import build_options, job_options, tqdm_progress
 from scenetag.errors import ScenetagError
 

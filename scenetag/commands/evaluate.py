@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, load_model, spec_option
+from scenetag.commands.options import handle_errors, load_model, spec_option
 
 
 def eval_options(func):

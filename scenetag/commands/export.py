@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors, read_spec, spec_option
+from scenetag.commands.options import handle_errors, read_spec, spec_option
 
 
 def parse_label_names(value: str | None) -> tuple[str, ...] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import (announce_cluster, handle_errors, load_model, model_option,
+from scenetag.commands.options import (announce_cluster, handle_errors, load_model, model_option,
                                        quiet_third_party, scheduler_option, spec_option)
 
 

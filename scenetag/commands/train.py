@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands._common import handle_errors
+from scenetag.commands.options import handle_errors
 
 
 @click.command("train")

@@ -1,4 +1,9 @@
-"""What the CLI commands share: error handling, logging options, model options."""
+"""What the CLI commands share, defined once: error handling, logging, and the shared options.
+
+Each shared option is a decorator here (as ``rasterio/rio/options.py`` does),
+so the same thing has the same name, default and help in every command;
+commands import this module, never each other.
+"""
 
 from __future__ import annotations
 
@@ -115,4 +120,38 @@ def scheduler_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786; 'local' ignores "
         "$SCENETAG_SCHEDULER. Default: $SCENETAG_SCHEDULER if set; otherwise `batch` starts a "
         "LocalCluster on this machine and `run` works in this process.",
+    )(func)
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device``: where the model runs; ``auto`` (the default everywhere) takes a GPU when there is one."""
+    return click.option(
+        "--device", default="auto", show_default=True, metavar="DEVICE",
+        help="cpu, cuda, cuda:N, or auto (a GPU when the backend has one, else the CPU).",
+    )(func)
+
+
+def overwrite_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--overwrite``: replace existing outputs (never done without it)."""
+    return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
+
+
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress``: the progress bar on stderr."""
+    return click.option(
+        "--progress/--no-progress", default=None,
+        help="Progress bar on stderr. Default: on when stderr is a terminal.",
+    )(func)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw progress: the option's value, else whether stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def batch_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--batch-size N``: chips per model call; the backend chooses by default."""
+    return click.option(
+        "--batch-size", type=click.IntRange(min=1), default=None,
+        help="Chips per model call. Default: the backend's choice for the device.",
     )(func)
