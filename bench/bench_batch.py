@@ -75,7 +75,7 @@ def main() -> None:
     from scenetag.jobs.batch import run_batch
     from scenetag.jobs.cluster import connect
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import run_scene
+    from scenetag.jobs.runner import run_scene
     from scenetag.model.predictor import load_predictor
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # importing it set its own level

@@ -149,7 +149,8 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
     into the pinned ring as before (for comparison).
     """
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import classify_cells, plan_scene
+    from scenetag.jobs.classify import classify_cells
+    from scenetag.jobs.scene_job import plan_scene
 
     predictor.gpu_seconds = 0.0
     if not direct:

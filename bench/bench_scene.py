@@ -80,7 +80,7 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
 
 def measure_run(scene: str, model: str, batch_size: int, out: str) -> dict:
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import run_scene
+    from scenetag.jobs.runner import run_scene
     from scenetag.model.predictor import load_predictor
 
     pred = load_predictor(model)

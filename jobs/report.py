@@ -36,6 +36,13 @@ class SceneRecord:
     error: str | None = None
     reason: str = ""
 
+    def update_from(self, result) -> None:
+        """Take the counts and reason of the scene's :class:`~jobs.scene_job.SceneResult`."""
+        self.chips = result.n_chips_classified
+        self.chips_total = result.n_chips_total
+        self.chips_skipped_nodata = result.n_chips_skipped_nodata
+        self.reason = result.reason
+
 
 @dataclass
 class BatchReport:

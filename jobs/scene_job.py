@@ -1,18 +1,19 @@
-"""The scene job: scene + model + options → GeoPackage.
+"""The steps of a scene job: scene + model + options → outputs.
 
-It is three steps that other jobs reuse:
+Every way of running scenetag runs these steps, as tasks on an executor
+(:mod:`jobs.runner`):
 
-:func:`plan_scene`
-    Open and validate the scene, choose bands, lay the grid, compute the
-    per-scene stretch.  Cheap, picklable, done once.
-:func:`classify_cells`
-    Read cells on a thread pool (bounded, so memory stays flat) while the
-    model runs on full batches; returns a :class:`ChipTable`.  A batch job
-    runs this on strips of the grid.
+:func:`prepare_scene`
+    Refuse outputs that may not be written, skip a scene whose outputs are
+    up to date (batch), and :func:`plan_scene`: open and validate the scene,
+    choose bands, lay the grid, compute the per-scene stretch.
+:func:`hash_scene`
+    The scene's checksum, for provenance (beside the classification when
+    the skip check did not need it first).
+:func:`classify_strip`
+    Read and classify a strip of the grid's cells (:mod:`jobs.classify`).
 :func:`write_scene`
-    Build the provenance row and write the GeoPackage atomically.
-
-:func:`run_scene` is the three in a row, the path ``cli.py run`` takes.
+    Join the strips, build the provenance row and write the outputs atomically.
 """
 
 from __future__ import annotations
@@ -20,41 +21,32 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
-import threading
+import os
+import sqlite3
 import time
 import uuid
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-import rasterio
 from rasterio.crs import CRS
 
 import scenetag
-from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
+from scenetag.errors import OptionError, OutputExistsError, SceneReadError
 from scenetag.hashing import file_sha256
-from scenetag.model.predictor import Predictor, on_gpu
+from scenetag.jobs.classify import Progress, classify_cells
+from scenetag.jobs.models import SceneModel
+from scenetag.jobs.options import RunOptions
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.schema import SCHEMA_VERSION
-from scenetag.config import gdal_cachemax_mb
-from scenetag.errors import OptionError, OutputExistsError
+from scenetag.outputs_schema.schema import RUNS_LAYER, SCHEMA_VERSION
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
-from scenetag.tiler.reader import ChipRead, ChipReader
+from scenetag.tiler.reader import ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
 from scenetag.tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int], None]
-
-#: Below this many cells, starting reader processes costs more than it saves.
-PROCESS_MIN_CELLS = 256
 
 
 @dataclass(frozen=True)
@@ -113,110 +105,6 @@ def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> 
     return ScenePlan(info, spec, options, bands, factor, grid, stretch)
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in_flight: int) -> Iterator:
-    """``pool.map`` that keeps at most ``max_in_flight`` results pending, in order."""
-    pending: deque[Future] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= max_in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for fut in pending:
-            fut.cancel()
-
-
-def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
-    """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid).
-
-    A daemonic process (a Dask worker) may not start children, so it reads
-    with threads whatever was asked.
-    """
-    if multiprocessing.current_process().daemon:
-        if options.reader == "processes":
-            log.warning("--reader processes: this process (a Dask worker?) may not start reader processes; "
-                        "reading with threads")
-        return "threads"
-    if options.reader != "auto":
-        return options.reader
-    return "processes" if on_gpu(predictor) and n_cells >= PROCESS_MIN_CELLS else "threads"
-
-
-def classify_cells(
-    plan: ScenePlan,
-    predictor: Predictor,
-    cells: Sequence[GridCell] | None = None,
-    progress: Progress | None = None,
-) -> ChipTable:
-    """Read and classify ``cells`` (default: the whole grid) of a planned scene.
-
-    On reader threads (one chip per read, the model on this thread), or on
-    reader processes with double-buffered inference (:mod:`jobs.pipeline`),
-    as :func:`reader_mode` decides.
-    """
-    cells = list(plan.grid) if cells is None else list(cells)
-    opts = plan.options
-    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
-    if reader_mode(opts, predictor, len(cells)) == "processes":
-        from scenetag.jobs.pipeline import classify_with_feed
-
-        return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
-                                  batch_size=bs, workers=opts.readers, progress=progress)
-    n_threads = opts.readers or DEFAULT_THREADS
-    read_seconds = [0.0]
-    lock = threading.Lock()
-    rows: list[tuple] = []
-    probs: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    batch_meta: list[tuple] = []
-    skipped = 0
-    infer_seconds = 0.0
-
-    def timed_read(reader: ChipReader, cell: GridCell) -> ChipRead:
-        t0 = time.perf_counter()
-        out = reader.read(cell)
-        with lock:
-            read_seconds[0] += time.perf_counter() - t0
-        return out
-
-    def flush() -> None:
-        nonlocal infer_seconds
-        if not batch:
-            return
-        t0 = time.perf_counter()
-        p = predictor.predict(np.stack(batch))
-        infer_seconds += time.perf_counter() - t0
-        probs.append(p)
-        rows.extend(batch_meta)
-        if progress:
-            progress(len(batch))
-        batch.clear()
-        batch_meta.clear()
-
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
-            ThreadPoolExecutor(n_threads, thread_name_prefix="chip-reader") as pool:
-        for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + n_threads):
-            if read.skipped:
-                skipped += 1
-                if progress:
-                    progress(1)
-                continue
-            w = read.chip.window
-            batch.append(read.pixels)
-            batch_meta.append((read.chip.row, read.chip.col, int(w.col_off), int(w.row_off),
-                               int(w.width), int(w.height), read.chip.valid_fraction))
-            if len(batch) >= bs:
-                flush()
-        flush()
-    all_probs = np.concatenate(probs) if probs else np.zeros((0, plan.spec.n_labels), np.float32)
-    table = ChipTable.from_rows(rows, all_probs, skipped)
-    table.seconds_read = read_seconds[0]
-    table.seconds_infer = infer_seconds
-    return table
-
-
 def signature(scene_sha256: str, model_sha256: str, spec: ModelSpec, options: RunOptions) -> str:
     """Hash of what determines the output: scene, model, spec, options, schema version."""
     payload = json.dumps({
@@ -230,7 +118,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
+def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
+    """The scene's status (``ok`` or ``empty``) and, when empty, why."""
     if len(table):
         return "ok", ""
     if len(plan.grid) == 0:
@@ -255,96 +144,139 @@ def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None
         raise OutputExistsError(f"output {str(raster_path(out))!r} exists: pass --overwrite to replace it")
 
 
-def write_scene(
-    plan: ScenePlan,
-    table: ChipTable,
-    predictor: Predictor,
-    out: str | Path,
-    *,
-    started_at: str,
-    t_start: float,
-    overwrite: bool = False,
-    scene_sha256: str | None = None,
-) -> SceneResult:
-    """Write the GeoPackage with its ``runs`` provenance row; returns the result."""
+@dataclass(frozen=True)
+class Prepared:
+    """A scene after its first step: skipped (its outputs are up to date), or planned."""
+
+    scene: str
+    out: str
+    #: Whether the write may replace existing outputs.
+    overwrite: bool
+    started_at: str
+    #: ``time.time()`` at the start: the scene's steps may run in different processes.
+    wall_start: float
+    #: Known when the skip check needed it; else :func:`hash_scene` computes it beside the classification.
+    scene_sha256: str | None = None
+    plan: ScenePlan | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.plan is None
+
+
+def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, skip_current: bool,
+                  overwrite: bool) -> Prepared:
+    """Check the outputs, skip the scene if they are up to date (with ``skip_current``), else plan it.
+
+    ``overwrite`` lets the write replace existing outputs (``run --overwrite``,
+    and ``batch`` for outputs that are out of date).
+    """
+    wall_start, started_at = time.time(), _now()
+    scene_sha = None
+    if skip_current:
+        if not Path(scene).is_file():
+            raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
+                                 else f"scene {scene!r} is not a file")
+        scene_sha = hash_scene(scene)
+        if recorded_signature(out) == signature(scene_sha, model.sha256, model.spec, options):
+            return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+    check_outputs(out, options, overwrite)
+    plan = plan_scene(scene, model.spec, options)
+    return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)
+
+
+def recorded_signature(out: str | os.PathLike) -> str | None:
+    """The signature in an existing output's ``runs`` table, or None when there is no output.
+
+    Raises :class:`OutputExistsError` when the file exists but is no scenetag GeoPackage.
+    """
+    out = Path(out)
+    if not out.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+        try:
+            row = con.execute(f'SELECT "signature" FROM "{RUNS_LAYER}" ORDER BY rowid DESC LIMIT 1').fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise OutputExistsError(
+            f"output {str(out)!r} exists and is not a scenetag GeoPackage ({exc}): "
+            "move it away, or pass --force to replace it"
+        ) from exc
+    return row[0] if row else None
+
+
+def hash_scene(scene: str) -> str:
+    """sha256 of the scene file."""
+    try:
+        return file_sha256(scene)
+    except OSError as exc:
+        raise SceneReadError(f"scene {scene!r} cannot be read ({exc})") from exc
+
+
+def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: SceneModel,
+                   progress: Progress | None = None) -> ChipTable:
+    """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here."""
+    return classify_cells(plan, model.predictor(), cells=cells, progress=progress)
+
+
+def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: ChipTable) -> SceneResult:
+    """The scene's single writer: join its strips, write the outputs atomically; returns the result."""
     from scenetag.outputs_schema.writer import write_geopackage
 
+    plan = prep.plan
     info, spec, opts = plan.info, plan.spec, plan.options
-    scene_sha = scene_sha256 or file_sha256(info.path)
-    status, reason = _status(plan, table)
+    table = ChipTable.concat(tables, spec.n_labels) if len(tables) != 1 else tables[0]
+    status, reason = scene_status(plan, table)
     t_write = time.perf_counter()
     run = {
         "run_id": uuid.uuid4().hex,
         "schema_version": SCHEMA_VERSION,
         "software": f"scenetag {scenetag.__version__}",
-        "started_at": started_at,
+        "started_at": prep.started_at,
         "finished_at": _now(),
         "status": status,
         "reason": reason,
         "scene_path": info.path,
-        "scene_sha256": scene_sha,
+        "scene_sha256": scene_sha256,
         "scene_crs": info.crs.to_string(),
         "model_name": spec.name,
-        "model_sha256": predictor.sha256,
+        "model_sha256": model.sha256,
         "model_spec": spec.to_json(),
         "thresholds": json.dumps(dict(zip(spec.labels, spec.thresholds))),
         "options": json.dumps({**opts.to_dict(), "bands_used": list(plan.bands),
                                "resolution_factor": plan.factor,
                                "stretch": None if plan.stretch is None else
                                {"low": plan.stretch.low, "high": plan.stretch.high}}),
-        "signature": signature(scene_sha, predictor.sha256, spec, opts),
+        "signature": signature(scene_sha256, model.sha256, spec, opts),
         "n_chips_total": len(plan.grid) + plan.grid.n_skipped,
         "n_chips_classified": len(table),
         "n_chips_skipped_nodata": table.n_skipped_nodata,
         "n_chips_skipped_edge": plan.grid.n_skipped,
-        "seconds_total": 0.0,
+        # Times that include the write itself are estimated just before it.
+        "seconds_total": time.time() - prep.wall_start,
         "seconds_read": table.seconds_read,
         "seconds_infer": table.seconds_infer,
         "seconds_write": 0.0,
     }
-    # Times that include the write itself are estimated just before it.
-    run["seconds_total"] = time.perf_counter() - t_start
     to_crs = CRS.from_user_input(opts.to_crs) if opts.to_crs else None
-    write_geopackage(out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
-                     crs=info.crs, run=run, overwrite=overwrite, to_crs=to_crs)
+    write_geopackage(prep.out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
+                     crs=info.crs, run=run, overwrite=prep.overwrite, to_crs=to_crs)
     if opts.raster:
         from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
 
         write_probability_raster(
-            raster_path(out), table, spec.labels, *plan.grid.shape,
+            raster_path(prep.out), table, spec.labels, *plan.grid.shape,
             grid_transform(info.transform, plan.grid.stride, plan.grid.chip), info.crs,
-            overwrite=True,  # refused up front by check_outputs unless --overwrite
+            overwrite=True,  # refused up front by check_outputs unless allowed
             tags={"scenetag_run_id": run["run_id"], "scenetag_signature": run["signature"]},
         )
-    seconds = time.perf_counter() - t_start
     return SceneResult(
-        scene=info.path, output=str(out), status=status, reason=reason,
+        scene=info.path, output=str(prep.out), status=status, reason=reason,
         n_chips_total=run["n_chips_total"], n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
-        seconds=seconds,
+        seconds=time.time() - prep.wall_start,
         timings={"read": table.seconds_read, "infer": table.seconds_infer,
-                 "write": time.perf_counter() - t_write},
+                 "write": time.perf_counter() - t_write, **table.extra.get("timings", {})},
     )
-
-
-def run_scene(
-    scene_path: str | Path,
-    out: str | Path,
-    predictor: Predictor,
-    options: RunOptions = RunOptions(),
-    *,
-    overwrite: bool = False,
-    progress_factory: Callable[[int], Progress] | None = None,
-) -> SceneResult:
-    """Classify one scene and write its GeoPackage (the path of ``cli.py run``)."""
-    t_start = time.perf_counter()
-    started_at = _now()
-    check_outputs(out, options, overwrite)
-    plan = plan_scene(scene_path, predictor.spec, options)
-    progress = progress_factory(len(plan.grid)) if progress_factory else None
-    # The scene's checksum (for provenance) is computed while chips are classified.
-    with ThreadPoolExecutor(1, thread_name_prefix="scene-hash") as pool:
-        scene_sha = pool.submit(file_sha256, plan.info.path)
-        table = classify_cells(plan, predictor, progress=progress)
-        return write_scene(plan, table, predictor, out, started_at=started_at, t_start=t_start,
-                           overwrite=overwrite, scene_sha256=scene_sha.result())

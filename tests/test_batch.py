@@ -23,11 +23,12 @@ import rasterio
 from click.testing import CliRunner
 from distributed import Client, LocalCluster, SchedulerPlugin, WorkerPlugin
 
-from scenetag.jobs.batch import REPORT_NAME, model_loads, run_batch, run_scene_on_cluster
+from scenetag.jobs.batch import REPORT_NAME, run_batch, run_scene_on_cluster
+from scenetag.jobs.shipping import model_loads
 from scenetag.jobs.cluster import ClusterError
 from scenetag.jobs.lock import LOCK_NAME
 from scenetag.jobs.options import RunOptions
-from scenetag.jobs.scene_job import run_scene
+from scenetag.jobs.runner import run_scene
 from scenetag.model.predictor import load_predictor
 from tests.conftest import ROOT, real_scene
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scenetag.jobs.batch import SceneFailure, _task, gpu_resources, recorded_signature
+from scenetag.jobs.batch import gpu_resources
+from scenetag.jobs.failures import SceneFailure, run_task
+from scenetag.jobs.scene_job import recorded_signature
 from scenetag.jobs.cluster import SCHEDULER_ENV, ClusterError, ClusterInfo, resolve_scheduler
 from scenetag.jobs.inputs import InputError, expand_inputs, output_paths
 from scenetag.jobs.lock import LOCK_NAME, OutputLock
@@ -144,7 +146,7 @@ def test_recorded_signature_refuses_a_foreign_file(tmp_path):
 
 
 def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
-    from scenetag.jobs.batch import sweep_leftovers
+    from scenetag.jobs.sweep import sweep_leftovers
 
     old = tmp_path / ".scene.gpkg.0123456789ab.tmp.gpkg"
     old.write_bytes(b"half")
@@ -165,19 +167,19 @@ def _raise(exc: Exception):
 
 
 def test_task_returns_scene_errors_and_raises_the_rest():
-    assert _task("prepare", lambda a, b: a + b, 1, 2) == 3
-    failure = _task("classify", _raise, SceneReadError("scene 'x.tif' is corrupt"))
+    assert run_task("prepare", lambda a, b: a + b, 1, 2) == 3
+    failure = run_task("classify", _raise, SceneReadError("scene 'x.tif' is corrupt"))
     assert isinstance(failure, SceneFailure) and failure.stage == "classify"
     assert str(failure) == "scene 'x.tif' is corrupt"
     # A failed strip reaches the writer, which passes it on without writing.
     written = []
-    assert _task("write", lambda *tables: written.append(tables), "table", failure) is failure
+    assert run_task("write", lambda *tables: written.append(tables), "table", failure) is failure
     assert written == []
     # Model errors and anything else are not about one scene: raised.
     with pytest.raises(ModelLoadError):
-        _task("classify", _raise, ModelLoadError("model changed"))
+        run_task("classify", _raise, ModelLoadError("model changed"))
     with pytest.raises(ZeroDivisionError):
-        _task("write", lambda: 1 / 0)
+        run_task("write", lambda: 1 / 0)
 
 
 def _info(gpu_workers: int) -> ClusterInfo:

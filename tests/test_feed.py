@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from scenetag.jobs.options import RunOptions
-from scenetag.jobs.scene_job import classify_cells, plan_scene, reader_mode
+from scenetag.jobs.classify import classify_cells, reader_mode
+from scenetag.jobs.scene_job import plan_scene
 from scenetag.model.predictor import Submitter, load_predictor
 from scenetag.tiler.feed import ProcessFeed, runs_of
 from scenetag.tiler.grid import GridCell
@@ -276,12 +277,12 @@ def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tin
     import logging
     import types
 
-    import scenetag.jobs.scene_job
+    import scenetag.jobs.classify
 
     class FakeGpu:
         device = "cuda:0"
-    monkeypatch.setattr(scenetag.jobs.scene_job.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
-    with caplog.at_level(logging.WARNING, logger="scenetag.jobs.scene_job"):
+    monkeypatch.setattr(scenetag.jobs.classify.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    with caplog.at_level(logging.WARNING, logger="scenetag.jobs.classify"):
         assert reader_mode(RunOptions(reader="processes"), FakeGpu(), 10_000) == "threads"
     assert "may not start reader processes" in caplog.text
     assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "threads"

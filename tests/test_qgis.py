@@ -196,7 +196,7 @@ def test_rendering_over_the_scene_is_not_blank(borneo):
 
 def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import run_scene
+    from scenetag.jobs.runner import run_scene
     from scenetag.model.predictor import load_predictor
 
     out = tmp_path / "borneo_4326.gpkg"

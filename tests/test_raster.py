@@ -161,7 +161,8 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
 def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
     """Borneo through the scene job: one pixel per grid position, NaN where chips were skipped."""
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import classify_cells, plan_scene
+    from scenetag.jobs.classify import classify_cells
+    from scenetag.jobs.scene_job import plan_scene
     from scenetag.model.predictor import load_predictor
 
     scene = real_scene("planetscope_borneo_3m_analytic.tif")

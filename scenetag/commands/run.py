@@ -133,7 +133,7 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     a `runs` table with the provenance.
     """
     from scenetag.jobs.cluster import resolve_scheduler
-    from scenetag.jobs.scene_job import run_scene
+    from scenetag.jobs.runner import run_scene
 
     out = Path(output) if output else Path.cwd() / (Path(scene).stem + ".gpkg")
     on_cluster = resolve_scheduler(scheduler) is not None
@@ -150,7 +150,7 @@ def command(scene, output, model_path, spec_path, backend, device, precision, ba
     else:
         show = sys.stderr.isatty() if progress is None else progress
         result = run_scene(scene, out, predictor, options, overwrite=overwrite,
-                           progress_factory=tqdm_progress(Path(scene).name, show))
+                           progress=tqdm_progress(Path(scene).name, show))
     click.echo(
         f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "

@@ -1,0 +1,141 @@
+"""Reading and classifying a scene's cells: reader threads, or reader processes for a GPU.
+
+:func:`classify_cells` reads cells on a bounded thread pool (so memory stays
+flat) while the model runs on full batches, or hands them to reader
+processes with double-buffered inference (:mod:`jobs.pipeline`), as
+:func:`reader_mode` decides.  Either way it returns a :class:`ChipTable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import rasterio
+
+from scenetag.config import gdal_cachemax_mb
+from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
+from scenetag.model.predictor import Predictor, on_gpu
+from scenetag.outputs_schema.records import ChipTable
+from scenetag.tiler.grid import GridCell
+from scenetag.tiler.reader import ChipRead, ChipReader
+
+if TYPE_CHECKING:
+    from scenetag.jobs.scene_job import ScenePlan
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+#: Below this many cells, starting reader processes costs more than it saves.
+PROCESS_MIN_CELLS = 256
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in_flight: int) -> Iterator:
+    """``pool.map`` that keeps at most ``max_in_flight`` results pending, in order."""
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= max_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
+    """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid).
+
+    A daemonic process (a Dask worker) may not start children, so it reads
+    with threads whatever was asked.
+    """
+    if multiprocessing.current_process().daemon:
+        if options.reader == "processes":
+            log.warning("--reader processes: this process (a Dask worker?) may not start reader processes; "
+                        "reading with threads")
+        return "threads"
+    if options.reader != "auto":
+        return options.reader
+    return "processes" if on_gpu(predictor) and n_cells >= PROCESS_MIN_CELLS else "threads"
+
+
+def classify_cells(
+    plan: "ScenePlan",
+    predictor: Predictor,
+    cells: Sequence[GridCell] | None = None,
+    progress: Progress | None = None,
+) -> ChipTable:
+    """Read and classify ``cells`` (default: the whole grid) of a planned scene.
+
+    On reader threads (one chip per read, the model on this thread), or on
+    reader processes with double-buffered inference (:mod:`jobs.pipeline`),
+    as :func:`reader_mode` decides.
+    """
+    cells = list(plan.grid) if cells is None else list(cells)
+    opts = plan.options
+    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
+    if reader_mode(opts, predictor, len(cells)) == "processes":
+        from scenetag.jobs.pipeline import classify_with_feed
+
+        return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
+                                  batch_size=bs, workers=opts.readers, progress=progress)
+    n_threads = opts.readers or DEFAULT_THREADS
+    read_seconds = [0.0]
+    lock = threading.Lock()
+    rows: list[tuple] = []
+    probs: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    batch_meta: list[tuple] = []
+    skipped = 0
+    infer_seconds = 0.0
+
+    def timed_read(reader: ChipReader, cell: GridCell) -> ChipRead:
+        t0 = time.perf_counter()
+        out = reader.read(cell)
+        with lock:
+            read_seconds[0] += time.perf_counter() - t0
+        return out
+
+    def flush() -> None:
+        nonlocal infer_seconds
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        p = predictor.predict(np.stack(batch))
+        infer_seconds += time.perf_counter() - t0
+        probs.append(p)
+        rows.extend(batch_meta)
+        if progress:
+            progress(len(batch))
+        batch.clear()
+        batch_meta.clear()
+
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
+            ThreadPoolExecutor(n_threads, thread_name_prefix="chip-reader") as pool:
+        for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + n_threads):
+            if read.skipped:
+                skipped += 1
+                if progress:
+                    progress(1)
+                continue
+            w = read.chip.window
+            batch.append(read.pixels)
+            batch_meta.append((read.chip.row, read.chip.col, int(w.col_off), int(w.row_off),
+                               int(w.width), int(w.height), read.chip.valid_fraction))
+            if len(batch) >= bs:
+                flush()
+        flush()
+    all_probs = np.concatenate(probs) if probs else np.zeros((0, plan.spec.n_labels), np.float32)
+    table = ChipTable.from_rows(rows, all_probs, skipped)
+    table.seconds_read = read_seconds[0]
+    table.seconds_infer = infer_seconds
+    return table

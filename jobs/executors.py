@@ -1,0 +1,169 @@
+"""Where a scene job's tasks run: in this process, or on a Dask cluster.
+
+The scene job (:mod:`jobs.runner`) is written once against :class:`Executor`;
+``run`` uses :class:`InProcessExecutor`, ``batch`` and ``run --scheduler``
+use :class:`DaskExecutor`.  An executor submits a task (a function and its
+arguments, where an argument may be the future of another task, resolved
+before the task runs), says when tasks finish, and cancels them.  It also
+says how a scene is cut into tasks (:attr:`Executor.chips_per_task`) and
+whether tasks may report progress to this process (:attr:`Executor.local`).
+"""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+#: Chips per classify task on a cluster: a scene with more is split into strips of chip rows.
+#: (The value lives in jobs.cluster so the CLI reads it without importing Dask.)
+from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK
+
+
+class Executor(Protocol):
+    """Runs the tasks of scene jobs."""
+
+    #: Chips per classify task; None: a scene is one task (its readers and batches stay together).
+    chips_per_task: int | None
+    #: Whether tasks run in this process, so they may call back into it (progress).
+    local: bool
+
+    def submit(self, stage: str, fn: Callable[..., Any], *args: Any,
+               resources: dict | None = None, side: bool = False) -> Any:
+        """Start ``fn(*args)``; futures among ``args`` are replaced by their results first.
+
+        ``resources`` (e.g. ``{"GPU": 1}``) restricts where it runs on a cluster;
+        ``side`` marks a task that may run beside the others (it takes no futures).
+        """
+        ...
+
+    def watch(self, future: Any) -> None:
+        """Report ``future`` from :meth:`completed` when it is done."""
+        ...
+
+    def completed(self) -> Iterator[Any]:
+        """The watched futures as they finish, including ones watched meanwhile; ends when none is left."""
+        ...
+
+    def cancel(self, futures: Sequence[Any]) -> None:
+        """Cancel tasks that have not finished (their results are no longer wanted)."""
+        ...
+
+
+class InProcessExecutor:
+    """Tasks in this process: each runs on the calling thread, inside :meth:`completed`, once its inputs are done.
+
+    Running them on the caller's thread keeps Ctrl-C and SIGTERM where they
+    belong: they interrupt the classification at once, and its readers are
+    cleaned up on the way out.  A ``side`` task (the scene checksum) runs on
+    a thread of its own instead, beside the others.
+    """
+
+    chips_per_task: int | None = None
+    local = True
+
+    def __init__(self) -> None:
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="scene-side")
+        self._tasks: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._watched: set[Future] = set()
+
+    def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
+               side: bool = False) -> Future:
+        if side:
+            if any(isinstance(a, Future) for a in args):
+                raise ValueError(f"a side task ({stage}) takes no futures")
+            fut = self._side.submit(fn, *args)
+        else:
+            fut = Future()
+            self._tasks.append((fut, fn, args))
+        fut.add_done_callback(self._finished.put)
+        return fut
+
+    def watch(self, future: Future) -> None:
+        self._watched.add(future)
+
+    def completed(self) -> Iterator[Future]:
+        while self._watched:
+            done = [f for f in self._watched if f.done()]
+            for fut in done:
+                self._watched.discard(fut)
+                yield fut
+            if done:
+                continue
+            task = self._runnable()
+            if task is not None:
+                self._run(*task)
+            else:  # only side tasks are running: wait for one
+                self._finished.get()
+
+    def _runnable(self) -> tuple | None:
+        for task in self._tasks:
+            if all(a.done() for a in task[2] if isinstance(a, Future)):
+                self._tasks.remove(task)
+                return task
+        return None
+
+    @staticmethod
+    def _run(fut: Future, fn: Callable[..., Any], args: tuple) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            values = [a.result() if isinstance(a, Future) else a for a in args]
+        except BaseException as exc:  # an input failed or was cancelled: this task fails with it
+            fut.set_exception(exc)
+            return
+        try:
+            fut.set_result(fn(*values))
+        except Exception as exc:
+            fut.set_exception(exc)
+
+    def cancel(self, futures: Sequence[Future]) -> None:
+        for fut in futures:
+            fut.cancel()
+
+    def close(self) -> None:
+        self._tasks.clear()
+        self._side.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "InProcessExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DaskExecutor:
+    """Tasks on a Dask cluster through ``client``; a scene's chips are split into strips.
+
+    Every submission gets a key of its own (tasks read and write files, so
+    they are not pure), named ``scenetag-<stage>-<id>`` so the dashboard shows
+    the stages apart.
+    """
+
+    local = False
+
+    def __init__(self, client: Any, chips_per_task: int = DEFAULT_CHIPS_PER_TASK) -> None:
+        from distributed import as_completed
+
+        self.client = client
+        self.chips_per_task = chips_per_task
+        # Bound to this client's loop: by default it takes the default client's (dask/distributed#4317).
+        self._pending = as_completed(loop=client.loop)
+
+    def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
+               side: bool = False) -> Any:
+        return self.client.submit(fn, *args, key=f"scenetag-{stage}-{uuid.uuid4().hex}", resources=resources,
+                                  pure=False)
+
+    def watch(self, future: Any) -> None:
+        self._pending.add(future)
+
+    def completed(self) -> Iterator[Any]:
+        yield from self._pending
+
+    def cancel(self, futures: Sequence[Any]) -> None:
+        if futures:
+            self.client.cancel(list(futures))

@@ -1,0 +1,65 @@
+"""The model as a scene job's tasks see it: its identity, its spec, and where the predictor comes from.
+
+In this process a task uses the predictor the caller loaded
+(:class:`LocalModel`, any backend).  On a cluster, tasks carry a small
+:class:`ShippedModel` and get a worker's own predictor, built from bytes
+shipped once to every worker (:mod:`jobs.shipping`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scenetag.model.spec import ModelSpec
+
+
+class SceneModel(Protocol):
+    """What a task needs of the model: its identity, spec, and a predictor."""
+
+    path: str
+    sha256: str
+    spec: ModelSpec
+
+    def predictor(self) -> Any:
+        """The predictor to classify with, in the process the task runs in."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A predictor already loaded in this process (the in-process executor's model)."""
+
+    loaded: Any = field(repr=False)
+
+    @property
+    def path(self) -> str:
+        return str(self.loaded.path)
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.sha256
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    def predictor(self) -> Any:
+        return self.loaded
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model whose ONNX bytes were shipped to the workers; small and picklable."""
+
+    path: str
+    sha256: str
+    spec: ModelSpec
+    device: str = "cpu"
+
+    def predictor(self) -> Any:
+        from scenetag.jobs.shipping import worker_predictor
+
+        return worker_predictor(self)
+
+

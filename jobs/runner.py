@@ -1,0 +1,182 @@
+"""The scene job: each scene through prepare → classify strips → write, on any executor.
+
+This is the one path every scene takes.  ``run`` is it with one scene on an
+:class:`~jobs.executors.InProcessExecutor`; ``batch`` and ``run --scheduler``
+are it on a :class:`~jobs.executors.DaskExecutor`.  The executor is the only
+thing that differs: where tasks run, how a scene is cut into strips, and
+whether progress can reach this process.
+
+Per scene, the tasks are ``prepare`` (:func:`~jobs.scene_job.prepare_scene`),
+``hash`` (the checksum, beside the classification when the skip check did
+not need it first), one ``classify`` per strip (the only tasks that run the
+model; they ask for ``resources``, e.g. ``GPU=1``) and ``write``, the scene's
+single writer.  Failures follow :mod:`jobs.failures`: a per-scene failure is
+retried from the start, up to ``retries`` times, then recorded, and the
+other scenes go on; anything else cancels the job and is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from scenetag.errors import ScenetagError
+from scenetag.jobs.classify import Progress
+from scenetag.jobs.executors import Executor
+from scenetag.jobs.failures import SceneFailure, run_task
+from scenetag.jobs.models import SceneModel
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.report import SceneRecord
+from scenetag.jobs.scene_job import Prepared, SceneResult, classify_strip, hash_scene, prepare_scene, write_scene
+
+log = logging.getLogger(__name__)
+
+#: ``factory(total_chips)`` → a callback taking the number of chips just done.
+ProgressFactory = Callable[[int], Progress]
+
+
+@dataclass
+class _Scene:
+    record: SceneRecord
+    attempt: int = 0
+    wall_start: float = 0.0
+    futures: list = field(default_factory=list)
+    result: SceneResult | None = None
+
+
+def run_scenes(
+    executor: Executor,
+    records: Sequence[SceneRecord],
+    model: SceneModel,
+    options: RunOptions,
+    *,
+    skip_current: bool = False,
+    overwrite: bool = False,
+    retries: int = 0,
+    resources: dict | None = None,
+    progress: ProgressFactory | None = None,
+    on_done: Callable[[SceneRecord], None] | None = None,
+    raise_scene_errors: bool = False,
+) -> list[SceneResult | None]:
+    """Run the scene of every record on ``executor``; returns each :class:`SceneResult` in record order.
+
+    Args:
+        executor: Where the tasks run.
+        records: One per scene (scene and output paths); updated as scenes finish.
+        model: The model as the tasks see it (a :class:`~jobs.models.LocalModel` in
+            this process, a :class:`~jobs.models.ShippedModel` on a cluster).
+        options: The scene job's options.
+        skip_current: Skip scenes whose outputs are up to date (same signature).
+        overwrite: Let the write replace existing outputs.
+        retries: Tries again of a scene after a per-scene failure.
+        resources: Resources the classify tasks ask for (``{"GPU": 1}``).
+        progress: Progress factory for the chips of each scene, where the executor is local.
+        on_done: Called with each record when its scene is finished.
+        raise_scene_errors: Raise a scene's failure (after its retries) instead of recording it.
+
+    A scene that failed has None as its result.  Errors that are not
+    per-scene failures cancel everything and are raised.
+    """
+    states = [_Scene(r) for r in records]
+    owner: dict[Any, tuple[_Scene, int, str]] = {}
+
+    def submit(state: _Scene, stage: str, fn: Callable, *args: Any, watch: bool = False, **kwargs: Any) -> Any:
+        fut = executor.submit(stage, run_task, stage, fn, *args, **kwargs)
+        state.futures.append(fut)
+        if watch:
+            owner[fut] = (state, state.attempt, stage)
+            executor.watch(fut)
+        return fut
+
+    def start(state: _Scene) -> None:
+        state.attempt += 1
+        state.record.attempts = state.attempt
+        if state.attempt == 1:
+            state.wall_start = time.time()
+        submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
+               skip_current, overwrite, watch=True)
+
+    def finish(state: _Scene, status: str) -> None:
+        state.record.status = status
+        state.record.seconds = time.time() - state.wall_start
+        state.futures.clear()  # release the scene's results on the cluster
+        if on_done:
+            on_done(state.record)
+
+    def fail(state: _Scene, exc: ScenetagError) -> None:
+        executor.cancel(state.futures)
+        state.futures.clear()
+        if state.attempt <= retries:
+            log.warning("%s failed (attempt %d of %d), trying again: %s", state.record.scene, state.attempt,
+                        retries + 1, exc)
+            start(state)
+            return
+        if raise_scene_errors:
+            raise exc
+        log.error("%s failed: %s", state.record.scene, exc)
+        state.record.error = str(exc) or type(exc).__name__
+        finish(state, "failed")
+
+    def planned(state: _Scene, prep: Prepared) -> None:
+        plan = prep.plan
+        scene_sha = prep.scene_sha256 or submit(state, "hash", hash_scene, prep.scene, side=True)
+        n_cols = max(1, plan.grid.shape[1])
+        strips = [None] if executor.chips_per_task is None else plan.grid.strips(
+            max(1, executor.chips_per_task // n_cols))
+        state.record.strips = len(strips)
+        state.record.chips_total = len(plan.grid) + plan.grid.n_skipped
+        bar = progress(len(plan.grid)) if progress is not None and executor.local else None
+        tables = [submit(state, "classify", classify_strip, plan, cells, model, bar, resources=resources)
+                  for cells in strips]
+        submit(state, "write", write_scene, prep, model, scene_sha, *tables, watch=True)
+
+    for state in states:
+        start(state)
+    try:
+        for fut in executor.completed():
+            state, attempt, stage = owner.pop(fut, (None, 0, ""))
+            if state is None or attempt != state.attempt or fut.cancelled():
+                continue
+            value = fut.result()  # anything but a per-scene failure is raised here, with its traceback
+            if isinstance(value, SceneFailure):
+                fail(state, value.error)
+            elif stage == "prepare" and value.skipped:
+                state.record.reason = "output up to date (same signature)"
+                finish(state, "skipped")
+            elif stage == "prepare":
+                planned(state, value)
+            else:
+                state.result = value
+                state.record.update_from(value)
+                finish(state, value.status)
+    except BaseException:
+        executor.cancel([f for s in states for f in s.futures])
+        raise
+    return [s.result for s in states]
+
+
+def run_scene(
+    scene: str,
+    out: str,
+    predictor: Any,
+    options: RunOptions = RunOptions(),
+    *,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+) -> SceneResult:
+    """Classify one scene in this process and write its outputs (the path of ``scenetag run``).
+
+    The scene job with one scene on an :class:`~jobs.executors.InProcessExecutor`;
+    a per-scene failure is raised.  Existing outputs are refused before any
+    work unless ``overwrite``, and an output that appears meanwhile is not replaced.
+    """
+    from scenetag.jobs.executors import InProcessExecutor
+    from scenetag.jobs.models import LocalModel
+
+    record = SceneRecord(str(scene), str(out))
+    with InProcessExecutor() as executor:
+        [result] = run_scenes(executor, [record], LocalModel(predictor), options, overwrite=overwrite,
+                              progress=progress, raise_scene_errors=True)
+    return result

@@ -1,0 +1,110 @@
+"""Shipping a model to the workers of a Dask cluster, and each worker's predictor cache.
+
+The model's bytes travel once, in a worker plugin (:class:`ModelPlugin`),
+which the scheduler also hands to workers that join (or restart) later; each
+worker process builds one predictor per model sha256 on first use.  Tasks
+carry only a small :class:`~jobs.models.ShippedModel`.  The module-level
+state of that cache is this module's alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from distributed import WorkerPlugin
+
+from scenetag.errors import ModelLoadError
+from scenetag.jobs.models import ShippedModel
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+#: plugin name → (ShippedModel, model bytes), on each worker.
+_shipped: dict[str, tuple[ShippedModel, bytes]] = {}
+#: (sha256, device) → predictor, on each worker process.
+_predictors: dict[tuple[str, str], Any] = {}
+#: Predictors built in this process (what the tests check: one per model per worker).
+_loads: list[str] = []
+
+
+class ModelPlugin(WorkerPlugin):
+    """Carries the model bytes to every worker, once, including workers that start later."""
+
+    def __init__(self, model: ShippedModel, data: bytes) -> None:
+        self.model = model
+        self.data = data
+        self.name = f"scenetag-model-{model.sha256[:12]}-{uuid.uuid4().hex[:8]}"
+
+    def setup(self, worker: Any) -> None:
+        with _lock:
+            _shipped[self.name] = (self.model, self.data)
+
+    def teardown(self, worker: Any) -> None:
+        with _lock:
+            _shipped.pop(self.name, None)
+            if not any(ref.sha256 == self.model.sha256 for ref, _ in _shipped.values()):
+                for key in [k for k in _predictors if k[0] == self.model.sha256]:
+                    del _predictors[key]
+
+
+def worker_predictor(model: ShippedModel) -> Any:
+    """This process's predictor for ``model``, built once from the shipped bytes."""
+    key = (model.sha256, model.device)
+    with _lock:
+        if key in _predictors:
+            return _predictors[key]
+        data = next((d for ref, d in _shipped.values() if ref.sha256 == model.sha256), None)
+        if data is None:
+            # Not shipped to this process (an in-process call): read the file, and check it.
+            log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
+            data = Path(model.path).read_bytes()
+        from scenetag.model.onnx_backend import OnnxPredictor
+
+        # One ONNX Runtime thread per task: tasks run side by side on a worker.
+        predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1,
+                                  model_bytes=data)
+        if predictor.sha256 != model.sha256:
+            raise ModelLoadError(f"model {model.path!r} changed during the batch "
+                                 f"(sha256 {predictor.sha256[:12]}, expected {model.sha256[:12]})")
+        _predictors[key] = predictor
+        _loads.append(model.sha256)
+        return predictor
+
+
+def model_loads() -> list[str]:
+    """sha256 of each predictor this process has built from shipped bytes (for tests and diagnostics)."""
+    return list(_loads)
+
+
+def model_bytes(predictor: Any) -> bytes:
+    """The bytes of an ONNX predictor's model file, checked against its sha256."""
+    path = Path(predictor.path)
+    if path.suffix.lower() != ".onnx":
+        raise ModelLoadError(
+            f"a cluster runs ONNX models, and {str(path)!r} is not one: export it first with `scenetag export`"
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != predictor.sha256:
+        raise ModelLoadError(f"model {str(path)!r} changed since it was loaded: run again")
+    return data
+
+
+@contextlib.contextmanager
+def shipped(client: Any, predictor: Any, device: str) -> Iterator[ShippedModel]:
+    """The model's bytes on every worker of ``client`` (a worker plugin) while the block runs."""
+    model = ShippedModel(str(predictor.path), predictor.sha256, predictor.spec, device)
+    plugin = ModelPlugin(model, model_bytes(predictor))
+    client.register_plugin(plugin, name=plugin.name)
+    try:
+        yield model
+    finally:
+        try:
+            client.unregister_worker_plugin(plugin.name)
+        except Exception as err:  # noqa: BLE001 - cleanup must not hide the real error
+            log.debug("could not unregister %s: %s", plugin.name, err)
