@@ -59,6 +59,32 @@ class RunOptions:
         if self.stride is not None and self.stride < 1:
             raise OptionError(f"stride must be >= 1, got {self.stride}")
 
+    @classmethod
+    def for_model(cls, chip_size: int, *, stride: int | None = None, overlap: float | None = None,
+                  **values: object) -> "RunOptions":
+        """Options for a model of ``chip_size``: ``overlap`` (a fraction) becomes a stride, the CRS is checked.
+
+        Raises :class:`~scenetag.errors.OptionError` for contradicting or unknown values.
+        """
+        from scenetag.tiler.grid import stride_from_overlap
+
+        if stride is not None and overlap is not None:
+            raise OptionError(f"give a stride ({stride}) or an overlap ({overlap}), not both")
+        if overlap is not None:
+            if not 0 <= overlap < 1:
+                raise OptionError(f"overlap must be a fraction in [0, 1), got {overlap}")
+            stride = stride_from_overlap(chip_size, overlap)
+        to_crs = values.get("to_crs")
+        if to_crs:
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                CRS.from_user_input(to_crs)
+            except CRSError:
+                raise OptionError(f"--to-crs {to_crs!r} is not a CRS GDAL knows: use e.g. EPSG:4326") from None
+        return cls(stride=stride, **values)  # type: ignore[arg-type]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["edge"] = self.edge.value

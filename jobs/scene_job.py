@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rasterio.crs import CRS
 
@@ -45,6 +45,9 @@ from scenetag.tiler.grid import Grid, GridCell, chip_grid
 from scenetag.tiler.reader import ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
 from scenetag.tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
+
+if TYPE_CHECKING:
+    import geopandas
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,12 @@ class SceneResult:
     @property
     def chips_per_second(self) -> float:
         return self.n_chips_classified / self.seconds if self.seconds else 0.0
+
+    def chips(self) -> "geopandas.GeoDataFrame":
+        """The ``chips`` layer written for this scene, as a GeoDataFrame."""
+        from scenetag.api import read_chips
+
+        return read_chips(self.output)
 
 
 def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:

@@ -21,3 +21,16 @@ _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "setup.cfg").is_file() and (_checkout / "tiler" / "__init__.py").is_file():
     __path__.append(str(_checkout))  # type: ignore[name-defined]  # noqa: F821
 del _Path, _checkout
+
+#: The library's public functions, imported on first use so ``import scenetag`` (and ``--help``) stays light.
+_API = {"run_scene": "scenetag.api", "run_batch": "scenetag.api", "read_chips": "scenetag.api",
+        "load_model": "scenetag.api", "RunOptions": "scenetag.jobs.options"}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'scenetag' has no attribute {name!r}")

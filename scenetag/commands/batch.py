@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
-from scenetag.commands.options import announce_cluster, handle_errors, load_model, quiet_third_party, scheduler_option
-from scenetag.commands.run import build_options, job_options, tqdm_progress
+from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, progress_option,
+                                       quiet_third_party, scheduler_option, show_progress, tqdm_progress)
 from scenetag.errors import ScenetagError
+from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
 
 
 def cluster_options(func):
@@ -80,12 +79,10 @@ def _progress(enabled: bool):
               help="Write the JSON run report here. Default: OUT_DIR/batch-report.json.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Also write the log here (INFO and up, with times), e.g. for cron.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr. Default: on when stderr is a terminal.")
+@progress_option
 @handle_errors
-def command(inputs, out_dir, model_path, spec_path, backend, device, precision, bands, stride, overlap, edge, min_valid,
-            resample, batch_size, reader, readers, to_crs, raster, scheduler, workers, threads, gpu, chips_per_task,
-            dashboard_address, force, retries, report_path, log_file, progress):
+def command(inputs, out_dir, model_path, spec_path, backend, device, precision, scheduler, workers, threads, gpu,
+            chips_per_task, dashboard_address, force, retries, report_path, log_file, progress, **job):
     """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
 
     INPUTS are scene files, folders (their .tif/.tiff/.vrt/.jp2/.img files),
@@ -98,22 +95,19 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
     scenes done or skipped, 1 some failed (or another error), 3 another
     batch holds OUT_DIR.
     """
-    from scenetag.jobs.batch import REPORT_NAME, run_batch
+    from scenetag.api import run_batch
+    from scenetag.jobs.batch import REPORT_NAME
 
     quiet_third_party()  # again: importing distributed set its own levels
     handler = add_log_file(log_file) if log_file else None
     try:
-        # The workers load the model on --device.
-        predictor = load_model(model_path, spec_path, backend, "cpu", precision)
-        options = build_options(bands, stride, overlap, edge, min_valid, resample, batch_size, readers, to_crs,
-                                raster, predictor.spec.chip_size, reader)
-        show = sys.stderr.isatty() if progress is None else progress
-        on_start, on_done = _progress(show)
-        report = run_batch(inputs, Path(out_dir), predictor, options, device=device, scheduler=scheduler,
-                           workers=workers, threads=threads, gpu=gpu, force=force, retries=retries,
-                           chips_per_task=chips_per_task, report_path=report_path,
-                           dashboard_address=dashboard_address, forward_logs=bool(log_file),
-                           announce=announce_cluster, on_start=on_start, on_done=on_done)
+        on_start, on_done = _progress(show_progress(progress))
+        report = run_batch(inputs, out_dir, model=model_path, spec=spec_path, backend=backend, device=device,
+                           precision=precision, scheduler=scheduler, force=force, retries=retries,
+                           workers=workers, threads=threads, gpu=gpu, chips_per_task=chips_per_task,
+                           report_path=report_path, dashboard_address=dashboard_address,
+                           forward_logs=bool(log_file), announce=announce_cluster, on_start=on_start,
+                           on_done=on_done, **job_values(job))
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)

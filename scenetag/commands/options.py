@@ -69,14 +69,6 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def announce_cluster(info) -> None:
-    """Print the Dask cluster and its dashboard link on stderr (``announce`` of :func:`jobs.cluster.connect`)."""
-    where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
-    click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
-    if info.dashboard:
-        click.echo(f"Dask dashboard: {info.dashboard}", err=True)
-
-
 def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--model PATH``: model file; the shipped default model when omitted."""
     return click.option(
@@ -155,3 +147,103 @@ def batch_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--batch-size", type=click.IntRange(min=1), default=None,
         help="Chips per model call. Default: the backend's choice for the device.",
     )(func)
+
+
+def backend_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--backend NAME``: the inference backend (``auto`` by the model file's suffix)."""
+    return click.option(
+        "--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+        help="Inference backend; auto picks by the model file's suffix.",
+    )(func)
+
+
+# -- the scene job's options (run, batch) -------------------------------------------------------------
+
+
+def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """``"3,2,1"`` → ``(3, 2, 1)``."""
+    if not value:
+        return None
+    try:
+        bands = tuple(int(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers, e.g. 3,2,1") from None
+    if any(b < 1 for b in bands):
+        raise click.BadParameter(f"band numbers are 1-based (as in GDAL), got {value!r}")
+    return bands
+
+
+def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The scene job's options, shared by ``run`` and ``batch``."""
+    opts = [
+        model_option, spec_option,
+        backend_option, device_option,
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                     show_default=True,
+                     help="Inference precision. bf16/fp16 (autocast) need the torch backend; fp16 needs CUDA."),
+        click.option("--bands", callback=parse_bands, metavar="I,J,K",
+                     help="1-based scene bands in the model's band order, e.g. 3,2,1 for a "
+                     "blue,green,red,nir scene and an RGB model. Default: by colour "
+                     "interpretation, else the first bands."),
+        click.option("--stride", type=click.IntRange(min=1), default=None,
+                     help="Chip stride in model pixels. Default: the chip size (no overlap)."),
+        click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Overlap between neighbouring chips as a fraction, instead of --stride."),
+        click.option("--edge", type=click.Choice(["shift", "pad", "skip"]), default="shift",
+                     show_default=True,
+                     help="Partial chips at the right and bottom edges: shift them inside the "
+                     "scene, pad them with invalid pixels, or skip (and count) them."),
+        click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Skip chips with a smaller share of valid pixels (GDAL mask: "
+                     "nodata, alpha or mask band) without running the model."),
+        click.option("--resample", is_flag=True,
+                     help="Read chips at the model's ground resolution instead of the scene's."),
+        batch_size_option,
+        click.option("--reader", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+                     show_default=True,
+                     help="How chips are read: threads (one chip per read; enough for a CPU model), "
+                     "processes (runs of chips per read, into shared memory; what a GPU needs), "
+                     "or auto (processes when the model runs on a GPU)."),
+        click.option("--readers", type=click.IntRange(min=1), default=None,
+                     help="Reader threads or processes. Default: 2 threads, or one process per "
+                     "core less one."),
+        click.option("--to-crs", default=None, metavar="CRS",
+                     help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
+        click.option("--raster", is_flag=True,
+                     help="Also write <output>_prob.tif: a COG heat map with one band per label "
+                     "and one pixel per chip position (NaN where a chip was skipped)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def job_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~scenetag.jobs.options.RunOptions` keywords among a command's parameters."""
+    keys = ("bands", "stride", "overlap", "edge", "min_valid", "resample", "batch_size", "reader", "readers",
+            "to_crs", "raster")
+    return {k: values[k] for k in keys}
+
+
+def tqdm_progress(desc: str, enabled: bool, unit: str = "chip"):
+    """A factory of progress callbacks drawing a tqdm bar on stderr: ``factory(total)`` → ``update(n)``."""
+    def factory(total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+                   dynamic_ncols=True, leave=False)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= bar.total:
+                bar.close()
+        return update
+    return factory
+
+
+def announce_cluster(info: Any) -> None:
+    """Print the Dask cluster and its dashboard link on stderr (``announce`` of :func:`jobs.cluster.connect`)."""
+    where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
+    click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
+    if info.dashboard:
+        click.echo(f"Dask dashboard: {info.dashboard}", err=True)

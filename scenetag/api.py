@@ -1,0 +1,157 @@
+"""scenetag as a Python library: classify one scene or many, and read the chips back.
+
+>>> import scenetag
+>>> result = scenetag.run_scene("scene.tif", "scene.gpkg", bands=(3, 2, 1))
+>>> result.status, result.n_chips_classified
+('ok', 4)
+>>> chips = scenetag.read_chips("scene.gpkg")          # a GeoDataFrame
+>>> report = scenetag.run_batch(["drop/"], "out/")     # on a Dask LocalCluster
+
+These are the functions the command line calls: one scene job whatever the
+executor (this process, or a Dask cluster with ``scheduler``).  Options of
+the job (:class:`~scenetag.jobs.options.RunOptions`) are given as keywords,
+or as ``options=``.  Errors are :class:`~scenetag.errors.ScenetagError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    import geopandas
+
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.report import BatchReport
+    from scenetag.jobs.scene_job import SceneResult
+
+PathLike = str | os.PathLike
+
+
+def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, backend: str = "auto",
+               device: str = "auto", precision: str = "fp32") -> Any:
+    """The predictor for ``model`` (default: the shipped model), with the spec of the ``spec`` JSON if given."""
+    from scenetag.model.default import default_model_path
+    from scenetag.model.predictor import load_predictor
+    from scenetag.model.spec import ModelSpec
+
+    spec_value = ModelSpec.from_json(Path(spec).read_text()) if spec else None
+    return load_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
+                          precision=precision)
+
+
+def _options(predictor: Any, options: "RunOptions | None", values: dict) -> "RunOptions":
+    from scenetag.jobs.options import RunOptions
+
+    if options is not None:
+        if values:
+            raise TypeError(f"give options= or option keywords ({', '.join(sorted(values))}), not both")
+        return options
+    return RunOptions.for_model(predictor.spec.chip_size, **values)
+
+
+def run_scene(
+    scene: PathLike,
+    out: PathLike | None = None,
+    *,
+    model: PathLike | Any | None = None,
+    spec: PathLike | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    options: "RunOptions | None" = None,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    announce: Callable[[Any], None] | None = None,
+    **option_values: Any,
+) -> "SceneResult":
+    """Classify ``scene`` and write its GeoPackage to ``out`` (default: the scene's name, ``.gpkg``, here).
+
+    Args:
+        scene: A GeoTIFF (any raster GDAL reads).
+        out: The GeoPackage to write; an existing one is refused unless ``overwrite``.
+        model: A model file, or a predictor already loaded; default: the shipped model.
+        spec: A spec JSON for a model that carries none.
+        backend, device, precision: How the model runs (see ``scenetag run --help``).
+        options: The job's :class:`~scenetag.jobs.options.RunOptions`; or give them as keywords
+            (``bands=(3, 2, 1)``, ``overlap=0.5``, ``edge="pad"``, ``raster=True``...).
+        scheduler: A Dask scheduler address: run the scene on that cluster instead of here
+            (``$SCENETAG_SCHEDULER`` when None; ``"local"`` for this process).
+        progress: ``factory(total_chips)`` → callback taking chips done (in this process only).
+        announce: Called with the cluster's description once connected (cluster runs only).
+
+    Returns the :class:`~scenetag.jobs.scene_job.SceneResult`; a failure is raised.
+    """
+    from scenetag.jobs.cluster import resolve_scheduler
+
+    out = Path(out) if out is not None else Path.cwd() / (Path(scene).stem + ".gpkg")
+    on_cluster = resolve_scheduler(scheduler) is not None
+    # On a cluster the workers load the model on ``device``; here it is only read.
+    predictor = model if _is_predictor(model) else load_model(
+        model, spec, backend=backend, device="cpu" if on_cluster else device, precision=precision)
+    opts = _options(predictor, options, option_values)
+    if on_cluster:
+        from scenetag.jobs.batch import run_scene_on_cluster
+
+        return run_scene_on_cluster(scene, out, predictor, opts, overwrite=overwrite, device=device,
+                                    scheduler=scheduler, announce=announce)
+    from scenetag.jobs.runner import run_scene as run_here
+
+    return run_here(str(scene), str(out), predictor, opts, overwrite=overwrite, progress=progress)
+
+
+def run_batch(
+    inputs: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    model: PathLike | Any | None = None,
+    spec: PathLike | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    options: "RunOptions | None" = None,
+    scheduler: str | None = None,
+    force: bool = False,
+    retries: int = 1,
+    **kwargs: Any,
+) -> "BatchReport":
+    """Classify every scene of ``inputs`` (files, folders, globs, list files) into ``out_dir`` on Dask.
+
+    Scenes whose outputs are up to date are skipped unless ``force``; a scene
+    that fails is tried ``retries`` more times, then recorded in the report.
+    Keywords of :func:`scenetag.jobs.batch.run_batch` (``workers``, ``threads``,
+    ``gpu``, ``chips_per_task``, ``report_path``, ``dashboard_address``,
+    ``on_done``...) pass through; the rest are job options as in :func:`run_scene`.
+    Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
+    """
+    import inspect
+
+    from scenetag.jobs.batch import run_batch as batch
+
+    batch_keys = set(inspect.signature(batch).parameters)
+    passed = {k: kwargs.pop(k) for k in list(kwargs) if k in batch_keys}
+    # The workers load the model on ``device``; here it is only read.
+    predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
+                                                              precision=precision)
+    opts = _options(predictor, options, kwargs)
+    return batch(inputs, Path(out_dir), predictor, opts, device=device, scheduler=scheduler, force=force,
+                 retries=retries, **passed)
+
+
+def read_chips(gpkg: PathLike) -> "geopandas.GeoDataFrame":
+    """The ``chips`` layer of a scenetag GeoPackage: footprints, probabilities and tags."""
+    import pyogrio
+
+    from scenetag.errors import OutputError
+    from scenetag.outputs_schema.schema import CHIPS_LAYER
+
+    try:
+        return pyogrio.read_dataframe(gpkg, layer=CHIPS_LAYER)
+    except Exception as exc:  # pyogrio raises its own DataSourceError/DataLayerError
+        raise OutputError(f"{str(gpkg)!r} has no scenetag chips layer ({exc}): is it a scenetag GeoPackage?") from exc
+
+
+def _is_predictor(model: Any) -> bool:
+    return model is not None and not isinstance(model, (str, os.PathLike)) and hasattr(model, "predict")
