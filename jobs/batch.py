@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from scenetag.errors import OutputError
-from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterError, ClusterInfo, connect, local_gpu_count
+from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterInfo, connect, gpu_resources,
+                                   local_gpu_count)
 from scenetag.jobs.executors import DaskExecutor
 from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.jobs.lock import OutputLock
@@ -35,20 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Report file written into the output folder unless another is named.
 REPORT_NAME = "batch-report.json"
-
-
-def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:
-    """``{"GPU": 1}`` when inference tasks should ask for a GPU: ``gpu`` True, or None and workers have one."""
-    if gpu is False:
-        return None
-    if info.gpu_workers:
-        return {"GPU": 1}
-    if gpu:
-        raise ClusterError(
-            f"--gpu asks for GPU workers, but none of the {info.n_workers} workers at {info.scheduler} "
-            "declares a GPU: start them with `dask worker SCHEDULER --resources GPU=1`"
-        )
-    return None
 
 
 def _use_local_gpu(gpu: bool | None, device: str) -> bool:

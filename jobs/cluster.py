@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from scenetag.errors import ScenetagError
 
@@ -107,7 +107,7 @@ def connect(
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     timeout: float = 30.0,
     announce: Callable[[ClusterInfo], None] | None = None,
-) -> Iterator[tuple]:
+) -> Iterator[tuple[Any, ClusterInfo]]:
     """``(client, info)``: a :class:`distributed.Client` on the chosen cluster and its
     :class:`ClusterInfo`; the client (and a LocalCluster) is closed on exit.
 
@@ -165,3 +165,17 @@ def connect(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:
+    """``{"GPU": 1}`` when inference tasks should ask for a GPU: ``gpu`` True, or None and workers have one."""
+    if gpu is False:
+        return None
+    if info.gpu_workers:
+        return {"GPU": 1}
+    if gpu:
+        raise ClusterError(
+            f"--gpu asks for GPU workers, but none of the {info.n_workers} workers at {info.scheduler} "
+            "declares a GPU: start them with `dask worker SCHEDULER --resources GPU=1`"
+        )
+    return None

@@ -8,6 +8,7 @@ what).  Only ``failed`` makes the batch fail.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,23 @@ from scenetag.atomic import atomic_path
 
 #: Version of the report's JSON layout.
 REPORT_VERSION = 1
-STATUSES = ("ok", "empty", "skipped", "failed")
+
+
+class Status(str, enum.Enum):
+    """What became of a scene; its value is what the report and the ``runs`` table say."""
+
+    PENDING = "pending"
+    OK = "ok"
+    EMPTY = "empty"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The statuses a finished scene can have, in the summary's order.
+STATUSES = (Status.OK, Status.EMPTY, Status.SKIPPED, Status.FAILED)
 
 
 @dataclass
@@ -26,7 +43,7 @@ class SceneRecord:
 
     scene: str
     output: str
-    status: str = "pending"
+    status: Status = Status.PENDING
     chips: int = 0
     chips_total: int = 0
     chips_skipped_nodata: int = 0
@@ -61,14 +78,14 @@ class BatchReport:
 
     def counts(self) -> dict[str, int]:
         """Scenes per status (every status present, zeros included)."""
-        out = dict.fromkeys(STATUSES, 0)
+        out = dict.fromkeys((str(st) for st in STATUSES), 0)
         for s in self.scenes:
-            out[s.status] = out.get(s.status, 0) + 1
+            out[str(s.status)] = out.get(str(s.status), 0) + 1
         return out
 
     @property
     def failed(self) -> list[SceneRecord]:
-        return [s for s in self.scenes if s.status == "failed"]
+        return [s for s in self.scenes if s.status == Status.FAILED]
 
     @property
     def succeeded(self) -> bool:
@@ -101,6 +118,6 @@ class BatchReport:
             name = Path(s.scene).name
             name = name if len(name) <= width else name[: width - 1] + "…"
             note = s.error or s.reason
-            lines.append(f"  {s.status:<7} {name:<{width}} {s.chips:>7} chips {s.seconds:>7.1f} s"
+            lines.append(f"  {str(s.status):<7} {name:<{width}} {s.chips:>7} chips {s.seconds:>7.1f} s"
                          + (f"  {note}" if note else ""))
         return "\n".join(lines)

@@ -28,7 +28,7 @@ from scenetag.jobs.executors import Executor
 from scenetag.jobs.failures import SceneFailure, run_task
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
-from scenetag.jobs.report import SceneRecord
+from scenetag.jobs.report import SceneRecord, Status
 from scenetag.jobs.scene_job import Prepared, SceneResult, classify_strip, hash_scene, prepare_scene, write_scene
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run_scenes(
         submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
                skip_current, overwrite, watch=True)
 
-    def finish(state: _Scene, status: str) -> None:
+    def finish(state: _Scene, status: Status) -> None:
         state.record.status = status
         state.record.seconds = time.time() - state.wall_start
         state.futures.clear()  # release the scene's results on the cluster
@@ -117,7 +117,7 @@ def run_scenes(
             raise exc
         log.error("%s failed: %s", state.record.scene, exc)
         state.record.error = str(exc) or type(exc).__name__
-        finish(state, "failed")
+        finish(state, Status.FAILED)
 
     def planned(state: _Scene, prep: Prepared) -> None:
         plan = prep.plan
@@ -144,7 +144,7 @@ def run_scenes(
                 fail(state, value.error)
             elif stage == "prepare" and value.skipped:
                 state.record.reason = "output up to date (same signature)"
-                finish(state, "skipped")
+                finish(state, Status.SKIPPED)
             elif stage == "prepare":
                 planned(state, value)
             else:

@@ -38,6 +38,7 @@ from scenetag.hashing import file_sha256
 from scenetag.jobs.classify import Progress, classify_cells
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
+from scenetag.jobs.report import Status
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import RUNS_LAYER, SCHEMA_VERSION
@@ -76,7 +77,7 @@ class SceneResult:
 
     scene: str
     output: str | None
-    status: str
+    status: Status
     n_chips_total: int = 0
     n_chips_classified: int = 0
     n_chips_skipped_nodata: int = 0
@@ -127,14 +128,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
+def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[Status, str]:
     """The scene's status (``ok`` or ``empty``) and, when empty, why."""
     if len(table):
-        return "ok", ""
+        return Status.OK, ""
     if len(plan.grid) == 0:
-        return "empty", (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
+        return Status.EMPTY, (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
                          f"smaller than one chip, and the edge policy is skip")
-    return "empty", (f"no chip had at least {plan.options.min_valid:.0%} valid pixels "
+    return Status.EMPTY, (f"no chip had at least {plan.options.min_valid:.0%} valid pixels "
                      f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
 
 
@@ -245,7 +246,7 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         "software": f"scenetag {scenetag.__version__}",
         "started_at": prep.started_at,
         "finished_at": _now(),
-        "status": status,
+        "status": status.value,
         "reason": reason,
         "scene_path": info.path,
         "scene_sha256": scene_sha256,

@@ -2,7 +2,7 @@
 
 >>> import scenetag
 >>> result = scenetag.run_scene("scene.tif", "scene.gpkg", bands=(3, 2, 1))
->>> result.status, result.n_chips_classified
+>>> str(result.status), result.n_chips_classified
 ('ok', 4)
 >>> chips = scenetag.read_chips("scene.gpkg")          # a GeoDataFrame
 >>> report = scenetag.run_batch(["drop/"], "out/")     # on a Dask LocalCluster
