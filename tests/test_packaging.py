@@ -1,0 +1,49 @@
+"""What an install puts into site-packages: scenetag alone, with its data files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(ROOT)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"could not build a wheel here (pip wheel: {proc.stderr.strip().splitlines()[-1:]})")
+    [path] = out.glob("scenetag-*.whl")
+    with zipfile.ZipFile(path) as z:
+        return z.namelist()
+
+
+def test_only_scenetag_lands_at_the_top_of_site_packages(wheel):
+    top = {name.split("/")[0] for name in wheel}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"scenetag"}
+
+
+def test_the_project_folders_install_under_scenetag(wheel):
+    for module in ("scenetag/tiler/grid.py", "scenetag/model/spec.py", "scenetag/jobs/runner.py",
+                   "scenetag/outputs_schema/schema.py", "scenetag/cli.py", "scenetag/commands/run.py",
+                   "scenetag/model/default/scenetag-default.onnx", "scenetag/model/default/MODEL_CARD.md"):
+        assert module in wheel, module
+
+
+def test_every_subpackage_of_the_checkout_is_installed(wheel):
+    """A new folder with an __init__.py that setup.cfg's package list forgot would be missing from installs."""
+    for folder in ("scenetag", "tiler", "model", "jobs", "outputs_schema"):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.relative_to(ROOT).as_posix()
+            installed = rel if folder == "scenetag" else f"scenetag/{rel}"
+            assert installed in wheel, f"{rel} is not installed: add its package to setup.cfg"
+
+
+def test_the_console_script_points_into_scenetag(tmp_path):
+    text = (ROOT / "setup.cfg").read_text()
+    assert "scenetag = scenetag.cli:main" in text and "py_modules" not in text
