@@ -129,7 +129,7 @@ def get_predictor(model: ModelRef):
             # Not shipped to this process (an in-process call): read the file, and check it.
             log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
             data = Path(model.path).read_bytes()
-        from scenetag.model.onnx_backend import OnnxPredictor
+        from scenetag.model.backends.onnx_backend import OnnxPredictor
 
         predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec,
                                   intra_op_threads=model.intra_op_threads, model_bytes=data)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import fbeta_score
 
-from scenetag.model.calibrate import calibrate, crossfit, grid_within
-from scenetag.model.metrics import fbeta
+from scenetag.model.training.calibrate import calibrate, crossfit, grid_within
+from scenetag.model.training.metrics import fbeta
 
 
 def separable(thresholds, n=400, seed=0):
@@ -116,8 +116,8 @@ def test_bad_metric():
 # -- evaluate and calibrate commands on real chips ------------------------------
 def _small_run(tmp_path, n=40):
     """A small checkpoint trained on nothing, with the split of a 40-chip label set beside it."""
-    from scenetag.model.checkpoint import save_checkpoint
-    from scenetag.model.data import make_split, read_labels, write_split
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from scenetag.model.training.data import make_split, read_labels, write_split
     from tests.model_fixtures import SMALL_LABELS, planet_subset, small_model, small_spec
 
     images, csv = planet_subset(tmp_path, n, labels=SMALL_LABELS)
@@ -189,7 +189,7 @@ def test_calibrate_command_writes_model_with_thresholds(tmp_path):
 
     from click.testing import CliRunner
 
-    from scenetag.model.checkpoint import load_checkpoint
+    from scenetag.model.training.checkpoint import load_checkpoint
     from scenetag.commands.calibrate import command
 
     images, csv, ckpt, split = _small_run(tmp_path)

@@ -12,7 +12,7 @@ from rasterio.windows import Window, bounds as window_bounds
 
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.scene_job import classify_cells, plan_scene, run_scene
-from scenetag.model.predictor import load_predictor
+from scenetag.model.backends import create_predictor
 from scenetag.model.preprocess import normalize
 from scenetag.outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
 from tests.conftest import SCENES, real_scene, real_scenes
@@ -26,7 +26,7 @@ BANDS = {"planetscope_borneo_3m_analytic.tif": (3, 2, 1), "planetscope_3m_epsg43
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return load_predictor(tiny_model)
+    return create_predictor(tiny_model)
 
 
 def read_layers(path):
