@@ -76,13 +76,13 @@ def main() -> None:
     from scenetag.jobs.cluster import connect
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.runner import run_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # importing it set its own level
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
         model_path, model_desc = choose_model(args.model, args.tiny_chip)
-        predictor = load_predictor(model_path)
+        predictor = create_predictor(model_path)
         options = RunOptions()
         scenes_dir = tmp / "scenes"
         scenes_dir.mkdir()

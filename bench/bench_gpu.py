@@ -208,7 +208,7 @@ def main() -> None:
 
     import torch
 
-    from scenetag.model.torch_backend import TorchPredictor
+    from scenetag.model.backends.torch_backend import TorchPredictor
     from scenetag.tiler.feed import default_workers
 
     res: dict = {"device": args.device, "torch": torch.__version__,

@@ -47,7 +47,7 @@ def main() -> None:
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.scene_job import plan_scene
     from scenetag.model.default import default_model_path
-    from scenetag.model.onnx_backend import read_spec
+    from scenetag.model.backends.onnx_backend import read_onnx_spec
     from scenetag.config import gdal_cachemax_mb
     from scenetag.tiler.feed import runs_of
 
@@ -61,7 +61,7 @@ def main() -> None:
         raise SystemExit(f"no chips at {args.chips}: the Planet chips live in ../shared/data (see its README)")
 
     scene = build_scene(load_chips(args.chips, 600), args.work, args.repeat)
-    spec = read_spec(default_model_path())
+    spec = read_onnx_spec(default_model_path())
     print(f"{'scene':<22} {'method':<24} ms/chip")
     for path in (scene, without_nodata(scene)):
         plan = plan_scene(path, spec, RunOptions())

@@ -56,9 +56,9 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
 
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.scene_job import plan_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
-    pred = load_predictor(model)
+    pred = create_predictor(model)
     batch_size = batch_size or pred.batch_size
     plan = plan_scene(scene, pred.spec, RunOptions(bands=BANDS))
     chips = []
@@ -81,9 +81,9 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
 def measure_run(scene: str, model: str, batch_size: int, out: str) -> dict:
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.runner import run_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
-    pred = load_predictor(model)
+    pred = create_predictor(model)
     t0 = time.perf_counter()
     res = run_scene(scene, out, pred, RunOptions(bands=BANDS, batch_size=batch_size or None), overwrite=True)
     dt = time.perf_counter() - t0
@@ -100,9 +100,9 @@ def measure_naive(scene: str, model: str, batch_size: int, out: str) -> dict:
     from rasterio.windows import Window, bounds
     from shapely.geometry import box
 
-    from scenetag.model.onnx_backend import read_spec
+    from scenetag.model.backends.onnx_backend import read_onnx_spec
 
-    spec = read_spec(model)
+    spec = read_onnx_spec(model)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)

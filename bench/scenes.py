@@ -57,7 +57,7 @@ def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Pat
 
     if DEFAULT_MODEL.exists() and not tiny:
         return DEFAULT_MODEL, f"{DEFAULT_MODEL} (the shipped default model)"
-    from tests.model_factory import export_tiny_model, tiny_spec
+    from tests.model_fixtures import export_tiny_model, tiny_spec
 
     path = CACHE / f"tiny{chip}_{resolution_m:g}m.onnx"
     if not path.exists():
@@ -68,7 +68,7 @@ def bench_model(chip: int, resolution_m: float, tiny: bool = False) -> tuple[Pat
 
 def load_chips(folder: Path, limit: int) -> np.ndarray:
     """uint8 ``(N, 3, 256, 256)`` RGB from the first ``limit`` JPEG chips in ``folder``."""
-    from scenetag.model.data import load_images
+    from scenetag.model.training.data import load_images
 
     names = sorted(p.name for p in folder.glob("*.jpg"))[:limit]
     if not names:

@@ -21,7 +21,7 @@ import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
-from scenetag.model.predictor import Predictor, on_gpu
+from scenetag.model.backends import Predictor
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipRead, ChipReader
@@ -65,7 +65,7 @@ def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
         return "threads"
     if options.reader != "auto":
         return options.reader
-    return "processes" if on_gpu(predictor) and n_cells >= PROCESS_MIN_CELLS else "threads"
+    return "processes" if predictor.on_gpu and n_cells >= PROCESS_MIN_CELLS else "threads"
 
 
 def classify_cells(
@@ -82,7 +82,7 @@ def classify_cells(
     """
     cells = list(plan.grid) if cells is None else list(cells)
     opts = plan.options
-    bs = opts.batch_size or getattr(predictor, "batch_size", 8)
+    bs = opts.batch_size or predictor.batch_size
     if reader_mode(opts, predictor, len(cells)) == "processes":
         from scenetag.jobs.pipeline import classify_with_feed
 

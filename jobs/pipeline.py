@@ -5,7 +5,7 @@ Reading, upload, compute and result collection overlap:
 * reader processes (:class:`tiler.feed.ProcessFeed`) read runs of neighbouring
   chips into shared memory, many runs ahead;
 * this thread gathers kept chips (views into those slots) into a batch and
-  hands it to a :class:`model.predictor.Submitter`, which returns at once (on
+  hands it to a :class:`scenetag.model.backends.Submitter`, which returns at once (on
   CUDA the upload and compute are queued behind each other on the GPU);
 * on CUDA the slots are page-locked for the scene, so a batch is uploaded
   straight from where the readers wrote it, with no copy on the host; a run's
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scenetag.model.predictor import Pending, Predictor, Submitter
+from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.feed import ProcessFeed, Run
 from scenetag.tiler.grid import GridCell
@@ -61,7 +61,7 @@ def classify_with_feed(
         progress: Called with the number of cells done, as they are done.
     """
     t_start = time.perf_counter()
-    gpu_before = getattr(predictor, "gpu_seconds", None)  # the predictor's running total
+    gpu_before = predictor.gpu_seconds if isinstance(predictor, AsyncPredictor) else None  # a running total
     batches: list[ChipTable] = []
     grid = np.array([(c.row, c.col, c.col_off, c.row_off, c.width, c.height) for c in cells], np.int32)
     grid = grid.reshape(-1, 6)

@@ -64,7 +64,7 @@ def worker_predictor(model: ShippedModel) -> Any:
             # Not shipped to this process (an in-process call): read the file, and check it.
             log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
             data = Path(model.path).read_bytes()
-        from scenetag.model.onnx_backend import OnnxPredictor
+        from scenetag.model.backends.onnx_backend import OnnxPredictor
 
         # One ONNX Runtime thread per task: tasks run side by side on a worker.
         predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1,

@@ -1,4 +1,6 @@
-"""Models: the frozen spec that travels with every model, and predictor backends."""
+"""Models in three layers: the frozen spec and preprocessing (here), the runtime backends
+(:mod:`scenetag.model.backends`: protocols, the name → backend registry, ONNX Runtime, torch), and the
+training stack (:mod:`scenetag.model.training`)."""
 
 from scenetag.model.spec import ModelSpec, PLANET_LABELS
 

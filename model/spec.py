@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from scenetag.errors import ModelSpecError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Key of the spec in the ONNX ``metadata_props``.
 METADATA_KEY = "scenetag.spec"
@@ -172,6 +176,16 @@ class ModelSpec:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelSpecError(f"model spec is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelSpec":
+        """Read a spec from a JSON file (the ``--spec`` file)."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ModelSpecError(f"spec file {str(path)!r} could not be read ({exc.strerror or exc}): "
+                                 "pass --spec PATH to a JSON spec") from exc
+        return cls.from_json(text)
 
     # -- serialisation ----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

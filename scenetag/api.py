@@ -32,12 +32,12 @@ PathLike = str | os.PathLike
 def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, backend: str = "auto",
                device: str = "auto", precision: str = "fp32") -> Any:
     """The predictor for ``model`` (default: the shipped model), with the spec of the ``spec`` JSON if given."""
+    from scenetag.model.backends import create_predictor
     from scenetag.model.default import default_model_path
-    from scenetag.model.predictor import load_predictor
     from scenetag.model.spec import ModelSpec
 
-    spec_value = ModelSpec.from_json(Path(spec).read_text()) if spec else None
-    return load_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
+    spec_value = ModelSpec.from_file(spec) if spec else None
+    return create_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
                           precision=precision)
 
 
@@ -154,4 +154,6 @@ def read_chips(gpkg: PathLike) -> "geopandas.GeoDataFrame":
 
 
 def _is_predictor(model: Any) -> bool:
-    return model is not None and not isinstance(model, (str, os.PathLike)) and hasattr(model, "predict")
+    from scenetag.model.backends import Predictor
+
+    return isinstance(model, Predictor)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(work: Path) -> None:
-    from scenetag.model.metrics import evaluate
+    from scenetag.model.training.metrics import evaluate
 
     metrics = json.loads((work / "metrics.json").read_text())
     cal = json.loads((work / "calibration.json").read_text())

@@ -39,7 +39,7 @@ RUNS = {
 
 def run(args) -> None:
     from scenetag.model.spec import PLANET_LABELS
-    from scenetag.model.train import TrainConfig, train
+    from scenetag.model.training.train import TrainConfig, train
 
     out = Path(args.out)
     for name in args.runs:
@@ -57,9 +57,9 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    from scenetag.model.calibrate import calibrate, crossfit
-    from scenetag.model.metrics import evaluate
-    from scenetag.model.train import macro_ap
+    from scenetag.model.training.calibrate import calibrate, crossfit
+    from scenetag.model.training.metrics import evaluate
+    from scenetag.model.training.train import macro_ap
 
     out = Path(args.out)
     rows = []

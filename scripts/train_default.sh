@@ -13,20 +13,21 @@ PY=${PYTHON:-python}
 DATA=${SCENETAG_CHIPS:-../shared/data/chips/planet_amazon}
 WORK=${1:-out/default}
 OUT=model/default/scenetag-default.onnx
+# --device cpu: the default model is made on the CPU (the commands default to a GPU when present).
 # glibc: keep freed blocks instead of returning them to the OS; doubles eager torch throughput here.
 export MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184
 
-"$PY" cli.py -v train "$DATA/images" --labels "$DATA/labels.csv" --out "$WORK" --resume \
+"$PY" cli.py -v train "$DATA/images" --labels "$DATA/labels.csv" -d "$WORK" --resume \
     --name scenetag-planet-lite0 --arch tf_efficientnet_lite0 --loss bce \
     --epochs 10 --patience 3 --lr 1e-3 --batch-size 32 --seed 0 --val-fraction 0.2 \
-    --chip-size 256 --resolution-m 3.0 --threads 2 --no-progress
+    --chip-size 256 --resolution-m 3.0 --threads 2 --no-progress --device cpu
 
 "$PY" cli.py -v calibrate "$WORK/best.pt" "$DATA/images" --labels "$DATA/labels.csv" --split val \
-    --metric f2 --min-support 5 --global-threshold 0.2 --out "$WORK/calibrated.pt" --overwrite \
+    --metric f2 --min-support 5 --global-threshold 0.2 -o "$WORK/calibrated.pt" --overwrite --device cpu \
     > "$WORK/calibration.json"
 
-"$PY" cli.py -v export "$WORK/calibrated.pt" --out "$OUT" --overwrite \
+"$PY" cli.py -v export "$WORK/calibrated.pt" -o "$OUT" --overwrite \
     --check-chips "$DATA/images" --n-check 32 > "$WORK/export.json"
 
 "$PY" cli.py evaluate "$OUT" "$DATA/images" --labels "$DATA/labels.csv" --split val \
-    --json-out "$WORK/eval_val.json"
+    -o "$WORK/eval_val.json" --overwrite --device cpu

@@ -97,6 +97,6 @@ def tiny_model(tmp_path_factory) -> Path:
 
     Chip size 64, 3 bands, 5 labels (one hostile name), resolution 10 m.
     """
-    from tests.model_factory import export_tiny_model
+    from tests.model_fixtures import export_tiny_model
 
     return export_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")

@@ -1,4 +1,9 @@
-"""Helpers for the model-path tests: real Planet chips, small label sets and small networks."""
+"""The test models, in one place: small timm networks, their specs, the exported ONNX test model, real Planet chips.
+
+``small_spec``/``small_model`` are the network and spec the model tests train
+and export; ``tiny_spec``/``export_tiny_model`` are the ONNX model the job tests
+run (the same small network, with five labels of which one is hostile).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scenetag.model.spec import ModelSpec
 from tests.conftest import CHIPS as PLANET
 
 PLANET_IMAGES = PLANET / "images"
@@ -24,17 +30,36 @@ def planet_or_skip() -> Path:
     return PLANET
 
 
-def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH, thresholds=0.2,
-               name: str = "small-test", **kw):
-    from scenetag.model.spec import ModelSpec
+#: Labels of the job tests' ONNX model: one is hostile to SQL, file and column names.
+TINY_LABELS = ("clear", "cloudy", "primary", "water", "it's; DROP TABLE chips--")
 
+
+def small_spec(labels=SMALL_LABELS, chip_size: int = 64, arch: str = SMALL_ARCH, thresholds=0.2,
+               name: str = "small-test", **kw) -> ModelSpec:
+    """A spec for :data:`SMALL_ARCH` at 64 px."""
     return ModelSpec.create(name, arch, labels, thresholds, chip_size=chip_size, **kw)
 
 
+def tiny_spec(chip_size: int = 64, resolution_m: float = 10.0, labels=TINY_LABELS) -> ModelSpec:
+    """The job tests' model spec: five labels (one hostile), thresholds that differ per label."""
+    thresholds = [0.45, 0.5, 0.5, 0.55, 0.5][: len(labels)] + [0.5] * max(0, len(labels) - 5)
+    return small_spec(labels, chip_size, SMALL_ARCH, thresholds, name="tiny-test", resolution_m=resolution_m)
+
+
+def export_tiny_model(path: Path, spec: ModelSpec | None = None, seed: int = 0) -> Path:
+    """Export a random-weight :func:`small_model` with ``spec`` (default :func:`tiny_spec`) in the ONNX metadata."""
+    from scenetag.model.training.export import export_onnx
+
+    spec = spec or tiny_spec()
+    export_onnx(small_model(spec, seed), spec, path, overwrite=True, n_random=1)
+    return Path(path)
+
+
 def small_model(spec=None, seed: int = 0):
+    """A random-weight :data:`SMALL_ARCH` network for ``spec`` (logits, eval mode)."""
     import torch
 
-    from scenetag.model.nets import build_model
+    from scenetag.model.training.nets import build_model
 
     torch.manual_seed(seed)
     return build_model(spec or small_spec(), pretrained=False).eval()
@@ -57,7 +82,7 @@ def planet_subset(tmp_path: Path, n: int = 48, labels: tuple[str, ...] | None = 
 
 def real_chips(n: int = 8, size: int = 256) -> np.ndarray:
     """The first ``n`` real chips as uint8 NCHW RGB (resampled to ``size``)."""
-    from scenetag.model.data import load_images, read_labels
+    from scenetag.model.training.data import load_images, read_labels
 
     planet_or_skip()
     names = read_labels(PLANET_CSV).names[:n]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import fbeta_score
 
-from scenetag.model.calibrate import calibrate, crossfit, grid_within
-from scenetag.model.metrics import fbeta
+from scenetag.model.training.calibrate import calibrate, crossfit, grid_within
+from scenetag.model.training.metrics import fbeta
 
 
 def separable(thresholds, n=400, seed=0):
@@ -116,8 +116,8 @@ def test_bad_metric():
 # -- evaluate and calibrate commands on real chips ------------------------------
 def _small_run(tmp_path, n=40):
     """A small checkpoint trained on nothing, with the split of a 40-chip label set beside it."""
-    from scenetag.model.checkpoint import save_checkpoint
-    from scenetag.model.data import make_split, read_labels, write_split
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from scenetag.model.training.data import make_split, read_labels, write_split
     from tests.model_fixtures import SMALL_LABELS, planet_subset, small_model, small_spec
 
     images, csv = planet_subset(tmp_path, n, labels=SMALL_LABELS)
@@ -189,7 +189,7 @@ def test_calibrate_command_writes_model_with_thresholds(tmp_path):
 
     from click.testing import CliRunner
 
-    from scenetag.model.checkpoint import load_checkpoint
+    from scenetag.model.training.checkpoint import load_checkpoint
     from scenetag.commands.calibrate import command
 
     images, csv, ckpt, split = _small_run(tmp_path)
@@ -205,3 +205,36 @@ def test_calibrate_command_writes_model_with_thresholds(tmp_path):
     assert spec.extra["calibration"]["metric"] == "f1"
     again = CliRunner().invoke(command, [str(ckpt), str(images), "--labels", str(csv), "--resize", "--out", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_a_calibrated_copy_is_refused_where_it_exists_or_has_the_wrong_format(tmp_path):
+    from scenetag.errors import OptionError, OutputExistsError
+    from scenetag.model.training.calibrate import check_output
+
+    taken = tmp_path / "taken.onnx"
+    taken.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        check_output(tmp_path / "m.onnx", taken)
+    check_output(tmp_path / "m.onnx", taken, overwrite=True)
+    with pytest.raises(OptionError, match=r"needs one of \.pt, \.pth, \.ckpt, got m2\.onnx"):
+        check_output(tmp_path / "m.pt", tmp_path / "m2.onnx")
+    check_output(tmp_path / "m.pt", tmp_path / "m2.ckpt")
+
+
+def test_calibrate_model_records_the_calibration_in_the_new_spec(tiny_model):
+    from scenetag.model.backends import create_predictor
+    from scenetag.model.training.calibrate import calibrate_model
+    from scenetag.model.training.data import LabelTable
+
+    pred = create_predictor(tiny_model)
+    rng = np.random.default_rng(3)
+    n, labels = 40, pred.spec.labels
+    targets = rng.random((n, len(labels))) < 0.5
+    probs = np.clip(targets * 0.6 + rng.random(targets.shape) * 0.4, 0, 1).astype(np.float32)
+    table = LabelTable(tuple(f"c{i}" for i in range(n)), labels, targets.astype(np.uint8))
+    result = calibrate_model(pred, table, probs, "val", "test", min_support=3)
+    assert result.network is None and result.source == tiny_model
+    assert result.spec.thresholds == tuple(result.calibration.thresholds)
+    stored = result.spec.extra["calibration"]
+    assert stored["split"] == "val" and stored["n_images"] == n and set(stored) >= {"before", "after", "reasons"}
+    assert result.record["split_source"] == "test" and "crossfit" in result.record

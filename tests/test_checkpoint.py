@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from scenetag.model.checkpoint import load_checkpoint, save_checkpoint, spec_path_for, strip_prefixes
+from scenetag.model.training.checkpoint import load_checkpoint, save_checkpoint, spec_path_for, strip_prefixes
 from scenetag.hashing import file_sha256
-from scenetag.model.predictor import Predictor, load_predictor
+from scenetag.model.backends import Predictor, create_predictor
 from scenetag.model.spec import ModelSpec
-from scenetag.model.torch_backend import TorchPredictor
+from scenetag.model.backends.torch_backend import TorchPredictor
 from scenetag.errors import ModelLoadError, ModelSpecError
 from tests.model_fixtures import SMALL_ARCH, SMALL_LABELS, small_model, small_spec
 
@@ -120,7 +120,7 @@ def test_torch_predictor_implements_protocol(tmp_path):
     spec = small_spec()
     model = small_model(spec)
     path = save_checkpoint(tmp_path / "m.pt", model, spec)
-    pred = load_predictor(path)
+    pred = create_predictor(path)
     assert isinstance(pred, TorchPredictor) and isinstance(pred, Predictor)
     assert pred.sha256 == file_sha256(path) and pred.path == str(path) and pred.spec == spec
     x = chips()
@@ -144,5 +144,5 @@ def test_torch_predictor_refuses_wrong_band_count(tmp_path):
 def test_torch_predictor_loads_lightning_with_spec(tmp_path):
     model = small_model()
     path = lightning_checkpoint(model, tmp_path / "l.ckpt")
-    pred = load_predictor(path, spec=small_spec())
+    pred = create_predictor(path, spec=small_spec())
     assert pred.predict(chips(2)).shape == (2, 5)

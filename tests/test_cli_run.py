@@ -116,7 +116,7 @@ def test_bad_models(tmp_path, tiny_model):
     res = invoke("run", scene, "-o", out, "--model", plain)
     assert res.exit_code == 1 and "--spec spec.json" in res.output
     # ...and --spec supplies them.
-    from tests.model_factory import tiny_spec
+    from tests.model_fixtures import tiny_spec
 
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(tiny_spec().to_json())
@@ -151,7 +151,7 @@ def test_all_nodata_scene_gives_valid_empty_geopackage(tiny_model, tmp_path):
 
 def test_scene_smaller_than_a_chip(tmp_path):
     """266x227 px scene with 256 px chips: shifted across, padded down, both classified."""
-    from tests.model_factory import export_tiny_model, tiny_spec
+    from tests.model_fixtures import export_tiny_model, tiny_spec
 
     model = export_tiny_model(tmp_path / "m256.onnx", tiny_spec(chip_size=256, resolution_m=3.0))
     out = tmp_path / "small.gpkg"
@@ -216,7 +216,7 @@ def test_run_on_an_existing_cluster_matches_run_in_process(tiny_model, tmp_path)
 def test_raster_and_to_crs(tiny_model, tmp_path):
     import rasterio
 
-    from tests.model_factory import TINY_LABELS
+    from tests.model_fixtures import TINY_LABELS
 
     out = tmp_path / "l7.gpkg"
     res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model,
@@ -240,12 +240,12 @@ def test_raster_and_to_crs(tiny_model, tmp_path):
 
 def test_torch_backend_matches_onnx_end_to_end(tmp_path):
     """The same weights as a checkpoint (torch backend) and as ONNX give the same GeoPackage."""
-    from scenetag.model.checkpoint import save_checkpoint
-    from scenetag.model.export import export_onnx
-    from tests.model_factory import tiny_network, tiny_spec
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from scenetag.model.training.export import export_onnx
+    from tests.model_fixtures import small_model, tiny_spec
 
     spec = tiny_spec()
-    net = tiny_network(spec, seed=3)
+    net = small_model(spec, seed=3)
     ckpt = save_checkpoint(tmp_path / "m.pt", net, spec)
     onnx_path = tmp_path / "m.onnx"
     export_onnx(net, spec, onnx_path, n_random=1)
@@ -265,14 +265,14 @@ def test_torch_backend_matches_onnx_end_to_end(tmp_path):
 
 
 def test_precision_option(tiny_model, tmp_path):
-    from scenetag.model.checkpoint import save_checkpoint
-    from tests.model_factory import tiny_network, tiny_spec
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from tests.model_fixtures import small_model, tiny_spec
 
     scene = real_scene("landsat7_rgb_byte.tif")
     res = invoke("run", scene, "-o", tmp_path / "a.gpkg", "--model", tiny_model, "--precision", "bf16")
     assert res.exit_code == 1 and "needs the torch backend" in res.output
     assert not (tmp_path / "a.gpkg").exists()
-    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_network(tiny_spec()), tiny_spec())
+    ckpt = save_checkpoint(tmp_path / "m.pt", small_model(tiny_spec()), tiny_spec())
     chips = {}
     for precision in ("bf16", "fp32"):
         out = tmp_path / f"{precision}.gpkg"

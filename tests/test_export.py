@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scenetag.model.checkpoint import save_checkpoint
+from scenetag.model.training.checkpoint import save_checkpoint
 from scenetag.model.default import DEFAULT_MODEL
-from scenetag.model.export import TOLERANCE, export_onnx, rewrite_onnx_spec
-from scenetag.model.onnx_backend import OnnxPredictor
-from scenetag.model.onnx_backend import read_spec as read_onnx_spec
+from scenetag.model.training.export import TOLERANCE, export_onnx, rewrite_onnx_spec
+from scenetag.model.backends.onnx_backend import OnnxPredictor
+from scenetag.model.backends.onnx_backend import read_onnx_spec
 from scenetag.model.preprocess import normalize
 from scenetag.model.spec import METADATA_KEY, PLANET_LABELS, ModelSpec
 from scenetag.errors import OutputExistsError
@@ -170,7 +170,7 @@ def test_default_model_is_shipped_and_runs():
 @pytest.mark.slow
 def test_lite0_export_round_trip_at_256(tmp_path):
     """The default architecture (TF 'same' padding) exports within tolerance at full size."""
-    from scenetag.model.nets import build_model
+    from scenetag.model.training.nets import build_model
 
     spec = ModelSpec.create("lite0", "tf_efficientnet_lite0", PLANET_LABELS, 0.2)
     model = build_model(spec, pretrained=True)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells, reader_mode
 from scenetag.jobs.scene_job import plan_scene
-from scenetag.model.predictor import Submitter, load_predictor
+from scenetag.model.backends import Submitter, create_predictor
 from scenetag.tiler.feed import ProcessFeed, runs_of
 from scenetag.tiler.grid import GridCell
 
@@ -36,7 +36,7 @@ def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270, 
 ])
 def test_read_run_gives_the_chips_of_read(make_raster, tiny_model, edge, stride, min_valid, dtype):
     path = _scene(make_raster, dtype=dtype)
-    predictor = load_predictor(tiny_model)
+    predictor = create_predictor(tiny_model)
     plan = plan_scene(path, predictor.spec, RunOptions(edge=edge, stride=stride, min_valid=min_valid))
     with plan.reader() as reader:
         n_kept = 0
@@ -74,7 +74,7 @@ def _masked_scenes(make_raster):
 @pytest.mark.parametrize("kind", ["all_valid", "nodata", "gdal"])
 def test_read_run_matches_read_for_each_kind_of_mask(make_raster, tiny_model, kind):
     path = _masked_scenes(make_raster)[kind]
-    spec = load_predictor(tiny_model).spec
+    spec = create_predictor(tiny_model).spec
     plan = plan_scene(path, spec, RunOptions(bands=(3, 2, 1), stride=40, min_valid=0.3))
     with plan.reader() as reader:
         assert reader._mask_mode(reader._dataset()) == kind
@@ -89,7 +89,7 @@ def test_read_run_matches_read_for_each_kind_of_mask(make_raster, tiny_model, ki
 
 def test_read_run_refuses_cells_of_two_rows(make_raster, tiny_model):
     path = _scene(make_raster)
-    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions())
+    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions())
     cells = list(plan.grid)
     two_rows = [cells[0], next(c for c in cells if c.row == 1)]
     with plan.reader() as reader, pytest.raises(ValueError, match="one grid row"):
@@ -111,7 +111,7 @@ def test_process_feed_reads_every_cell_once(make_raster, tiny_model, resample):
 
     five_metres = Affine(5.0, 0, 500000.0, 0, -5.0, 4000000.0)  # the model's resolution is 10 m
     path = _scene(make_raster, transform=five_metres if resample else None)
-    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions(stride=48, resample=resample))
+    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions(stride=48, resample=resample))
     assert (plan.reader().factor != 1.0) is resample
     cells = list(plan.grid)
     seen, kept = [], 0
@@ -129,7 +129,7 @@ def test_process_feed_reads_every_cell_once(make_raster, tiny_model, resample):
 
 def test_process_feed_says_when_the_consumer_keeps_every_slot(make_raster, tiny_model):
     path = _scene(make_raster, nodata=None)
-    plan = plan_scene(path, load_predictor(tiny_model).spec, RunOptions())
+    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions())
     with ProcessFeed(plan.reader(), list(plan.grid), workers=1, per_run=1, slots=2) as feed:
         with pytest.raises(RuntimeError, match="release runs"):
             for _ in feed:
@@ -148,7 +148,7 @@ def _same_tables(a, b) -> None:
 @pytest.mark.parametrize("batch_size", [None, 5])
 def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batch_size):
     path = _scene(make_raster, width=420, height=390)
-    predictor = load_predictor(tiny_model)
+    predictor = create_predictor(tiny_model)
     tables = {}
     for mode in ("threads", "processes"):
         opts = RunOptions(reader=mode, readers=2, batch_size=batch_size, stride=48)
@@ -181,6 +181,8 @@ class _LazyDirect:
     """A backend that uploads straight from registered memory, late (as a copy engine may)."""
 
     device = "cuda:0"  # what it stands for: a backend on a GPU, with its own submit
+    on_gpu = True
+    gpu_seconds = 0.0
 
     def __init__(self, inner, batch_size: int) -> None:
         self.inner, self.batch_size = inner, batch_size
@@ -225,7 +227,7 @@ def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_mode
 
     monkeypatch.setattr(scenetag.jobs.pipeline, "ProcessFeed", _PoisonedFeed)
     path = _scene(make_raster, width=700, height=390)
-    inner = load_predictor(tiny_model)
+    inner = create_predictor(tiny_model)
     predictor = _LazyDirect(inner, batch_size) if direct else inner
     opts = RunOptions(readers=2, batch_size=batch_size, stride=32)
     a = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="threads")), inner)
@@ -246,7 +248,7 @@ def test_a_sparse_scene_does_not_starve_the_readers_of_slots(make_raster, tiny_m
     for c in range(0, 64, 16):  # one valid chip column in 16
         data[:, :, c * 64:(c + 1) * 64] = rng.integers(1, 255, size=(3, 64 * 12, 64))
     path = make_raster("sparse.tif", data, nodata=0, tiled=True)
-    inner = load_predictor(tiny_model)
+    inner = create_predictor(tiny_model)
     batch = 64  # more runs than the feed's slots to fill one batch
     a = classify_cells(plan_scene(path, inner.spec, RunOptions(reader="threads")), inner)
     b = classify_cells(plan_scene(path, inner.spec, RunOptions(reader="processes", readers=1, batch_size=batch)),
@@ -257,17 +259,18 @@ def test_a_sparse_scene_does_not_starve_the_readers_of_slots(make_raster, tiny_m
 
 
 def test_reader_mode_picks_processes_only_for_a_gpu_model(tiny_model):
-    cpu = load_predictor(tiny_model)
+    cpu = create_predictor(tiny_model)
     assert reader_mode(RunOptions(), cpu, 10_000) == "threads"
     assert reader_mode(RunOptions(reader="processes"), cpu, 10) == "processes"
 
     class FakeGpu:
-        device = "cuda:0"
+        device, on_gpu = "cuda:0", True
     assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "processes"
     assert reader_mode(RunOptions(), FakeGpu(), 10) == "threads"  # too small to pay for processes
 
     class FakeOrtGpu:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        device, on_gpu = "cuda:0", True
     assert reader_mode(RunOptions(), FakeOrtGpu(), 10_000) == "processes"
     assert reader_mode(RunOptions(reader="threads"), FakeOrtGpu(), 10_000) == "threads"
 
@@ -291,15 +294,25 @@ def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tin
 def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_raster, tiny_model):
     """A predictor's ``gpu_seconds`` is a running total: each table gets only its own share."""
     path = _scene(make_raster, width=300, height=300)
-    inner = load_predictor(tiny_model)
+    inner = create_predictor(tiny_model)
 
-    class Timed:
+    class Timed:  # an AsyncPredictor off the GPU: the Submitter runs its predict on a thread
         spec, sha256, path, batch_size = inner.spec, inner.sha256, inner.path, 4
+        device, on_gpu = "cpu", False
         gpu_seconds = 0.0
 
         def predict(self, chips):
             self.gpu_seconds += 1.0  # one "second" per batch
             return inner.predict(chips)
+
+        def submit(self, parts, direct=False):
+            raise AssertionError("off the GPU the Submitter calls predict")
+
+        def register_host(self, array):
+            return False
+
+        def unregister_host(self, array):
+            pass
 
     predictor = Timed()
     plan = plan_scene(path, predictor.spec, RunOptions(reader="processes", readers=1))
@@ -311,7 +324,7 @@ def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_
 
 
 def test_submitter_runs_a_plain_backend_on_a_thread_and_copies_the_parts(tiny_model):
-    predictor = load_predictor(tiny_model)
+    predictor = create_predictor(tiny_model)
     rng = np.random.default_rng(0)
     chips = rng.integers(0, 255, size=(6, 3, 64, 64)).astype(np.uint8)
     expected = predictor.predict(chips)
@@ -341,7 +354,7 @@ def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
     a, b = chips["processes"], chips["threads"]
     assert len(a) == len(b) > 0
     assert list(a.columns) == list(b.columns)
-    probs = [*OutputSchema(load_predictor(tiny_model).spec.labels).prob_columns, "top_prob"]
+    probs = [*OutputSchema(create_predictor(tiny_model).spec.labels).prob_columns, "top_prob"]
     np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-6)
     rest = [c for c in a.columns if c not in probs and c != "geometry"]
     assert a[rest].equals(b[rest])
@@ -352,14 +365,14 @@ def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
 def test_cuda_pipeline_gives_the_cpu_tags(make_raster, tmp_path):
     """Reader processes + double-buffered CUDA inference against threads + the CPU, same checkpoint."""
     pytest.importorskip("torch")
-    from scenetag.model.checkpoint import save_checkpoint
-    from tests.model_factory import tiny_network, tiny_spec
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from tests.model_fixtures import small_model, tiny_spec
 
     spec = tiny_spec()
-    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_network(spec, seed=1), spec)
+    ckpt = save_checkpoint(tmp_path / "m.pt", small_model(spec, seed=1), spec)
     path = _scene(make_raster, width=900, height=700)
-    cpu = load_predictor(ckpt, backend="torch", device="cpu")
-    gpu = load_predictor(ckpt, backend="torch", device="cuda")
+    cpu = create_predictor(ckpt, backend="torch", device="cpu")
+    gpu = create_predictor(ckpt, backend="torch", device="cuda")
     a = classify_cells(plan_scene(path, spec, RunOptions(reader="threads")), cpu)
     b = classify_cells(plan_scene(path, spec, RunOptions(reader="processes", batch_size=7)), gpu)
     np.testing.assert_array_equal(a.row, b.row)

@@ -29,7 +29,7 @@ from scenetag.jobs.cluster import ClusterError
 from scenetag.jobs.lock import LOCK_NAME
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
-from scenetag.model.predictor import load_predictor
+from scenetag.model.backends import create_predictor
 from tests.conftest import ROOT, real_scene
 
 SCENES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif", "landsat8_rgb16.tif")
@@ -45,7 +45,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return load_predictor(tiny_model)
+    return create_predictor(tiny_model)
 
 
 @pytest.fixture(scope="module")

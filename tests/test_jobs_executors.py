@@ -11,7 +11,7 @@ import scenetag.jobs.runner as runner
 from scenetag.errors import OutputExistsError, SceneReadError
 from scenetag.jobs.executors import InProcessExecutor
 from scenetag.jobs.options import RunOptions
-from scenetag.model.predictor import load_predictor
+from scenetag.model.backends import create_predictor
 from tests.conftest import real_scene
 
 
@@ -48,7 +48,7 @@ def test_in_process_task_whose_input_failed_fails_with_it():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return load_predictor(tiny_model)
+    return create_predictor(tiny_model)
 
 
 @pytest.fixture(scope="module")

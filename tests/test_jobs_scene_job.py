@@ -14,7 +14,7 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells
 from scenetag.jobs.runner import run_scene
 from scenetag.jobs.scene_job import plan_scene
-from scenetag.model.predictor import load_predictor
+from scenetag.model.backends import create_predictor
 from scenetag.model.preprocess import normalize
 from scenetag.outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
 from tests.conftest import SCENES, real_scene, real_scenes
@@ -28,7 +28,7 @@ BANDS = {"planetscope_borneo_3m_analytic.tif": (3, 2, 1), "planetscope_3m_epsg43
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return load_predictor(tiny_model)
+    return create_predictor(tiny_model)
 
 
 def read_layers(path):

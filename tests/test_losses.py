@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scenetag.model.losses import AsymmetricLoss, FocalLoss, WeightedBCE, class_weights, make_loss
+from scenetag.model.training.losses import AsymmetricLoss, FocalLoss, WeightedBCE, class_weights, make_loss
 from scenetag.errors import ModelSpecError
 
 LOGITS = torch.tensor([[0.0, 2.0]])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import fbeta_score, precision_recall_fscore_support
 
-from scenetag.model.metrics import evaluate, fbeta, format_table, per_class
+from scenetag.model.training.metrics import evaluate, fbeta, format_table, per_class
 
 
 def random_problem(seed: int, n: int = 60, labels: int = 7):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scenetag.model.nets import (
+from scenetag.model.training.nets import (
     DEFAULT_ARCH,
     PretrainedWeightsWarning,
     build_model,

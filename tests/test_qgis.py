@@ -45,11 +45,11 @@ def borneo(tmp_path_factory, tiny_model):
     """Borneo through the scene job, its probability raster, and QGIS's report on both."""
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.scene_job import classify_cells, plan_scene, write_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
     scene = real_scene(BORNEO)
     folder = tmp_path_factory.mktemp("qgis")
-    predictor = load_predictor(tiny_model)
+    predictor = create_predictor(tiny_model)
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
     gpkg = folder / "borneo.gpkg"
@@ -197,10 +197,10 @@ def test_rendering_over_the_scene_is_not_blank(borneo):
 def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.runner import run_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
     out = tmp_path / "borneo_4326.gpkg"
-    run_scene(borneo["scene"], out, load_predictor(tiny_model), RunOptions(bands=(3, 2, 1), to_crs="EPSG:4326"))
+    run_scene(borneo["scene"], out, create_predictor(tiny_model), RunOptions(bands=(3, 2, 1), to_crs="EPSG:4326"))
     report = run_qgis_check(out, "--scene", str(borneo["scene"]), "--bands", "3,2,1",
                             "--png", str(tmp_path / "4326.png"), "--width", "300")
     schema = OutputSchema(borneo["spec"].labels)

@@ -163,10 +163,10 @@ def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.classify import classify_cells
     from scenetag.jobs.scene_job import plan_scene
-    from scenetag.model.predictor import load_predictor
+    from scenetag.model.backends import create_predictor
 
     scene = real_scene("planetscope_borneo_3m_analytic.tif")
-    predictor = load_predictor(tiny_model)
+    predictor = create_predictor(tiny_model)
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
     n_rows, n_cols = plan.grid.shape

@@ -58,7 +58,7 @@ def test_threshold_map_with_unknown_label():
 
 
 def test_spec_travels_in_onnx_metadata(tiny_model):
-    from scenetag.model.onnx_backend import read_spec
-    from tests.model_factory import tiny_spec
+    from scenetag.model.backends.onnx_backend import read_onnx_spec
+    from tests.model_fixtures import tiny_spec
 
-    assert read_spec(tiny_model) == tiny_spec()
+    assert read_onnx_spec(tiny_model) == tiny_spec()

@@ -16,7 +16,7 @@ from scenetag.model.spec import PLANET_LABELS, ModelSpec
 from scenetag.outputs_schema import metadata, styles
 from scenetag.outputs_schema.colors import PLANET_PALETTE, Color, hashed_color, label_color, label_key
 from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
-from tests.model_factory import TINY_LABELS, tiny_spec
+from tests.model_fixtures import TINY_LABELS, tiny_spec
 from tests.qgis_fixtures import fake_run, write_synthetic_gpkg
 
 

@@ -7,17 +7,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from scenetag.model.checkpoint import save_checkpoint  # noqa: E402
-from scenetag.model.predictor import Done, load_predictor  # noqa: E402
-from scenetag.model.torch_backend import TorchPredictor, resolve_device  # noqa: E402
+from scenetag.model.training.checkpoint import save_checkpoint  # noqa: E402
+from scenetag.model.backends import Done, create_predictor  # noqa: E402
+from scenetag.model.backends.torch_backend import TorchPredictor, resolve_device  # noqa: E402
 from scenetag.errors import ModelError, OptionError  # noqa: E402
-from tests.model_factory import tiny_network, tiny_spec  # noqa: E402
+from tests.model_fixtures import small_model, tiny_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     spec = tiny_spec()
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", tiny_network(spec, seed=1), spec)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", small_model(spec, seed=1), spec)
 
 
 def chips(n=8, seed=0):
@@ -79,7 +79,7 @@ def test_precision_choices_are_checked(checkpoint, tiny_model):
     with pytest.raises(OptionError, match="unknown"):
         TorchPredictor(checkpoint, precision="int3")
     with pytest.raises(OptionError, match="needs the torch backend"):
-        load_predictor(tiny_model, precision="bf16")
+        create_predictor(tiny_model, precision="bf16")
 
 
 @pytest.mark.gpu
@@ -138,7 +138,7 @@ def test_submit_on_the_cpu_is_done_at_once(checkpoint):
 
 
 def test_cpu_memory_is_not_page_locked_and_parts_are_copied(checkpoint):
-    from scenetag.model.predictor import Submitter
+    from scenetag.model.backends import Submitter
 
     predictor = TorchPredictor(checkpoint)
     x = chips(3, seed=6)
@@ -184,7 +184,7 @@ def test_cuda_graphs_are_ignored_off_cuda(checkpoint):
 
 def test_graphs_are_captured_for_the_first_two_shapes_that_repeat(checkpoint, monkeypatch):
     """The graph cache's bookkeeping, with a stand-in for CUDA capture (a graph that re-runs the forward)."""
-    from scenetag.model import torch_backend
+    from scenetag.model.backends import torch_backend
 
     pred = TorchPredictor(checkpoint)
     captured = []

@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scenetag.model.checkpoint import load_checkpoint, read_checkpoint
-from scenetag.model.data import augment_batch, load_images, make_split, read_labels, split_indices
+from scenetag.model.training.checkpoint import load_checkpoint, read_checkpoint
+from scenetag.model.training.data import augment_batch, load_images, make_split, read_labels, split_indices
 from scenetag.model.spec import PLANET_LABELS
 from scenetag.errors import DataError
 from tests.model_fixtures import PLANET_CSV, SMALL_ARCH, planet_or_skip, planet_subset, real_chips
@@ -107,8 +107,8 @@ def test_augmentation_is_dihedral():
 # -- training -----------------------------------------------------------------
 def test_few_steps_on_real_chips_lower_the_loss():
     """lite0 from the ImageNet weights, BCE, 8 AdamW steps on 16 real chips (64 px): the loss goes down."""
-    from scenetag.model.losses import make_loss
-    from scenetag.model.nets import build_model
+    from scenetag.model.training.losses import make_loss
+    from scenetag.model.training.nets import build_model
     from scenetag.model.preprocess import normalize
     from scenetag.model.spec import ModelSpec
 
@@ -187,7 +187,7 @@ def test_train_refuses_unknown_tags_by_default(tmp_path):
 @pytest.mark.slow
 def test_two_epochs_full_resolution_default_arch(tmp_path):
     """The default configuration (lite0, 256 px, ImageNet weights) for two short epochs: the loss goes down."""
-    from scenetag.model.train import TrainConfig, train
+    from scenetag.model.training.train import TrainConfig, train
 
     images, csv = planet_subset(tmp_path, 96)
     cfg = TrainConfig(epochs=2, batch_size=16, labels=PLANET_LABELS, threads=2)

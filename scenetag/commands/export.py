@@ -1,4 +1,4 @@
-"""``scenetag export CHECKPOINT --out model.onnx``: a checkpoint to a verified ONNX file with its spec."""
+"""``scenetag export CHECKPOINT -o model.onnx``: a checkpoint to a verified ONNX file with its spec."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import handle_errors, read_spec, spec_option
+from scenetag.commands.options import (handle_errors, output_file_option, overwrite_option, parse_thresholds,
+                                       spec_option)
 
 
 def parse_label_names(value: str | None) -> tuple[str, ...] | None:
@@ -22,7 +23,7 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
     path = Path(value)
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            from scenetag.model.data import read_labels
+            from scenetag.model.training.data import read_labels
 
             return read_labels(path).labels
         return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
@@ -31,8 +32,7 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="ONNX file to write.")
+@output_file_option("ONNX file to write.", required=True)
 @spec_option
 @click.option("--arch", default=None, help="timm architecture, for checkpoints without a spec (Lightning, plain).")
 @click.option("--labels", "label_names", default=None, metavar="planet|CSV|FILE|a,b,c",
@@ -41,16 +41,17 @@ def parse_label_names(value: str | None) -> tuple[str, ...] | None:
 @click.option("--name", default=None, help="Model name to store in the spec.")
 @click.option("--chip-size", type=click.IntRange(min=8), default=None,
               help="Chip size to store in the spec and export at (for checkpoints without a spec; default 256).")
-@click.option("--opset", type=click.IntRange(min=11), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(min=11), default=17, show_default=True,
+              help="ONNX opset to export with.")
 @click.option("--check-chips", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of real chips (jpg/png) to compare torch and ONNX Runtime on, besides random chips.")
 @click.option("--n-check", type=click.IntRange(min=1), default=16, show_default=True,
               help="How many real chips to compare on.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Largest allowed probability difference between torch and ONNX Runtime.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@overwrite_option
 @handle_errors
-def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name, chip_size, opset, check_chips, n_check,
+def command(checkpoint, output, spec_path, arch, label_names, thresholds, name, chip_size, opset, check_chips, n_check,
             tolerance, overwrite):
     """Export CHECKPOINT (ours, a plain state dict, or Lightning's) to ONNX.
 
@@ -58,14 +59,14 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
     returns sigmoid probabilities; the spec goes into its metadata.  The export
     is checked with onnx.checker and compared with torch; prints the report as JSON.
     """
-    from scenetag.model.checkpoint import load_checkpoint
-    from scenetag.model.evaluation import parse_thresholds
-    from scenetag.model.export import export_onnx
     from scenetag.errors import OutputExistsError
+    from scenetag.model.spec import ModelSpec
+    from scenetag.model.training.checkpoint import load_checkpoint
+    from scenetag.model.training.export import export_onnx
 
-    if out_path.exists() and not overwrite:
-        raise OutputExistsError(f"{out_path} exists: pass --overwrite to replace it")
-    spec = read_spec(spec_path)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
+    spec = ModelSpec.from_file(spec_path) if spec_path else None
     labels = parse_label_names(label_names)
     thr = parse_thresholds(thresholds)
     model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr)
@@ -75,11 +76,11 @@ def command(checkpoint, out_path, spec_path, arch, label_names, thresholds, name
         spec = replace(spec, chip_size=chip_size)
     real = None
     if check_chips is not None:
-        from scenetag.model.data import IMAGE_SUFFIXES, load_images
+        from scenetag.model.training.data import IMAGE_SUFFIXES, load_images
 
         names = sorted(p.name for p in check_chips.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n_check]
         real = load_images(check_chips, names, spec.chip_size, on_wrong_size="resize")
-    report = export_onnx(model, spec, out_path, real_chips=real, opset=opset, tolerance=tolerance,
+    report = export_onnx(model, spec, output, real_chips=real, opset=opset, tolerance=tolerance,
                          overwrite=overwrite)
     report["spec"] = {"name": spec.name, "arch": spec.arch, "labels": list(spec.labels),
                       "thresholds": list(spec.thresholds)}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from scenetag.errors import ScenetagError
+from scenetag.errors import DataError, ScenetagError
 
 
 class ScenetagClickError(click.ClickException):
@@ -87,24 +87,6 @@ def spec_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def read_spec(spec_path: str | Path | None):
-    """The :class:`~model.spec.ModelSpec` in the ``--spec`` file, or None without one."""
-    if not spec_path:
-        return None
-    from scenetag.model.spec import ModelSpec
-
-    return ModelSpec.from_json(Path(spec_path).read_text())
-
-
-def load_model(model_path, spec_path, backend, device, precision="fp32"):
-    """Load the predictor for CLI commands (the shipped default when no path is given)."""
-    from scenetag.model.default import default_model_path
-    from scenetag.model.predictor import load_predictor
-
-    path = model_path or default_model_path()
-    return load_predictor(path, backend=backend, device=device, spec=read_spec(spec_path), precision=precision)
-
-
 def scheduler_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--scheduler ADDRESS``: an existing Dask cluster (shared by ``run`` and ``batch``)."""
     return click.option(
@@ -149,10 +131,15 @@ def batch_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+# -- the model commands (train, evaluate, calibrate, export) ---------------------------------------------
+
+
 def backend_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--backend NAME``: the inference backend (``auto`` by the model file's suffix)."""
+    """``--backend NAME``: the inference backend, one of the registry's names (``auto`` by suffix)."""
+    from scenetag.model.backends.registry import backend_names  # imports no backend: --help stays instant
+
     return click.option(
-        "--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+        "--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
         help="Inference backend; auto picks by the model file's suffix.",
     )(func)
 
@@ -212,6 +199,67 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--raster", is_flag=True,
                      help="Also write <output>_prob.tif: a COG heat map with one band per label "
                      "and one pixel per chip position (NaN where a chip was skipped)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def output_file_option(help: str, required: bool = False,
+                       also: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output FILE`` (also ``--out`` and the names in ``also``): the file a command writes."""
+    return click.option(
+        "-o", "--output", "--out", *also, "output", type=click.Path(dir_okay=False, path_type=Path),
+        default=None, required=required, help=help,
+    )
+
+
+def out_dir_option(help: str, required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-d/--out-dir DIR`` (also ``--out``): the folder a command writes into."""
+    return click.option(
+        "-d", "--out-dir", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+        default=None, required=required, help=help,
+    )
+
+
+def parse_thresholds(text: str | None) -> float | dict[str, float] | None:
+    """``"0.3"`` or ``"clear=0.4,haze=0.1"`` → a value or a label→value map (validated by the spec)."""
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return float(text)
+        out = {}
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            out[key.strip()] = float(value)
+        return out
+    except ValueError as exc:
+        raise DataError(
+            f"thresholds {text!r} are not a number or label=value pairs, e.g. 0.3 or clear=0.4,haze=0.1"
+        ) from exc
+
+
+def labelled_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of ``evaluate`` and ``calibrate`` that say which labelled chips to score, and how."""
+    opts = [
+        spec_option,
+        click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Kaggle/Planet CSV (image_name,tags). Default: DATA/../labels.csv."),
+        click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
+                     help="Which images: the validation split of the training run that made the model, "
+                     "its training split, or every image in the CSV."),
+        click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="split.json written by train. Default: stored in or beside the model, "
+                     "else rebuilt from the seed recorded in its spec."),
+        backend_option,
+        device_option,
+        batch_size_option,
+        click.option("--resize", is_flag=True, help="Resample images that are not the model's chip size."),
+        click.option("--min-support", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Labels with fewer positives are left out of macro-F1 (supported), "
+                     "and keep the global threshold when calibrating."),
     ]
     for opt in reversed(opts):
         func = opt(func)

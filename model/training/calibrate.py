@@ -19,12 +19,17 @@ Rules:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-from scenetag.model.metrics import fbeta, fbeta_from_counts
+from scenetag.errors import OptionError, OutputExistsError
+from scenetag.model.backends.registry import backend_for, suffixes_of
+from scenetag.model.spec import ModelSpec
+from scenetag.model.training.data import LabelTable
+from scenetag.model.training.metrics import fbeta, fbeta_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +184,73 @@ def crossfit(
     return {
         name: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for name, rs in rows.items()
     } | {"folds": folds, "repeats": repeats, "metric": metric, "samples_diff_sd": float(np.std(diffs))}
+
+
+#: What of the calibration record is stored in the new spec's ``extra["calibration"]``.
+SPEC_RECORD_KEYS = ("metric", "global_threshold", "min_support", "bounds", "split", "n_images", "before", "after",
+                    "reasons")
+
+
+@dataclass
+class CalibratedModel:
+    """A model's calibration: the new spec, the report, and how to write the calibrated model."""
+
+    #: The model file that was calibrated.
+    source: Path
+    calibration: Calibration
+    #: The model's spec with the calibrated thresholds and ``extra["calibration"]``.
+    spec: ModelSpec
+    #: The report (thresholds, reasons, before/after, cross-fitted estimate, split...), JSON-ready.
+    record: dict
+    #: The torch network, where the source is a checkpoint (it is saved with the new spec).
+    network: Any = None
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the model with the calibrated spec to ``path``, in the source's format, atomically."""
+        path = Path(path)
+        check_output(self.source, path, overwrite)
+        if backend_for(self.source) == "torch":
+            from scenetag.model.training.checkpoint import save_checkpoint
+
+            save_checkpoint(path, self.network, self.spec)
+        else:
+            from scenetag.model.training.export import rewrite_onnx_spec
+
+            rewrite_onnx_spec(self.source, path, self.spec)
+        self.record["out"] = str(path)
+        return path
+
+
+def check_output(source: str | Path, path: str | Path, overwrite: bool = False) -> None:
+    """Refuse ``path`` for the calibrated copy of ``source``: an existing file without ``overwrite``, or a wrong suffix."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+    if backend_for(source) == "torch" and backend_for(path) != "torch":
+        suffixes = ", ".join(suffixes_of("torch"))
+        raise OptionError(f"MODEL is a checkpoint: --output needs one of {suffixes}, got {path.name}")
+
+
+def calibrate_model(
+    predictor: Any,
+    table: LabelTable,
+    probs: np.ndarray,
+    split: str,
+    split_source: str,
+    metric: str = "f2",
+    global_threshold: float = DEFAULT_GLOBAL,
+    min_support: int = DEFAULT_MIN_SUPPORT,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+) -> CalibratedModel:
+    """Calibrate ``predictor``'s thresholds on ``probs`` of the labelled ``table`` (its ``split``)."""
+    cal = calibrate(table.targets, probs, metric, global_threshold, min_support, bounds)
+    record = cal.to_dict(predictor.spec.labels) | {
+        "split": split, "split_source": split_source, "n_images": len(table),
+        "support": table.counts(),
+        "crossfit": crossfit(table.targets, probs, metric, global_threshold, min_support, bounds=bounds),
+    }
+    spec = predictor.spec.with_thresholds(list(cal.thresholds))
+    spec = replace(spec, extra={**spec.extra, "calibration": {k: record[k] for k in SPEC_RECORD_KEYS}})
+    source = Path(predictor.path)
+    network = predictor.model if backend_for(source) == "torch" else None  # a TorchPredictor's network
+    return CalibratedModel(source, cal, spec, record, network)

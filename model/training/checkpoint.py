@@ -225,7 +225,7 @@ def load_checkpoint(
     Returns ``(model, spec, raw)``: the model in eval mode on the CPU, its
     spec, and the raw checkpoint dict (epoch, optimizer state for resuming).
     """
-    from scenetag.model.nets import build_model
+    from scenetag.model.training.nets import build_model
 
     raw = read_checkpoint(path)
     if spec is None and "spec" not in raw:

@@ -1,18 +1,12 @@
-"""ONNX Runtime backend.
+"""ONNX Runtime backend: an ONNX file whose metadata carries the spec, as a :class:`~scenetag.model.backends.base.Predictor`.
 
-Reads the :class:`~model.spec.ModelSpec` from the file's metadata, normalises
-each batch once (vectorised) and runs it.  The CPU execution provider is used
-here; CUDA and TensorRT providers are taken when the installed ONNX Runtime
-has them and ``device`` allows it (``"cuda:N"`` picks GPU ``N``).
-
-On CUDA and TensorRT the batch goes through IO binding: one persistent input
-buffer on the GPU, re-made only when the batch shape changes, and the output
-left on the GPU until it is copied back once.  That path was written against
-ONNX Runtime's documented Python API (``OrtValue.ortvalue_from_shape_and_type``,
-``OrtValue.update_inplace``, ``IOBinding.bind_output``,
-``InferenceSession.run_with_iobinding``) and is tested here only through the
-same code bound to ``"cpu"`` (``io_binding=True`` on the CPU provider): this
-environment has no onnxruntime-gpu, so the CUDA binding itself is unexercised.
+Each batch is normalised once (vectorised) and run.  CUDA and TensorRT
+providers are taken when the installed ONNX Runtime has them and ``device``
+allows it (``"cuda:N"`` picks GPU ``N``); there the batch goes through IO
+binding: one persistent input buffer on the GPU, re-made only when the batch
+shape changes, and the output left on the GPU until it is copied back once,
+so a batch crosses the bus once each way.  What was measured and tested of
+that path is in docs/performance.md ("Backends").
 """
 
 from __future__ import annotations
@@ -24,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from scenetag.model.preprocess import normalize
+from scenetag.errors import ModelLoadError, ModelSpecError, OptionError, require
 from scenetag.hashing import file_sha256
-from scenetag.model.predictor import GPU_PROVIDERS, device_id
+from scenetag.model.backends.base import device_id
+from scenetag.model.preprocess import normalize
 from scenetag.model.spec import METADATA_KEY, ModelSpec
-from scenetag.errors import ModelLoadError, ModelSpecError, require
 
 log = logging.getLogger(__name__)
 
 
-CPU_BATCH = 8
-GPU_BATCH = 64
-
-
+#: Chips per call by where the session runs: on the CPU, batch 8 runs as fast as 32
+#: with a third of the memory (docs/performance.md, "Backends"); GPUs want more.
+BATCH_SIZE = {"cpu": 8, "gpu": 64}
 #: Execution providers that run on a CUDA GPU, best first.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict]]:
@@ -58,7 +52,7 @@ def providers_for(device: str, available: list[str]) -> list[str | tuple[str, di
     return [(p, {"device_id": gpu}) for p in chosen] + ["CPUExecutionProvider"]
 
 
-def read_spec(path: str | Path) -> ModelSpec:
+def read_onnx_spec(path: str | Path) -> ModelSpec:
     """The spec stored in an ONNX file's metadata."""
     ort = require("onnxruntime", "cpu", "gpu")
     try:
@@ -80,7 +74,7 @@ def _spec_from_session(sess, path) -> ModelSpec:
 
 
 class OnnxPredictor:
-    """:class:`~model.predictor.Predictor` on ONNX Runtime.
+    """:class:`~scenetag.model.backends.base.Predictor` on ONNX Runtime.
 
     ``io_binding`` (``None``: on for CUDA/TensorRT, off on the CPU) runs each batch
     through a persistent bound input and a device-bound output instead of
@@ -88,10 +82,15 @@ class OnnxPredictor:
     binds to ``"cpu"``.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
-                 intra_op_threads: int = 0, model_bytes: bytes | None = None,
+    def __init__(self, path: str | Path, device: str = "auto", spec: ModelSpec | None = None,
+                 precision: str = "fp32", intra_op_threads: int = 0, model_bytes: bytes | None = None,
                  io_binding: bool | None = None) -> None:
         """Load ``path``; with ``model_bytes`` the model comes from memory and ``path`` only names it."""
+        if precision != "fp32":
+            raise OptionError(
+                f"--precision {precision} needs the torch backend: ONNX Runtime runs a model in the "
+                "precision it was exported in (pass a checkpoint with --backend torch)"
+            )
         ort = require("onnxruntime", "cpu", "gpu")
         self._ort = ort
         self.path = str(path)
@@ -131,9 +130,9 @@ class OnnxPredictor:
                        else file_sha256(self.path))
         self.providers = self.session.get_providers()
         on_gpu = self.providers[0] in GPU_PROVIDERS
-        # Chips per call this backend prefers: on the CPU, batch 8 runs as fast as 32
-        # (lite0, 256 px: 68.5 vs 66 chips/s) with a third of the memory; GPUs want more.
-        self.batch_size = GPU_BATCH if on_gpu else CPU_BATCH
+        #: "cuda:N" where the session runs on a GPU provider, else "cpu".
+        self.device = f"cuda:{device_id(device)}" if on_gpu else "cpu"
+        self.batch_size = BATCH_SIZE["gpu" if on_gpu else "cpu"]
         self.io_binding = on_gpu if io_binding is None else bool(io_binding)
         # Where the bound input and output live: the GPU the session runs on, else host memory.
         self._bind_device = ("cuda", device_id(device)) if on_gpu else ("cpu", 0)
@@ -144,6 +143,11 @@ class OnnxPredictor:
         self._lock = threading.Lock()
         log.info("loaded %s (%s) on %s%s", self.spec.name, self.path, self.providers[0],
                  f", IO binding to {self._bind_device[0]}:{self._bind_device[1]}" if self.io_binding else "")
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the session runs on a CUDA or TensorRT provider."""
+        return self.device.startswith("cuda")
 
     def predict(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` → float32 probabilities ``(N, L)``."""

@@ -10,14 +10,17 @@ is the same seeded stratified split train made (checked by the data digest).
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scenetag.model.data import LabelTable, load_images, make_split, read_labels, read_split, targets_digest
+from scenetag.model.training.data import LabelTable, load_images, make_split, read_labels, read_split, targets_digest
 from scenetag.model.spec import ModelSpec
-from scenetag.errors import DataError
+from scenetag.atomic import atomic_path
+from scenetag.errors import DataError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +109,38 @@ def predict_all(predictor, images: np.ndarray, batch_size: int | None = None) ->
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, predictor.spec.n_labels), np.float32)
 
 
-def parse_thresholds(text: str | None):
-    """``"0.3"`` or ``"clear=0.4,haze=0.1"`` → a value or a label→value map (validated by the spec)."""
-    if text is None:
-        return None
-    text = text.strip()
-    try:
-        if "=" not in text:
-            return float(text)
-        out = {}
-        for part in text.split(","):
-            key, _, value = part.partition("=")
-            out[key.strip()] = float(value)
-        return out
-    except ValueError as exc:
-        raise DataError(
-            f"thresholds {text!r} are not a number or label=value pairs, e.g. 0.3 or clear=0.4,haze=0.1"
-        ) from exc
+
+@dataclass
+class ScoredSet:
+    """A labelled set and a model's probabilities on it."""
+
+    table: LabelTable
+    probs: np.ndarray
+    #: Where the split came from (see :func:`split_names`).
+    source: str
+
+
+def score_eval_set(
+    predictor,
+    images_dir: str | Path,
+    labels_csv: str | Path | None,
+    split: str = "val",
+    split_file: str | Path | None = None,
+    model_path: str | Path | None = None,
+    on_wrong_size: str = "refuse",
+    batch_size: int | None = None,
+) -> ScoredSet:
+    """The labelled ``split`` for ``predictor``'s model and its probabilities on it."""
+    table, images, source = load_eval_set(images_dir, labels_csv, predictor.spec, split, split_file, model_path,
+                                          on_wrong_size)
+    return ScoredSet(table, predict_all(predictor, images, batch_size), source)
+
+
+def write_result(result: dict, path: str | Path, overwrite: bool = False) -> Path:
+    """Write an evaluation result as JSON, atomically; an existing file only with ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    return path

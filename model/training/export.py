@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenetag.model.onnx_backend import OnnxPredictor
+from scenetag.model.backends.onnx_backend import OnnxPredictor
 from scenetag.model.spec import METADATA_KEY, ModelSpec
 from scenetag.atomic import atomic_path
 from scenetag.errors import ModelError, OutputExistsError, require
@@ -122,7 +122,7 @@ def export_onnx(
         proto.producer_name = "scenetag"
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
-        ort_model = OnnxPredictor(tmp, spec=spec)
+        ort_model = OnnxPredictor(tmp, device="cpu", spec=spec)  # the network was traced on the CPU
         random_chips = rng.integers(0, 256, (n_random, spec.n_bands, size, size), dtype=np.uint8)
         report["max_diff_random"] = compare(model, ort_model, random_chips)
         report["n_random"] = n_random

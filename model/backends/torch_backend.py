@@ -1,31 +1,26 @@
-"""The torch backend: a scenetag, plain or Lightning checkpoint as a :class:`~model.predictor.Predictor`.
+"""The torch backend: a scenetag, plain or Lightning checkpoint as an :class:`~scenetag.model.backends.base.AsyncPredictor`.
 
 It owns its device, precision and batching:
 
-* uint8 chips go to the device as uint8 (from pinned memory on CUDA, without
-  blocking) and are normalised there, with the spec's scale and offset;
-* ``precision`` "bf16" or "fp16" runs the network under autocast, in
-  channels-last layout on CUDA; "fp32" runs it as is.  (Running the pooling
-  and classifier in fp32 under bf16 was tried: on 72 real chips it changed the
-  same 4 of 1224 tag decisions and the mean probability error by 0.2%, so the
-  whole network runs under autocast.)
+* uint8 chips go to the device as uint8 and are normalised there, with the
+  spec's scale and offset, so a batch crosses the bus at one byte per pixel;
+* ``precision`` "bf16" or "fp16" runs the whole network under autocast, in
+  channels-last layout on CUDA; "fp32" runs it as is;
 * a batch that runs out of device memory is split in halves and retried, and
   later calls use the smaller batch, instead of failing the job;
 * on CUDA, :meth:`TorchPredictor.submit` returns at once: chips are copied
-  into one of a ring of pinned buffers, uploaded on a copy stream, classified
-  on the compute stream behind that upload, and the probabilities come back
-  into pinned memory; the caller prepares the next batch meanwhile (double
-  buffering).  Compute time on the GPU is measured with CUDA events
-  (``gpu_seconds``).
+  into one of a ring of pinned buffers, uploaded on a copy stream and
+  classified on the compute stream behind that upload, so the caller prepares
+  the next batch meanwhile (double buffering); GPU time is measured with CUDA
+  events (``gpu_seconds``);
 * memory the caller owns for a while (the reader processes' shared memory)
-  can be page-locked with :meth:`TorchPredictor.register_host`; chips in it
-  are then uploaded straight from where they were read, with no copy on the
-  host (``submit(parts, direct=True)``).  On the H200 host the copy into the
-  pinned ring cost the consumer thread 2.6-3.7 s per 7 GB scene, and
-  uploading from the slots raised end-to-end bf16 by 13-14%;
-* on CUDA, batch shapes that repeat replay a captured CUDA graph (``cuda_graphs``), so
-  the thread that feeds the GPU does not spend ~11 ms per batch launching
-  kernels from Python.
+  can be page-locked with :meth:`TorchPredictor.register_host`, so chips in it
+  are uploaded from where they were read, without a host copy
+  (``submit(parts, direct=True)``);
+* on CUDA, batch shapes that repeat replay a captured CUDA graph
+  (``cuda_graphs``), so the feeding thread does not launch every kernel from Python.
+
+Why each of these was chosen, with the measurements, is in docs/performance.md ("Backends").
 """
 
 from __future__ import annotations
@@ -36,18 +31,17 @@ from typing import Sequence
 
 import numpy as np
 
+from scenetag.errors import ModelError, ModelLoadError, OptionError, require
 from scenetag.hashing import file_sha256
-from scenetag.model.predictor import Done, device_id
+from scenetag.model.backends.base import Done, check_device, is_gpu_device
 from scenetag.model.preprocess import scale_offset
 from scenetag.model.spec import ModelSpec
-from scenetag.errors import ModelError, ModelLoadError, OptionError, require
 
 log = logging.getLogger(__name__)
 
-#: Chips per call on the CPU: as fast as larger batches here, at a fraction of the memory.
-CPU_BATCH = 8
-#: Chips per call on CUDA before any out-of-memory split.
-CUDA_BATCH = 256
+#: Chips per forward pass by device type: on the CPU as fast as larger batches, at a
+#: fraction of the memory; on CUDA, the size before any out-of-memory split.
+BATCH_SIZE = {"cpu": 8, "cuda": 256}
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Batches that may be queued on the GPU at once (pinned buffers in the ring).
 RING = 3
@@ -61,10 +55,9 @@ def resolve_device(device: str) -> str:
     """"auto" → "cuda" when available else "cpu"; anything else is checked."""
     import torch
 
-    if device == "auto":
+    if check_device(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    device_id(device)  # "cuda:N" names a GPU index
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if is_gpu_device(device) and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for but CUDA is not available: pass --device cpu")
     return device
 
@@ -77,19 +70,18 @@ class TorchPredictor:
         device: "cpu", "cuda", "cuda:N" or "auto".
         spec: Spec for a checkpoint that carries none, or to override the stored one.
         precision: "fp32", "bf16" (autocast; CPU or CUDA) or "fp16" (autocast; CUDA only).
-        batch_size: Chips per forward pass; default 8 on the CPU (larger batches only
-            cost memory there), 256 on CUDA.
+        batch_size: Chips per forward pass; default :data:`BATCH_SIZE` for the device.
         channels_last: Channels-last layout; default on CUDA.
         cuda_graphs: On CUDA, replay repeating batch shapes from a captured CUDA graph instead of
             launching every kernel from Python (see :meth:`_graphed`); default on CUDA,
             ignored elsewhere.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", spec: ModelSpec | None = None,
+    def __init__(self, path: str | Path, device: str = "auto", spec: ModelSpec | None = None,
                  precision: str = "fp32", batch_size: int | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool | None = None):
         torch = require("torch", "torch")
-        from scenetag.model.checkpoint import load_checkpoint
+        from scenetag.model.training.checkpoint import load_checkpoint
 
         if precision not in PRECISIONS:
             raise OptionError(f"precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
@@ -102,7 +94,7 @@ class TorchPredictor:
             raise OptionError("--precision fp16 needs a CUDA device: use bf16 (or fp32) on the CPU")
         self.precision = precision
         self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.batch_size = int(batch_size or (CUDA_BATCH if on_cuda else CPU_BATCH))
+        self.batch_size = int(batch_size or BATCH_SIZE[self._device_type])
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)
         model, self.spec, _ = load_checkpoint(path, spec=spec)
         model = model.to(self.device).eval()
@@ -128,6 +120,11 @@ class TorchPredictor:
         log.info("torch model %s on %s (%s, %s, %d labels)", self.path, self.device, self.spec.arch,
                  precision, self.spec.n_labels)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on CUDA."""
+        return self._device_type == "cuda"
+
     def _forward(self, x_u8):
         """Probabilities of a uint8 batch already on the device."""
         torch = self._torch
@@ -152,11 +149,8 @@ class TorchPredictor:
     def _graphed(self, x_u8):
         """``_forward`` on CUDA, replayed from a CUDA graph for batch shapes that repeat.
 
-        Launching lite0's kernels from Python costs the calling thread about
-        11 ms per batch of 256 or 512 (docs/performance.md, run 4), time the
-        thread that feeds the GPU doesn't have; a replay costs a few
-        microseconds.  In run 5, end-to-end bf16 went from 11.4k to 11.9k
-        chips/s with graphs, and the thread's submit time from 2.1 s to 0.18 s.
+        Launching every kernel from Python costs the thread that feeds the GPU
+        time it doesn't have; a replay costs a few microseconds.
 
         A shape runs eagerly the first time and is captured the second (a
         scene's short last batch is seen once).  The first :data:`GRAPHS`
@@ -310,9 +304,8 @@ class TorchPredictor:
             staging = slot["host_np"]
             off = 0
             for p in parts:
-                # A plain memcpy on this thread.  On the H200 host, torch's copy_ here (which fans
-                # out to torch's CPU thread pool) took 13 s for 7 GB while 14 reader processes kept
-                # every core busy; this copy took 2.5-3.7 s (docs/performance.md, runs 2-3).
+                # A plain memcpy on this thread: torch's copy_ fans out to its CPU thread pool,
+                # which the reader processes keep busy (docs/performance.md, "Backends").
                 np.copyto(staging[off:off + len(p)], p, casting="no")
                 off += len(p)
             sources = [slot["host"][:n]]

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from scenetag.model.onnx_backend import OnnxPredictor, providers_for
-from scenetag.model.predictor import device_id
+from scenetag.model.backends.onnx_backend import OnnxPredictor, providers_for
+from scenetag.model.backends import device_id
 from scenetag.errors import ModelLoadError, OptionError
 
 CPU = "CPUExecutionProvider"

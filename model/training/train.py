@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scenetag.model.data import (
+from scenetag.model.training.data import (
     SPLIT_FILE,
     LabelTable,
     augment_batch,
@@ -43,7 +43,7 @@ from scenetag.model.data import (
 )
 from scenetag.model.preprocess import normalize
 from scenetag.model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from scenetag.model.torch_backend import resolve_device
+from scenetag.model.backends.torch_backend import resolve_device
 from scenetag.atomic import atomic_path
 from scenetag.errors import DataError, OutputExistsError
 
@@ -78,7 +78,7 @@ class TrainConfig:
     resolution_m: float = 3.0
     on_wrong_size: str = "refuse"
     augment: bool = True
-    device: str = "cpu"
+    device: str = "auto"
     amp: bool = True
     threads: int | None = None
     channels_last: bool = True
@@ -173,10 +173,10 @@ def train(
     """Train a model; returns the final ``metrics.json`` content."""
     import torch
 
-    from scenetag.model.checkpoint import load_weights, network_state_dict, read_checkpoint, save_checkpoint
-    from scenetag.model.losses import make_loss
-    from scenetag.model.metrics import evaluate
-    from scenetag.model.nets import build_model
+    from scenetag.model.training.checkpoint import load_weights, network_state_dict, read_checkpoint, save_checkpoint
+    from scenetag.model.training.losses import make_loss
+    from scenetag.model.training.metrics import evaluate
+    from scenetag.model.training.nets import build_model
 
     if cfg.monitor not in MONITORS:
         raise DataError(f"monitor {cfg.monitor!r} is unknown: use one of {MONITORS}")

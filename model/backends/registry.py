@@ -1,0 +1,103 @@
+"""Backends by name: the registry behind :func:`create_predictor`, as timm's ``create_model``.
+
+A backend is registered by the path of its predictor class, so listing the
+names (the CLI's ``--backend`` choices) imports neither ONNX Runtime nor torch.
+Adding a backend is one module with a class that takes
+``(path, device=, spec=, precision=)`` plus one :func:`register_backend` line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenetag.errors import ModelLoadError
+from scenetag.model.backends.base import Predictor, check_device
+from scenetag.model.spec import ModelSpec
+
+#: The name that picks a backend by the model file's suffix.
+AUTO = "auto"
+#: The backend "auto" takes for a suffix no backend claims.
+FALLBACK = "onnx"
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A registered backend: its name, ``"module:Class"`` of its predictor, and the file suffixes it claims."""
+
+    name: str
+    target: str
+    suffixes: tuple[str, ...] = ()
+
+    def load(self) -> type:
+        """The predictor class (imports the backend's module)."""
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+_registry: dict[str, BackendEntry] = {}
+
+
+def register_backend(name: str, target: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Register a predictor class (``"package.module:Class"``) under ``name``; ``suffixes`` route "auto" to it."""
+    if name == AUTO:
+        raise ValueError(f"{AUTO!r} is reserved: it picks a backend by suffix")
+    _registry[name] = BackendEntry(name, target, tuple(s.lower() for s in suffixes))
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (for tests and plugins)."""
+    _registry.pop(name, None)
+
+
+def backend_names() -> tuple[str, ...]:
+    """The names ``create_predictor`` accepts, "auto" first."""
+    return (AUTO, *_registry)
+
+
+def backend_for(path: str | Path) -> str:
+    """The backend "auto" picks for a model file: the one claiming its suffix, else ONNX Runtime."""
+    suffix = Path(path).suffix.lower()
+    return next((e.name for e in _registry.values() if suffix in e.suffixes), FALLBACK)
+
+
+def suffixes_of(name: str) -> tuple[str, ...]:
+    """The file suffixes the backend ``name`` claims (its model files)."""
+    return _entry(name).suffixes
+
+
+def _entry(name: str) -> BackendEntry:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise ModelLoadError(f"backend {name!r} is unknown: use one of {', '.join(backend_names())}") from None
+
+
+def create_predictor(
+    path: str | Path,
+    backend: str = AUTO,
+    device: str = "auto",
+    spec: ModelSpec | None = None,
+    precision: str = "fp32",
+) -> Predictor:
+    """Load a model file as a :class:`~scenetag.model.backends.base.Predictor`.
+
+    Args:
+        path: Model file (ONNX, or a torch checkpoint).
+        backend: A name from :func:`backend_names`; "auto" picks by the file's suffix.
+        device: "auto" (a GPU when the backend has one), "cpu", "cuda" or "cuda:N".
+        spec: A spec that replaces (or supplies) the one stored with the model.
+        precision: "fp32", "bf16" or "fp16", where the backend supports it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model {str(path)!r} does not exist: pass --model PATH to an .onnx file")
+    if not path.is_file():
+        raise ModelLoadError(f"model {str(path)!r} is not a file")
+    entry = _entry(backend_for(path) if backend == AUTO else backend)
+    return entry.load()(path, device=check_device(device), spec=spec, precision=precision)
+
+
+register_backend("onnx", "scenetag.model.backends.onnx_backend:OnnxPredictor", (".onnx",))
+register_backend("torch", "scenetag.model.backends.torch_backend:TorchPredictor", (".pt", ".pth", ".ckpt"))

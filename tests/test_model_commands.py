@@ -1,0 +1,97 @@
+"""The model commands (train, evaluate, calibrate, export) as a user sees them: options, help, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from scenetag.commands import calibrate, evaluate, export, train
+from scenetag.commands.options import parse_thresholds
+from scenetag.errors import DataError
+
+COMMANDS = {"train": train.command, "evaluate": evaluate.command, "calibrate": calibrate.command,
+            "export": export.command}
+
+
+def options_of(name: str):
+    return [p for p in COMMANDS[name].params if isinstance(p, click.Option)]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_has_help_text(name):
+    missing = [p.opts[0] for p in options_of(name) if not (p.help or "").strip()]
+    assert missing == [], f"{name}: options without help: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_device_defaults_to_auto_where_a_command_has_one(name):
+    devices = [p for p in options_of(name) if p.name == "device"]
+    assert all(p.default == "auto" for p in devices)
+    if name != "export":  # export traces on the CPU
+        assert devices
+
+
+@pytest.mark.parametrize("name, names", [
+    ("calibrate", {"-o", "--output", "--out"}),
+    ("export", {"-o", "--output", "--out"}),
+    ("evaluate", {"-o", "--output", "--out", "--json-out"}),
+    ("train", {"-d", "--out-dir", "--out"}),
+])
+def test_outputs_are_named_the_same_in_every_command(name, names):
+    (opt,) = [p for p in options_of(name) if p.name in ("output", "out_dir")]
+    assert set(opt.opts) == names
+
+
+def test_help_lists_the_registered_backends():
+    res = CliRunner().invoke(evaluate.command, ["--help"])
+    assert res.exit_code == 0 and "[auto|onnx|torch]" in res.output
+
+
+@pytest.mark.parametrize("text, expected", [("0.3", 0.3), (" clear=0.4,haze=0.1 ", {"clear": 0.4, "haze": 0.1}),
+                                            (None, None)])
+def test_parse_thresholds(text, expected):
+    assert parse_thresholds(text) == expected
+
+
+def test_parse_thresholds_names_the_bad_text():
+    with pytest.raises(DataError, match="'clear=high'"):
+        parse_thresholds("clear=high")
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """Eight generated 64 px chips and their labels (the tiny model's), as train's layout."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.model_fixtures import TINY_LABELS
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image_name,tags"]
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"c{i}.png")
+        rows.append(f"c{i},{TINY_LABELS[i % 4]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return images
+
+
+def test_evaluate_writes_its_json_output_and_refuses_to_replace_it_without_overwrite(tiny_model, labelled,
+                                                                                        tmp_path):
+    out = tmp_path / "e.json"
+    args = [str(tiny_model), str(labelled), "--split", "all", "--format", "json", "-o", str(out)]
+    first = CliRunner().invoke(evaluate.command, args)
+    assert first.exit_code == 0, first.output
+    written = json.loads(out.read_text())
+    assert written == json.loads(first.stdout) and written["split"] == "all"
+    out.write_text("mine")
+    again = CliRunner().invoke(evaluate.command, args)
+    assert again.exit_code != 0 and "pass --overwrite" in again.output
+    assert out.read_text() == "mine"
+    replaced = CliRunner().invoke(evaluate.command, [*args, "--overwrite"])
+    assert replaced.exit_code == 0 and json.loads(out.read_text()) == written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
