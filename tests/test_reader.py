@@ -121,3 +121,18 @@ def test_read_run_refuses_cells_of_two_rows(make_raster):
     two_rows = [cells[0], next(c for c in cells if c.row == 1)]
     with reader, pytest.raises(ValueError, match="one grid row"):
         reader.read_run(two_rows)
+
+
+@pytest.mark.parametrize("dtype,nodata", [("float32", float("nan")), ("float32", -9999.0), ("int16", -32768.0)])
+def test_nodata_values_of_every_kind_give_gdals_mask(make_raster, dtype, nodata):
+    """NaN (compared with care) and ordinary values (compared in one go)."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 4000, size=(3, 150, 170)).astype(dtype)
+    data[:, :, :70] = nodata
+    data[1, 100:, :] = nodata  # one band only: still valid there
+    path = make_raster("nd.tif", data, nodata=nodata, tiled=True)
+    reader, grid = reader_for(path, spec(), stride=40, min_valid=0.2)
+    assert reader.scene.mask_mode is MaskMode.NODATA
+    with reader:
+        for run in runs_of(list(grid), per_run=4):
+            _assert_gdal_chips(reader, run, reader.read_run(run))

@@ -79,6 +79,7 @@ class ChipReader:
         self.stretch = stretch
         self.min_valid = min_valid
         self.resampling = resampling
+        self._nodata = _nodata_values(scene)
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
@@ -159,41 +160,48 @@ class ChipReader:
             kept, valid = self._read_span(cells, room)
         else:
             kept, valid = self._read_resampled(cells, room)
-        return RunRead(cells, kept, valid.astype(np.float32), room[:len(kept)])
+        return RunRead(cells, np.asarray(kept, np.int64), np.asarray(valid, np.float32), room[:len(kept)])
 
-    def _keep(self, valid: np.ndarray) -> np.ndarray:
+    def _keep(self, valid: Sequence[float]) -> list[int]:
         """Indexes of the cells valid enough to classify."""
-        return np.flatnonzero((valid >= self.min_valid) & (valid > 0.0))
+        return [i for i, v in enumerate(valid) if v >= self.min_valid and v > 0.0]
 
-    def _read_span(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _read_span(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
         """Mask and data of ``cells`` at the scene's resolution, each in one GDAL call over the run."""
-        n, size = len(cells), self.chip_size
-        x0 = np.fromiter((c.col_off for c in cells), np.int64, n)
-        x1 = x0 + np.fromiter((c.width for c in cells), np.int64, n)
+        area = float(self.chip_size * self.chip_size)
+        # Plain ints: on a run of one (the thread path), numpy's per-call costs would rival GDAL's.
+        x0 = [c.col_off for c in cells]
+        x1 = [c.col_off + c.width for c in cells]
         y, h = cells[0].row_off, cells[0].height
-        lo, hi = int(x0.min()), int(x1.max())
+        lo, hi = min(x0), max(x1)
         span = Window(lo, y, hi - lo, h)
         mode = self.scene.mask_mode
         try:
             ds = self._dataset()
             if mode is MaskMode.ALL_VALID:
                 mask = None
-                valid = (x1 - x0) * h / float(size * size)
+                valid = [min(1.0, (b - a) * h / area) for a, b in zip(x0, x1)]
             else:
                 if mode is MaskMode.NODATA:
                     every = ds.read(window=span)
-                    mask = np.zeros(every.shape[1:], bool)
-                    for band, nodata in zip(every, self.scene.nodatavals):
-                        mask |= _differs_from(band, nodata)
+                    if self._nodata is not None:
+                        mask = (every != self._nodata).any(axis=0)
+                    else:
+                        mask = np.zeros(every.shape[1:], bool)
+                        for band, nodata in zip(every, self.scene.nodatavals):
+                            mask |= _differs_from(band, nodata)
                 else:
                     mask = ds.dataset_mask(window=span) > 0
-                counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
-                valid = (counts[x1 - lo] - counts[x0 - lo]) / float(size * size)
-            valid = np.minimum(1.0, valid)
+                if len(cells) == 1:
+                    valid = [min(1.0, np.count_nonzero(mask) / area)]
+                else:  # each cell's count from running column sums
+                    counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
+                    valid = np.minimum(1.0, (counts[np.subtract(x1, lo)] - counts[np.subtract(x0, lo)]) / area)
+                    valid = valid.tolist()
             kept = self._keep(valid)
             if len(kept) == 0:
                 return kept, valid
-            klo, khi = int(x0[kept].min()), int(x1[kept].max())
+            klo, khi = min(x0[k] for k in kept), max(x1[k] for k in kept)
             if mode is MaskMode.NODATA:  # cut to the kept cells, then put the bands in model order
                 data = every[:, :, klo - lo:khi - lo]
                 order = [b - 1 for b in self.bands]
@@ -204,10 +212,10 @@ class ChipReader:
         except RasterioError as exc:
             raise _read_error(self.scene.path, span, exc) from exc
         kmask = mask[:, klo - lo:khi - lo] if mask is not None else None
-        self._place(data, kmask, [(int(x0[k]) - klo, int(x1[k]) - klo) for k in kept], room)
+        self._place(data, kmask, [(x0[k] - klo, x1[k] - klo) for k in kept], room)
         return kept, valid
 
-    def _read_resampled(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _read_resampled(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
         """Mask and data of ``cells`` at the model's resolution, one cell per GDAL call."""
         area = float(self.chip_size * self.chip_size)
         shapes = [self.out_shape(c) for c in cells]
@@ -219,8 +227,8 @@ class ChipReader:
                 window = cell.window
                 masks.append(None if self.scene.mask_mode is MaskMode.ALL_VALID else
                              ds.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0)
-            valid = np.minimum(1.0, [(shape[0] * shape[1] if mask is None else np.count_nonzero(mask)) / area
-                                     for shape, mask in zip(shapes, masks)])
+            valid = [min(1.0, (shape[0] * shape[1] if mask is None else np.count_nonzero(mask)) / area)
+                     for shape, mask in zip(shapes, masks)]
             kept = self._keep(valid)
             for i, k in enumerate(kept):
                 (oh, ow), window = shapes[k], cells[k].window
@@ -248,6 +256,24 @@ class ChipReader:
             else:
                 room[i] = 0
                 room[i, :, :h, :b - a] = data[:, :, a:b]
+
+
+def _nodata_values(scene: SceneInfo) -> np.ndarray | None:
+    """The bands' nodata values as a ``(bands, 1, 1)`` array of the scene's type, for one comparison.
+
+    None where a value needs :func:`_differs_from`'s care (NaN, or one the type can't hold).
+    """
+    if scene.mask_mode is not MaskMode.NODATA:
+        return None
+    dtype = np.dtype(scene.dtype)
+    values = [float(v) for v in scene.nodatavals]
+    if any(np.isnan(v) for v in values):
+        return None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if any(not (info.min <= v <= info.max) or v != int(v) for v in values):
+            return None
+    return np.asarray(values).astype(dtype).reshape(-1, 1, 1)
 
 
 def _differs_from(band: np.ndarray, nodata: float) -> np.ndarray:
