@@ -66,7 +66,7 @@ def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -
     out = {"cells": len(cells)}
     with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, ThreadPoolExecutor(threads) as pool:
         t0 = time.perf_counter()
-        n = sum(not r.skipped for r in pool.map(reader.read, cells, chunksize=8))
+        n = sum(len(r.kept) for r in pool.map(reader.read, cells, chunksize=8))
         out[f"threads_chip_reads_{threads}"] = n / (time.perf_counter() - t0)
     for w in sorted({workers, 16}):
         feed = ProcessFeed(plan.reader(), cells, workers=w)

@@ -6,9 +6,10 @@ Builds the real-derived mosaic scene of ``bench/bench_gpu.py`` (Planet Amazon
 chips, tiled 256, DEFLATE, nodata 0) and a copy without nodata, then times on
 one thread, over the same cells:
 
-* ``read``: one chip per GDAL call, GDAL's dataset mask first (the thread path);
-* ``read_run, GDAL mask``: 32 chips per call, the mask read through GDAL;
-* ``read_run``: 32 chips per call, the mask as :meth:`ChipReader.read_run` gets it
+* ``read``: one chip per call (a run of one, the thread path);
+* ``read_run, GDAL mask``: 32 chips per call, the mask read through GDAL
+  (the scene's mask mode set to ``gdal``);
+* ``read_run``: 32 chips per call, the mask as the scene's mask mode says
   (derived from the pixels for nodata; not read at all without a mask).
 
 What one process does per chip bounds what N reader processes do together.
@@ -20,6 +21,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import rasterio
@@ -50,6 +52,7 @@ def main() -> None:
     from scenetag.model.backends.onnx_backend import read_onnx_spec
     from scenetag.config import gdal_cachemax_mb
     from scenetag.tiler.feed import runs_of
+    from scenetag.tiler.scene import MaskMode
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chips", type=Path, default=DATA / "chips" / "planet_amazon" / "images")
@@ -67,23 +70,22 @@ def main() -> None:
         plan = plan_scene(path, spec, RunOptions())
         runs = runs_of(list(plan.grid))[:args.runs]
         cells = [c for r in runs for c in r]
-        with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader:
+        gdal_plan = replace(plan, info=replace(plan.info, mask_mode=MaskMode.GDAL))
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
+                gdal_plan.reader() as gdal_reader:
             results = {}
             t0 = time.perf_counter()
             for c in cells:
                 reader.read(c)
             results["read (one chip)"] = time.perf_counter() - t0
-            fast = reader._mask_mode
-            reader._mask_mode = lambda ds: "gdal"
             t0 = time.perf_counter()
             for r in runs:
-                reader.read_run(r)
+                gdal_reader.read_run(r)
             results["read_run, GDAL mask"] = time.perf_counter() - t0
-            reader._mask_mode = fast
             t0 = time.perf_counter()
             for r in runs:
                 reader.read_run(r)
-            results[f"read_run ({fast(reader._dataset())})"] = time.perf_counter() - t0
+            results[f"read_run ({plan.info.mask_mode.value})"] = time.perf_counter() - t0
         base = results["read (one chip)"]
         for name, seconds in results.items():
             print(f"{path.name:<22} {name:<24} {1000 * seconds / len(cells):6.2f}   "

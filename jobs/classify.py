@@ -24,7 +24,7 @@ from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
 from scenetag.model.backends import Predictor
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import GridCell
-from scenetag.tiler.reader import ChipRead, ChipReader
+from scenetag.tiler.reader import ChipReader, RunRead
 
 if TYPE_CHECKING:
     from scenetag.jobs.scene_job import ScenePlan
@@ -98,7 +98,7 @@ def classify_cells(
     skipped = 0
     infer_seconds = 0.0
 
-    def timed_read(reader: ChipReader, cell: GridCell) -> ChipRead:
+    def timed_read(reader: ChipReader, cell: GridCell) -> RunRead:
         t0 = time.perf_counter()
         out = reader.read(cell)
         with lock:
@@ -122,15 +122,14 @@ def classify_cells(
     with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
             ThreadPoolExecutor(n_threads, thread_name_prefix="chip-reader") as pool:
         for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + n_threads):
-            if read.skipped:
+            if read.n_skipped:
                 skipped += 1
                 if progress:
                     progress(1)
                 continue
-            w = read.chip.window
-            batch.append(read.pixels)
-            batch_meta.append((read.chip.row, read.chip.col, int(w.col_off), int(w.row_off),
-                               int(w.width), int(w.height), read.chip.valid_fraction))
+            c = read.cells[0]
+            batch.append(read.pixels[0])
+            batch_meta.append((c.row, c.col, c.col_off, c.row_off, c.width, c.height, float(read.valid[0])))
             if len(batch) >= bs:
                 flush()
         flush()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from scenetag.errors import OptionError
+from scenetag.tiler.feed import ReaderMode
 from scenetag.tiler.grid import EdgePolicy
 
-READER_MODES = ("auto", "threads", "processes")
 #: Reader threads by default.
 DEFAULT_THREADS = 2
 
@@ -39,7 +39,7 @@ class RunOptions:
     resample: bool = False
     batch_size: int | None = None
     readers: int | None = None
-    reader: str = "auto"
+    reader: ReaderMode = ReaderMode.AUTO
     to_crs: str | None = None
     raster: bool = False
 
@@ -52,8 +52,11 @@ class RunOptions:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
         if not 0.0 <= self.min_valid <= 1.0:
             raise OptionError(f"min_valid must be in [0, 1], got {self.min_valid}")
-        if self.reader not in READER_MODES:
-            raise OptionError(f"reader {self.reader!r} is unknown: use one of {', '.join(READER_MODES)}")
+        try:
+            object.__setattr__(self, "reader", ReaderMode(self.reader))
+        except ValueError:
+            raise OptionError(f"reader {self.reader!r} is unknown: use one of "
+                              f"{', '.join(m.value for m in ReaderMode)}") from None
         if (self.batch_size is not None and self.batch_size < 1) or (self.readers is not None and self.readers < 1):
             raise OptionError(f"batch_size and readers must be >= 1, got {self.batch_size} and {self.readers}")
         if self.stride is not None and self.stride < 1:
@@ -88,6 +91,7 @@ class RunOptions:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["edge"] = self.edge.value
+        d["reader"] = self.reader.value
         d["bands"] = list(self.bands) if self.bands else None
         return d
 

@@ -1,4 +1,4 @@
-"""Run reads, reader processes and the double-buffered pipeline give the thread path's chips."""
+"""The double-buffered pipeline on reader processes gives the thread path's chips and tables."""
 
 from __future__ import annotations
 
@@ -12,128 +12,8 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells, reader_mode
 from scenetag.jobs.scene_job import plan_scene
 from scenetag.model.backends import Submitter, create_predictor
-from scenetag.tiler.feed import ProcessFeed, runs_of
-from scenetag.tiler.grid import GridCell
-
-
-def _scene(make_raster, dtype="uint8", nodata=0, seed=3, width=333, height=270, transform=None):
-    """A scene with a ragged nodata region, so that some chips are partly or wholly invalid."""
-    rng = np.random.default_rng(seed)
-    hi = 255 if dtype == "uint8" else 4000
-    data = rng.integers(1, hi, size=(3, height, width)).astype(dtype)
-    yy, xx = np.mgrid[:height, :width]
-    data[:, (xx + 0.7 * yy) > 300] = 0
-    data[:, :40, :50] = 0
-    return make_raster("s.tif", data, nodata=nodata, tiled=True, transform=transform)
-
-
-@pytest.mark.parametrize("edge,stride,min_valid,dtype", [
-    ("shift", None, 0.5, "uint8"),
-    ("pad", None, 0.2, "uint8"),
-    ("shift", 40, 0.5, "uint16"),
-    ("pad", 50, 0.0, "uint16"),
-    ("skip", 64, 0.9, "uint8"),
-])
-def test_read_run_gives_the_chips_of_read(make_raster, tiny_model, edge, stride, min_valid, dtype):
-    path = _scene(make_raster, dtype=dtype)
-    predictor = create_predictor(tiny_model)
-    plan = plan_scene(path, predictor.spec, RunOptions(edge=edge, stride=stride, min_valid=min_valid))
-    with plan.reader() as reader:
-        n_kept = 0
-        for run in runs_of(list(plan.grid), per_run=3):
-            got = reader.read_run(run)
-            kept = []
-            for i, cell in enumerate(run):
-                one = reader.read(cell)
-                assert got.valid[i] == pytest.approx(one.chip.valid_fraction, abs=1e-6)
-                if not one.skipped:
-                    kept.append(i)
-                    np.testing.assert_array_equal(got.pixels[len(kept) - 1], one.pixels)
-            assert got.kept.tolist() == kept
-            n_kept += len(kept)
-    assert 0 < n_kept < len(plan.grid)  # the scene has both kinds of chip
-
-
-def _masked_scenes(make_raster):
-    """Scenes for each way validity is known: none, per-band nodata (in some bands only), alpha."""
-    rng = np.random.default_rng(7)
-    h, w = 200, 300
-    four = rng.integers(1, 255, size=(4, h, w)).astype("uint8")
-    four[:3, :, :120] = 0  # bands 1-3 nodata on the left; band 4 still valid there
-    four[:, 150:, 200:] = 0  # every band nodata bottom right
-    alpha = rng.integers(1, 255, size=(4, h, w)).astype("uint8")
-    alpha[3] = 255
-    alpha[3, :90, :] = 0
-    return {
-        "all_valid": make_raster("plain.tif", rng.integers(0, 255, size=(3, h, w)).astype("uint8")),
-        "nodata": make_raster("four.tif", four, nodata=0, tiled=True),
-        "gdal": make_raster("alpha.tif", alpha, photometric="RGB", alpha="YES"),
-    }
-
-
-@pytest.mark.parametrize("kind", ["all_valid", "nodata", "gdal"])
-def test_read_run_matches_read_for_each_kind_of_mask(make_raster, tiny_model, kind):
-    path = _masked_scenes(make_raster)[kind]
-    spec = create_predictor(tiny_model).spec
-    plan = plan_scene(path, spec, RunOptions(bands=(3, 2, 1), stride=40, min_valid=0.3))
-    with plan.reader() as reader:
-        assert reader._mask_mode(reader._dataset()) == kind
-        for run in runs_of(list(plan.grid), per_run=4):
-            got = reader.read_run(run)
-            singles = [reader.read(c) for c in run]
-            np.testing.assert_allclose(got.valid, [s.chip.valid_fraction for s in singles], atol=1e-6)
-            assert got.kept.tolist() == [i for i, s in enumerate(singles) if not s.skipped]
-            for j, k in enumerate(got.kept):
-                np.testing.assert_array_equal(got.pixels[j], singles[int(k)].pixels)
-
-
-def test_read_run_refuses_cells_of_two_rows(make_raster, tiny_model):
-    path = _scene(make_raster)
-    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions())
-    cells = list(plan.grid)
-    two_rows = [cells[0], next(c for c in cells if c.row == 1)]
-    with plan.reader() as reader, pytest.raises(ValueError, match="one grid row"):
-        reader.read_run(two_rows)
-
-
-def test_runs_of_keeps_to_one_row_and_the_run_length():
-    cells = [GridCell(r, c, c * 10, r * 10, 10, 10) for r in range(3) for c in range(5)]
-    runs = runs_of(cells, per_run=2)
-    assert [len(r) for r in runs] == [2, 2, 1] * 3
-    assert all(len({c.row for c in r}) == 1 for r in runs)
-    assert [c for r in runs for c in r] == cells
-
-
-@pytest.mark.parametrize("resample", [False, True])
-def test_process_feed_reads_every_cell_once(make_raster, tiny_model, resample):
-    """Runs of cells read by processes give :meth:`read`'s chips, also where chips are resampled."""
-    from affine import Affine
-
-    five_metres = Affine(5.0, 0, 500000.0, 0, -5.0, 4000000.0)  # the model's resolution is 10 m
-    path = _scene(make_raster, transform=five_metres if resample else None)
-    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions(stride=48, resample=resample))
-    assert (plan.reader().factor != 1.0) is resample
-    cells = list(plan.grid)
-    seen, kept = [], 0
-    with plan.reader() as ref, ProcessFeed(plan.reader(), cells, workers=2, per_run=4, slots=3) as feed:
-        for run in feed:
-            assert run.cells == cells[run.first:run.first + len(run.cells)]
-            seen.extend((c.row, c.col) for c in run.cells)
-            for j, k in enumerate(run.kept):
-                np.testing.assert_array_equal(run.pixels[j], ref.read(run.cells[int(k)]).pixels)
-            kept += len(run.kept)
-            run.release()
-    assert sorted(seen) == sorted((c.row, c.col) for c in cells)
-    assert 0 < kept < len(cells)
-
-
-def test_process_feed_says_when_the_consumer_keeps_every_slot(make_raster, tiny_model):
-    path = _scene(make_raster, nodata=None)
-    plan = plan_scene(path, create_predictor(tiny_model).spec, RunOptions())
-    with ProcessFeed(plan.reader(), list(plan.grid), workers=1, per_run=1, slots=2) as feed:
-        with pytest.raises(RuntimeError, match="release runs"):
-            for _ in feed:
-                pass  # never released
+from scenetag.tiler.feed import ProcessFeed
+from tests.tiler_rasters import holey_scene
 
 
 def _same_tables(a, b) -> None:
@@ -147,7 +27,7 @@ def _same_tables(a, b) -> None:
 
 @pytest.mark.parametrize("batch_size", [None, 5])
 def test_processes_and_threads_give_the_same_table(make_raster, tiny_model, batch_size):
-    path = _scene(make_raster, width=420, height=390)
+    path = holey_scene(make_raster, width=420, height=390)
     predictor = create_predictor(tiny_model)
     tables = {}
     for mode in ("threads", "processes"):
@@ -226,7 +106,7 @@ def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_mode
     import scenetag.jobs.pipeline
 
     monkeypatch.setattr(scenetag.jobs.pipeline, "ProcessFeed", _PoisonedFeed)
-    path = _scene(make_raster, width=700, height=390)
+    path = holey_scene(make_raster, width=700, height=390)
     inner = create_predictor(tiny_model)
     predictor = _LazyDirect(inner, batch_size) if direct else inner
     opts = RunOptions(readers=2, batch_size=batch_size, stride=32)
@@ -293,7 +173,7 @@ def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tin
 
 def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_raster, tiny_model):
     """A predictor's ``gpu_seconds`` is a running total: each table gets only its own share."""
-    path = _scene(make_raster, width=300, height=300)
+    path = holey_scene(make_raster, width=300, height=300)
     inner = create_predictor(tiny_model)
 
     class Timed:  # an AsyncPredictor off the GPU: the Submitter runs its predict on a thread
@@ -342,7 +222,7 @@ def test_cli_run_with_reader_processes(make_raster, tiny_model, tmp_path):
     from cli import main
     from scenetag.outputs_schema.schema import OutputSchema
 
-    path = _scene(make_raster, width=300, height=300)
+    path = holey_scene(make_raster, width=300, height=300)
     chips = {}
     for mode in ("processes", "threads"):
         out = tmp_path / f"{mode}.gpkg"
@@ -370,7 +250,7 @@ def test_cuda_pipeline_gives_the_cpu_tags(make_raster, tmp_path):
 
     spec = tiny_spec()
     ckpt = save_checkpoint(tmp_path / "m.pt", small_model(spec, seed=1), spec)
-    path = _scene(make_raster, width=900, height=700)
+    path = holey_scene(make_raster, width=900, height=700)
     cpu = create_predictor(ckpt, backend="torch", device="cpu")
     gpu = create_predictor(ckpt, backend="torch", device="cuda")
     a = classify_cells(plan_scene(path, spec, RunOptions(reader="threads")), cpu)

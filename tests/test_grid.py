@@ -84,3 +84,31 @@ def test_strips_partition_the_grid():
     assert sum(len(s) for s in strips) == len(g)
     assert len(strips) == math.ceil(g.shape[0] / 2)
     assert [c for s in strips for c in s] == list(g)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((-1, 0, 0, 0, 8, 8), "row and col"),
+    ((0, -2, 0, 0, 8, 8), "row and col"),
+    ((0, 0, -1, 0, 8, 8), "offsets"),
+    ((0, 0, 0, -5, 8, 8), "offsets"),
+    ((0, 0, 0, 0, 0, 8), "at least 1x1"),
+    ((0, 0, 0, 0, 8, -1), "at least 1x1"),
+])
+def test_a_grid_cell_is_validated_when_it_is_made(args, match):
+    from scenetag.tiler.grid import GridCell
+
+    with pytest.raises(ValueError, match=match):
+        GridCell(*args)
+
+
+def test_a_grid_cell_is_frozen_and_gives_its_window():
+    import dataclasses
+
+    from rasterio.windows import Window
+
+    from scenetag.tiler.grid import GridCell
+
+    cell = GridCell(1, 2, 20, 10, 8, 6)
+    assert cell.window == Window(20, 10, 8, 6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cell.row = 3  # type: ignore[misc]

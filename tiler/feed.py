@@ -5,12 +5,14 @@ chips per second (GDAL's locks and per-call costs), far below what a GPU
 classifies.  :class:`ProcessFeed` runs reader *processes*, each with its own
 dataset handle, and hands them *runs* of neighbouring cells of one grid row,
 read with one mask read and one data read (:meth:`ChipReader.read_run`).
+:class:`ReaderMode` names the ways a job may read: threads or these processes.
 
 Pixels never go through a pipe: the feed owns a ring of slots in one
 shared-memory block, a reader writes a run's kept chips into the slot it was
 given, and only the small metadata comes back.  The consumer takes a
-:class:`Run` (a view into its slot), copies the pixels where it needs them
-or uploads them straight from the slot (the whole :attr:`ProcessFeed.memory`
+:class:`Run` (a :class:`~scenetag.tiler.reader.RunRead` whose pixels are a
+view into its slot), copies the pixels where it needs them or uploads them
+straight from the slot (the whole :attr:`ProcessFeed.memory`
 can be page-locked for that), and calls :meth:`Run.release` once it is done
 with them, so the slot can take another run.  At most
 ``slots`` runs are in flight, so memory stays flat whatever the scene size.
@@ -18,13 +20,14 @@ with them, so the slot can take another run.  At most
 
 from __future__ import annotations
 
+import enum
 import logging
 import multiprocessing as mp
 import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from typing import Iterator, Sequence
 
@@ -34,13 +37,24 @@ import rasterio
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
 from scenetag.tiler.grid import GridCell
-from scenetag.tiler.reader import ChipReader
+from scenetag.tiler.reader import ChipReader, RunRead
 
 log = logging.getLogger(__name__)
 
 #: Cells per task: wide enough that GDAL's per-call costs vanish, small enough
 #: that a slot stays a few MB.
 CELLS_PER_RUN = 32
+
+
+class ReaderMode(str, enum.Enum):
+    """How a job reads its chips."""
+
+    #: Processes when the model runs on a GPU (and the grid is large enough), threads otherwise.
+    AUTO = "auto"
+    #: Reader threads, one chip per read (for CPU models).
+    THREADS = "threads"
+    #: Reader processes, runs of chips into shared memory (:class:`ProcessFeed`, to feed a GPU).
+    PROCESSES = "processes"
 
 
 def default_workers() -> int:
@@ -71,29 +85,33 @@ def runs_of(cells: Sequence[GridCell], per_run: int = CELLS_PER_RUN) -> list[lis
     return runs
 
 
-@dataclass
-class Run:
-    """One run's result: kept chips (a view into the feed's shared memory) and its cells."""
+class _Lease:
+    """A slot lent to the consumer; it goes back to the feed once, however often it is released."""
 
-    cells: list[GridCell]
-    #: Index of the run's first cell among the cells the feed was given.
-    first: int
-    kept: np.ndarray
-    valid: np.ndarray
-    pixels: np.ndarray
-    seconds: float
-    _feed: "ProcessFeed | None" = None
-    _slot: int = -1
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.cells) - len(self.kept)
+    def __init__(self, feed: "ProcessFeed", slot: int) -> None:
+        self._feed: ProcessFeed | None = feed
+        self._slot = slot
 
     def release(self) -> None:
-        """Give the slot back; ``pixels`` must not be used afterwards."""
         if self._feed is not None:
             self._feed._release(self._slot)
             self._feed = None
+
+
+@dataclass(frozen=True, eq=False)
+class Run(RunRead):
+    """A run read by a reader process: its :class:`RunRead` (pixels in the feed's shared memory) and where it sits."""
+
+    #: Index of the run's first cell among the cells the feed was given.
+    first: int = 0
+    #: Seconds the reader process took over it.
+    seconds: float = 0.0
+    _lease: _Lease | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Give the slot back; ``pixels`` must not be used afterwards."""
+        if self._lease is not None:
+            self._lease.release()
 
 
 def _shm_free_bytes() -> int | None:
@@ -251,7 +269,8 @@ class ProcessFeed:
                     if not started:
                         self.startup_seconds = time.perf_counter() - self._t0
                         started = True
-                    yield Run(cells, first, kept, valid, self._slots[slot, :len(kept)], seconds, self, slot)
+                    yield Run(tuple(cells), kept, valid, self._slots[slot, :len(kept)], first, seconds,
+                              _Lease(self, slot))
         finally:
             for fut in self._pending:
                 fut.cancel()

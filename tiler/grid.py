@@ -39,7 +39,10 @@ class EdgePolicy(str, enum.Enum):
 
 @dataclass(frozen=True)
 class GridCell:
-    """One grid position: its row and column and the window it reads."""
+    """One chip of a grid: its row and column and the pixel window it reads (the footprint).
+
+    The one value for a chip's position; validated here, so its users need not.
+    """
 
     row: int
     col: int
@@ -48,8 +51,17 @@ class GridCell:
     width: int
     height: int
 
+    def __post_init__(self) -> None:
+        if self.row < 0 or self.col < 0:
+            raise ValueError(f"grid cell row and col must be >= 0, got {self.row}, {self.col}")
+        if self.col_off < 0 or self.row_off < 0:
+            raise ValueError(f"grid cell offsets must be >= 0, got col_off {self.col_off}, row_off {self.row_off}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"grid cell window must be at least 1x1 pixels, got {self.width}x{self.height}")
+
     @property
     def window(self) -> Window:
+        """The pixel window the cell reads."""
         return Window(self.col_off, self.row_off, self.width, self.height)
 
 

@@ -1,13 +1,14 @@
 """Windowed chip reads with GDAL's mask, one dataset handle per thread.
 
-The mask is read first; a chip with less valid area than ``min_valid`` is
-skipped without reading its data.  Validity comes from GDAL's dataset mask
-(nodata, alpha band or internal mask), never from guessing at zeros.
+Validity comes from GDAL's mask (nodata, alpha band or internal mask), never
+from guessing at zeros; how it is got is the scene's :class:`~scenetag.tiler.scene.MaskMode`.
+A chip with less valid area than ``min_valid`` is skipped, and its data is not
+read where the mask can be had without it.
 
-Two ways to read: :meth:`ChipReader.read` takes one cell per GDAL call;
-:meth:`ChipReader.read_run` takes a run of neighbouring cells of one grid row
-in one call (mask, then data over the span of the valid cells), which costs
-far less per chip on fast readers.  Both give the same chips.
+There is one read: :meth:`ChipReader.read_run` takes a run of neighbouring
+cells of one grid row (one mask read and one data read over the run, which
+costs far less per chip than a call per cell); :meth:`ChipReader.read` is a
+run of one.  Both give a :class:`RunRead`.
 """
 
 from __future__ import annotations
@@ -18,34 +19,41 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from scenetag.errors import SceneReadError
-from scenetag.tiler.chip import Chip
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.scaling import Stretch
-from scenetag.tiler.scene import SceneInfo
+from scenetag.tiler.scene import MaskMode, SceneInfo
 
 
-@dataclass(frozen=True)
-class ChipRead:
-    """A chip and its pixels: uint8 ``(C, chip, chip)``, or None when skipped."""
+@dataclass(frozen=True, eq=False)
+class RunRead:
+    """Cells read together: every cell's valid fraction and the pixels of the cells kept.
 
-    chip: Chip
-    pixels: np.ndarray | None
+    ``kept`` indexes the ``cells`` whose chips are ``pixels[i]`` (uint8
+    ``(n_kept, C, chip, chip)``, zero where invalid or padded); ``valid`` holds
+    every cell's valid fraction (float32); the other cells were skipped.
+    """
+
+    cells: tuple[GridCell, ...]
+    kept: np.ndarray
+    valid: np.ndarray
+    pixels: np.ndarray
 
     @property
-    def skipped(self) -> bool:
-        return self.pixels is None
+    def n_skipped(self) -> int:
+        """Cells skipped for too few valid pixels."""
+        return len(self.cells) - len(self.kept)
 
 
 class ChipReader:
     """Reads grid cells of one scene as model-ready uint8 chips.
 
     Args:
-        scene: The scene, from :func:`tiler.scene.open_scene`.
+        scene: The scene, from :func:`tiler.scene.open_scene`; its ``mask_mode`` says how validity is read.
         bands: 1-based band indexes in model order.
         chip_size: Side of the chip the model sees, in pixels.
         factor: Scene pixels per model pixel (1 unless resampling).
@@ -71,10 +79,10 @@ class ChipReader:
         self.stretch = stretch
         self.min_valid = min_valid
         self.resampling = resampling
+        self._nodata = _nodata_values(scene)
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
-        self._mode: str | None = None  # the scene's mask mode, found on the first run read
 
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "ds", None)
@@ -119,147 +127,153 @@ class ChipReader:
         return (min(self.chip_size, max(1, round(cell.height / self.factor))),
                 min(self.chip_size, max(1, round(cell.width / self.factor))))
 
-    def read(self, cell: GridCell) -> ChipRead:
-        """Read one cell: mask first, then the data if the chip is valid enough."""
-        window = cell.window
-        oh, ow = self.out_shape(cell)
-        try:
-            ds = self._dataset()
-            mask = ds.dataset_mask(window=window, out_shape=(oh, ow), resampling=Resampling.nearest)
-            valid = mask > 0
-            fraction = float(np.count_nonzero(valid)) / float(self.chip_size * self.chip_size)
-            chip = Chip(self.scene.scene_id, cell.row, cell.col, window,
-                        self.scene.transform, self.scene.crs, min(1.0, fraction))
-            if fraction < self.min_valid or fraction == 0.0:
-                return ChipRead(chip, None)
-            data = ds.read(self.bands, window=window, out_shape=(len(self.bands), oh, ow),
-                           resampling=self.resampling)
-        except RasterioError as exc:
-            raise _read_error(self.scene.path, window, exc) from exc
-        pixels = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8, copy=False)
-        if not valid.all():
-            pixels = np.where(valid[None], pixels, 0).astype(np.uint8)
-        if (oh, ow) != (self.chip_size, self.chip_size):
-            padded = np.zeros((len(self.bands), self.chip_size, self.chip_size), np.uint8)
-            padded[:, :oh, :ow] = pixels
-            pixels = padded
-        return ChipRead(chip, np.ascontiguousarray(pixels))
-
-
-    def _mask_mode(self, ds: rasterio.DatasetReader) -> str:
-        """How this scene's validity is known: "all_valid", "nodata" (per band) or "gdal" (others).
-
-        Fixed per scene, so GDAL is asked once per reader, not on every run.
-        """
-        if self._mode is None:
-            flags = ds.mask_flag_enums
-            if all(f == [MaskFlags.all_valid] for f in flags):
-                self._mode = "all_valid"
-            elif all(f == [MaskFlags.nodata] for f in flags) and all(v is not None for v in ds.nodatavals):
-                self._mode = "nodata"
-            else:
-                self._mode = "gdal"
-        return self._mode
+    def read(self, cell: GridCell) -> RunRead:
+        """Read one cell: a run of one."""
+        return self.read_run((cell,))
 
     def read_run(self, cells: Sequence[GridCell], out: np.ndarray | None = None) -> RunRead:
-        """Read neighbouring cells of one grid row in one go; the same chips as :meth:`read` on each.
+        """Read neighbouring cells of one grid row in one go.
 
-        Validity costs as little as the scene allows:
+        Validity costs as little as the scene's mask mode allows:
 
-        * no mask at all (GDAL's "all valid"): no mask is read;
-        * nodata values only: every band is read once over the run and the
-          mask is derived from those pixels as GDAL derives it (a pixel is
-          valid where any band differs from its nodata value), instead of
-          letting GDAL decode each block again for a mask band;
-        * alpha band, mask band or per-dataset nodata: GDAL's dataset mask is
-          read over the run, then the bands over the span of the kept cells.
+        * ``all_valid``: no mask is read;
+        * ``nodata``: every band is read once over the run and the mask is
+          derived from those pixels as GDAL derives it (a pixel is valid where
+          any band differs from its nodata value), instead of letting GDAL
+          decode each block again for a mask band;
+        * ``gdal``: GDAL's dataset mask is read over the run, then the bands
+          over the span of the kept cells.
 
-        A resampled scene (``factor`` not 1) is read one cell at a time with
-        :meth:`read`.
+        A resampled scene (``factor`` not 1) is read cell by cell at the
+        model's resolution (mask by nearest neighbour), as resampling a span
+        would mix pixels across the cells' borders.
 
         ``out``, if given, receives the pixels (room for ``len(cells)`` chips);
         ``pixels`` is then a view of it.
         """
+        cells = tuple(cells)
         if not cells or any(c.row_off != cells[0].row_off or c.height != cells[0].height for c in cells):
             raise ValueError("read_run takes cells of one grid row")
-        n, size, nb = len(cells), self.chip_size, len(self.bands)
-        if self.factor != 1.0:
-            return self._read_each(cells, out)
-        x0 = np.fromiter((c.col_off for c in cells), np.int64, n)
-        x1 = x0 + np.fromiter((c.width for c in cells), np.int64, n)
+        size = self.chip_size
+        room = out if out is not None else np.empty((len(cells), len(self.bands), size, size), np.uint8)
+        if self.factor == 1.0:
+            kept, valid = self._read_span(cells, room)
+        else:
+            kept, valid = self._read_resampled(cells, room)
+        return RunRead(cells, np.asarray(kept, np.int64), np.asarray(valid, np.float32), room[:len(kept)])
+
+    def _keep(self, valid: Sequence[float]) -> list[int]:
+        """Indexes of the cells valid enough to classify."""
+        return [i for i, v in enumerate(valid) if v >= self.min_valid and v > 0.0]
+
+    def _read_span(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
+        """Mask and data of ``cells`` at the scene's resolution, each in one GDAL call over the run."""
+        area = float(self.chip_size * self.chip_size)
+        # Plain ints: on a run of one (the thread path), numpy's per-call costs would rival GDAL's.
+        x0 = [c.col_off for c in cells]
+        x1 = [c.col_off + c.width for c in cells]
         y, h = cells[0].row_off, cells[0].height
-        lo, hi = int(x0.min()), int(x1.max())
+        lo, hi = min(x0), max(x1)
         span = Window(lo, y, hi - lo, h)
+        mode = self.scene.mask_mode
         try:
             ds = self._dataset()
-            mode = self._mask_mode(ds)
-            if mode == "all_valid":
+            if mode is MaskMode.ALL_VALID:
                 mask = None
-                valid = (x1 - x0) * h / float(size * size)
-            elif mode == "nodata":
-                every = ds.read(window=span)
-                mask = np.zeros(every.shape[1:], bool)
-                for band, nodata in zip(every, ds.nodatavals):
-                    mask |= _differs_from(band, nodata)
-                order = [b - 1 for b in self.bands]
+                valid = [min(1.0, (b - a) * h / area) for a, b in zip(x0, x1)]
             else:
-                mask = ds.dataset_mask(window=span) > 0
-            if mask is not None:
-                counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
-                valid = (counts[x1 - lo] - counts[x0 - lo]) / float(size * size)
-            valid = np.minimum(1.0, valid)
-            kept = np.flatnonzero((valid >= self.min_valid) & (valid > 0.0))
-            pixels = (out[:len(kept)] if out is not None
-                      else np.empty((len(kept), nb, size, size), np.uint8))
+                if mode is MaskMode.NODATA:
+                    every = ds.read(window=span)
+                    if self._nodata is not None:
+                        mask = (every != self._nodata).any(axis=0)
+                    else:
+                        mask = np.zeros(every.shape[1:], bool)
+                        for band, nodata in zip(every, self.scene.nodatavals):
+                            mask |= _differs_from(band, nodata)
+                else:
+                    mask = ds.dataset_mask(window=span) > 0
+                if len(cells) == 1:
+                    valid = [min(1.0, np.count_nonzero(mask) / area)]
+                else:  # each cell's count from running column sums
+                    counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
+                    valid = np.minimum(1.0, (counts[np.subtract(x1, lo)] - counts[np.subtract(x0, lo)]) / area)
+                    valid = valid.tolist()
+            kept = self._keep(valid)
             if len(kept) == 0:
-                return RunRead(kept, valid.astype(np.float32), pixels)
-            klo, khi = int(x0[kept].min()), int(x1[kept].max())
-            if mode == "nodata":  # cut to the kept cells, then put the bands in model order
+                return kept, valid
+            klo, khi = min(x0[k] for k in kept), max(x1[k] for k in kept)
+            if mode is MaskMode.NODATA:  # cut to the kept cells, then put the bands in model order
                 data = every[:, :, klo - lo:khi - lo]
+                order = [b - 1 for b in self.bands]
                 if order != list(range(len(every))):
                     data = data[order]
             else:
                 data = ds.read(self.bands, window=Window(klo, y, khi - klo, h))
         except RasterioError as exc:
             raise _read_error(self.scene.path, span, exc) from exc
+        kmask = mask[:, klo - lo:khi - lo] if mask is not None else None
+        self._place(data, kmask, [(x0[k] - klo, x1[k] - klo) for k in kept], room)
+        return kept, valid
+
+    def _read_resampled(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
+        """Mask and data of ``cells`` at the model's resolution, one cell per GDAL call."""
+        area = float(self.chip_size * self.chip_size)
+        shapes = [self.out_shape(c) for c in cells]
+        masks: list[np.ndarray | None] = []
+        window = cells[0].window
+        try:
+            ds = self._dataset()
+            for cell, shape in zip(cells, shapes):
+                window = cell.window
+                masks.append(None if self.scene.mask_mode is MaskMode.ALL_VALID else
+                             ds.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0)
+            valid = [min(1.0, (shape[0] * shape[1] if mask is None else np.count_nonzero(mask)) / area)
+                     for shape, mask in zip(shapes, masks)]
+            kept = self._keep(valid)
+            for i, k in enumerate(kept):
+                (oh, ow), window = shapes[k], cells[k].window
+                data = ds.read(self.bands, window=window, out_shape=(len(self.bands), oh, ow),
+                               resampling=self.resampling)
+                self._place(data, masks[k], [(0, ow)], room[i:i + 1])
+        except RasterioError as exc:
+            raise _read_error(self.scene.path, window, exc) from exc
+        return kept, valid
+
+    def _place(self, data: np.ndarray, mask: np.ndarray | None, spans: list[tuple[int, int]],
+               room: np.ndarray) -> None:
+        """Stretch ``data`` (bands, rows, cols), zero it where ``mask`` is False, and cut it into ``room``.
+
+        Chip ``i`` is columns ``spans[i]`` of ``data``; a chip smaller than the
+        chip size is padded with zeros at the right and bottom.
+        """
+        size, h = self.chip_size, data.shape[1]
         data = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8, copy=False)
-        if mask is not None:
-            kmask = mask[:, klo - lo:khi - lo]
-            if not kmask.all():
-                data = np.where(kmask[None], data, 0).astype(np.uint8, copy=False)
-        for i, k in enumerate(kept):
-            a, b = int(x0[k]) - klo, int(x1[k]) - klo
+        if mask is not None and not mask.all():
+            data = np.where(mask[None], data, 0).astype(np.uint8, copy=False)
+        for i, (a, b) in enumerate(spans):
             if b - a == size and h == size:
-                pixels[i] = data[:, :, a:b]
+                room[i] = data[:, :, a:b]
             else:
-                pixels[i] = 0
-                pixels[i, :, :h, :b - a] = data[:, :, a:b]
-        return RunRead(kept, valid.astype(np.float32), pixels)
+                room[i] = 0
+                room[i, :, :h, :b - a] = data[:, :, a:b]
 
 
-    def _read_each(self, cells: Sequence[GridCell], out: np.ndarray | None) -> "RunRead":
-        """:meth:`read_run`'s result, from one :meth:`read` per cell."""
-        reads = [self.read(c) for c in cells]
-        kept = np.asarray([i for i, r in enumerate(reads) if not r.skipped], np.int64)
-        valid = np.asarray([r.chip.valid_fraction for r in reads], np.float32)
-        pixels = (out[:len(kept)] if out is not None
-                  else np.empty((len(kept), len(self.bands), self.chip_size, self.chip_size), np.uint8))
-        for i, k in enumerate(kept):
-            pixels[i] = reads[k].pixels
-        return RunRead(kept, valid, pixels)
+def _nodata_values(scene: SceneInfo) -> np.ndarray | None:
+    """The bands' nodata values as a ``(bands, 1, 1)`` array of the scene's type, for one comparison.
 
-
-@dataclass(frozen=True)
-class RunRead:
-    """A run of cells read together: the chips kept, their pixels and the skipped count.
-
-    ``kept`` indexes the run's cells whose pixels are ``pixels[i]`` (uint8
-    ``(n_kept, C, chip, chip)``); ``valid`` holds every cell's valid fraction.
+    None where a value needs :func:`_differs_from`'s care (NaN, or one the type can't hold).
     """
-
-    kept: np.ndarray
-    valid: np.ndarray
-    pixels: np.ndarray
+    if scene.mask_mode is not MaskMode.NODATA:
+        return None
+    dtype = np.dtype(scene.dtype)
+    values = [float(v) for v in scene.nodatavals]
+    if any(np.isnan(v) for v in values):
+        return None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if any(not (info.min <= v <= info.max) or v != int(v) for v in values):
+            return None
+    return np.asarray(values).astype(dtype).reshape(-1, 1, 1)
 
 
 def _differs_from(band: np.ndarray, nodata: float) -> np.ndarray:

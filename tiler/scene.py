@@ -6,6 +6,7 @@ subclasses with messages that say what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from dataclasses import dataclass
@@ -31,6 +32,17 @@ _COLOR_NAMES = {
 }
 
 
+class MaskMode(str, enum.Enum):
+    """How a scene's validity is known, from GDAL's mask flags; it decides how a reader gets the mask."""
+
+    #: No mask at all: every pixel is valid and no mask is read.
+    ALL_VALID = "all_valid"
+    #: Per-band nodata values only: the mask follows from the pixels (valid where any band differs).
+    NODATA = "nodata"
+    #: An alpha band, a mask band or per-dataset nodata: GDAL's dataset mask is read.
+    GDAL = "gdal"
+
+
 @dataclass(frozen=True)
 class SceneInfo:
     """What the job needs to know about a scene, read once."""
@@ -49,6 +61,9 @@ class SceneInfo:
     tiled: bool
     has_alpha: bool
     resolution_m: float
+    mask_mode: MaskMode
+    #: Each band's nodata value (None where a band has none).
+    nodatavals: tuple[float | None, ...]
 
     @property
     def is_uint8(self) -> bool:
@@ -109,7 +124,19 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
         tiled=bool(src.profile.get("tiled", False)),
         has_alpha=has_alpha,
         resolution_m=ground_resolution_m(src.crs, src.transform, src.width, src.height),
+        mask_mode=_mask_mode(src),
+        nodatavals=tuple(src.nodatavals),
     )
+
+
+def _mask_mode(src: rasterio.DatasetReader) -> MaskMode:
+    """The scene's :class:`MaskMode`, from its bands' mask flags."""
+    flags = src.mask_flag_enums
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return MaskMode.ALL_VALID
+    if all(f == [MaskFlags.nodata] for f in flags) and all(v is not None for v in src.nodatavals):
+        return MaskMode.NODATA
+    return MaskMode.GDAL
 
 
 def _first_line(exc: Exception) -> str:
