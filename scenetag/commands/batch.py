@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, progress_option,
+from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, out_dir_option, progress_option,
                                        quiet_third_party, scheduler_option, show_progress, tqdm_progress)
 from scenetag.errors import ScenetagError
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
@@ -68,8 +68,8 @@ def _progress(enabled: bool):
 
 @click.command("batch")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out-dir", "-d", type=click.Path(file_okay=False), required=True,
-              help="Folder for the GeoPackages (one per scene, named after it), the report and the lock.")
+@out_dir_option("Folder for the GeoPackages (one per scene, named after it), the report and the lock.",
+                required=True)
 @job_options
 @cluster_options
 @click.option("--force", is_flag=True, help="Redo scenes whose output is up to date.")

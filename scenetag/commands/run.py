@@ -6,21 +6,20 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, overwrite_option,
+from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, output_file_option, overwrite_option,
                                        progress_option, quiet_third_party, scheduler_option, show_progress,
                                        tqdm_progress)
 
 
 @click.command("run")
 @click.argument("scene", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="GeoPackage to write. Default: SCENE's name with .gpkg, in the current folder.")
+@output_file_option("GeoPackage to write. Default: SCENE's name with .gpkg, in the current folder.")
 @job_options
 @overwrite_option
 @scheduler_option
 @progress_option
 @handle_errors
-def command(scene: str, output: str | None, model_path: str | None, spec_path: str | None, backend: str,
+def command(scene: str, output: Path | None, model_path: str | None, spec_path: str | None, backend: str,
             device: str, precision: str, overwrite: bool, scheduler: str | None, progress: bool | None,
             **job: object) -> None:
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
