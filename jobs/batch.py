@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -50,14 +49,14 @@ from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.jobs.lock import OutputLock
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import BatchReport, SceneRecord
-from scenetag.jobs.scene_job import (ScenePlan, SceneResult, _now, check_outputs, classify_cells, plan_scene, signature,
+from scenetag.jobs.scene_job import (ScenePlan, SceneResult, _now, classify_cells, plan_scene, signature,
                              write_scene)
 from scenetag.hashing import file_sha256
 from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.outputs import SceneOutputs
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.schema import RUNS_LAYER
 from scenetag.atomic import TMP_GLOB
-from scenetag.errors import ModelError, ModelLoadError, OutputError, OutputExistsError, SceneReadError, ScenetagError
+from scenetag.errors import ModelError, ModelLoadError, OutputError, SceneReadError, ScenetagError
 from scenetag.tiler.grid import GridCell
 
 log = logging.getLogger(__name__)
@@ -180,28 +179,6 @@ class Prepared:
         return self.plan is None
 
 
-def recorded_signature(out: str | os.PathLike) -> str | None:
-    """The signature in an existing output's ``runs`` table, or None when there is no output.
-
-    Raises :class:`OutputExistsError` when the file exists but is no scenetag GeoPackage.
-    """
-    out = Path(out)
-    if not out.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
-        try:
-            row = con.execute(f'SELECT "signature" FROM "{RUNS_LAYER}" ORDER BY rowid DESC LIMIT 1').fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise OutputExistsError(
-            f"output {str(out)!r} exists and is not a scenetag GeoPackage ({exc}): "
-            "move it away, or pass --force to replace it"
-        ) from exc
-    return row[0] if row else None
-
-
 @dataclass(frozen=True)
 class SceneFailure:
     """An expected per-scene failure, returned by a task as a value (not raised, so not logged as a crash)."""
@@ -229,7 +206,7 @@ def prepare_scene(scene: str, out: str, model: ModelRef, options: RunOptions, fo
     except OSError as exc:
         raise SceneReadError(f"scene {scene!r} cannot be read ({exc})") from exc
     sig = signature(scene_sha, model.sha256, model.spec, options)
-    if not force and recorded_signature(out) == sig:
+    if not force and SceneOutputs(out, options.raster, options.to_crs).up_to_date(sig):
         return Prepared(scene, out, scene_sha, sig, started_at, wall_start)
     plan = plan_scene(scene, model.spec, options)
     return Prepared(scene, out, scene_sha, sig, started_at, wall_start, plan)
@@ -552,7 +529,7 @@ def run_scene_on_cluster(
     An existing ``out`` is refused before any work unless ``overwrite``, as
     :func:`~jobs.scene_job.run_scene` does.
     """
-    check_outputs(out, options, overwrite)
+    SceneOutputs(out, options.raster, options.to_crs).check(overwrite)
     with _model_on_cluster(predictor, device, scheduler, gpu=None, announce=announce) as session:
         # A scene's ScenetagError is raised here, as `run` raises it in-process.
         record = SceneRecord(str(Path(scene).resolve()), str(out))

@@ -33,17 +33,18 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
 
 import scenetag
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
 from scenetag.hashing import file_sha256
 from scenetag.model.predictor import Predictor, on_gpu
 from scenetag.model.spec import ModelSpec
+from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
 from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.config import gdal_cachemax_mb
-from scenetag.errors import OptionError, OutputExistsError
+from scenetag.errors import OptionError
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
 from scenetag.tiler.reader import ChipRead, ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
@@ -240,21 +241,6 @@ def _status(plan: ScenePlan, table: ChipTable) -> tuple[str, str]:
                      f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
 
 
-def raster_path(out: str | Path) -> Path:
-    """Where ``--raster`` writes the probability GeoTIFF for the GeoPackage ``out``."""
-    out = Path(out)
-    return out.with_name(out.stem + "_prob.tif")
-
-
-def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None:
-    """Refuse existing outputs (unless ``overwrite``) or an unwritable folder before any work."""
-    from scenetag.outputs_schema.writer import check_output  # the writer's stack loads only where it writes
-
-    check_output(out, overwrite)
-    if options.raster and raster_path(out).exists() and not overwrite:
-        raise OutputExistsError(f"output {str(raster_path(out))!r} exists: pass --overwrite to replace it")
-
-
 def write_scene(
     plan: ScenePlan,
     table: ChipTable,
@@ -267,59 +253,46 @@ def write_scene(
     scene_sha256: str | None = None,
 ) -> SceneResult:
     """Write the GeoPackage with its ``runs`` provenance row; returns the result."""
-    from scenetag.outputs_schema.writer import write_geopackage
-
     info, spec, opts = plan.info, plan.spec, plan.options
     scene_sha = scene_sha256 or file_sha256(info.path)
     status, reason = _status(plan, table)
     t_write = time.perf_counter()
-    run = {
-        "run_id": uuid.uuid4().hex,
-        "schema_version": SCHEMA_VERSION,
-        "software": f"scenetag {scenetag.__version__}",
-        "started_at": started_at,
-        "finished_at": _now(),
-        "status": status,
-        "reason": reason,
-        "scene_path": info.path,
-        "scene_sha256": scene_sha,
-        "scene_crs": info.crs.to_string(),
-        "model_name": spec.name,
-        "model_sha256": predictor.sha256,
-        "model_spec": spec.to_json(),
-        "thresholds": json.dumps(dict(zip(spec.labels, spec.thresholds))),
-        "options": json.dumps({**opts.to_dict(), "bands_used": list(plan.bands),
-                               "resolution_factor": plan.factor,
-                               "stretch": None if plan.stretch is None else
-                               {"low": plan.stretch.low, "high": plan.stretch.high}}),
-        "signature": signature(scene_sha, predictor.sha256, spec, opts),
-        "n_chips_total": len(plan.grid) + plan.grid.n_skipped,
-        "n_chips_classified": len(table),
-        "n_chips_skipped_nodata": table.n_skipped_nodata,
-        "n_chips_skipped_edge": plan.grid.n_skipped,
-        "seconds_total": 0.0,
-        "seconds_read": table.seconds_read,
-        "seconds_infer": table.seconds_infer,
-        "seconds_write": 0.0,
-    }
-    # Times that include the write itself are estimated just before it.
-    run["seconds_total"] = time.perf_counter() - t_start
-    to_crs = CRS.from_user_input(opts.to_crs) if opts.to_crs else None
-    write_geopackage(out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
-                     crs=info.crs, run=run, overwrite=overwrite, to_crs=to_crs)
-    if opts.raster:
-        from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
-
-        write_probability_raster(
-            raster_path(out), table, spec.labels, *plan.grid.shape,
-            grid_transform(info.transform, plan.grid.stride, plan.grid.chip), info.crs,
-            overwrite=True,  # refused up front by check_outputs unless --overwrite
-            tags={"scenetag_run_id": run["run_id"], "scenetag_signature": run["signature"]},
-        )
+    run = RunRecord(
+        run_id=uuid.uuid4().hex,
+        schema_version=SCHEMA_VERSION,
+        software=f"scenetag {scenetag.__version__}",
+        started_at=started_at,
+        finished_at=_now(),
+        status=status,
+        reason=reason,
+        scene_path=info.path,
+        scene_sha256=scene_sha,
+        scene_crs=info.crs.to_string(),
+        model_name=spec.name,
+        model_sha256=predictor.sha256,
+        model_spec=spec.to_dict(),
+        thresholds=dict(zip(spec.labels, spec.thresholds)),
+        options={**opts.to_dict(), "bands_used": list(plan.bands), "resolution_factor": plan.factor,
+                 "stretch": None if plan.stretch is None else
+                 {"low": plan.stretch.low, "high": plan.stretch.high}},
+        signature=signature(scene_sha, predictor.sha256, spec, opts),
+        n_chips_total=len(plan.grid) + plan.grid.n_skipped,
+        n_chips_classified=len(table),
+        n_chips_skipped_nodata=table.n_skipped_nodata,
+        n_chips_skipped_edge=plan.grid.n_skipped,
+        # Times that include the write itself are estimated just before it (the writer adds its own).
+        seconds_total=time.perf_counter() - t_start,
+        seconds_read=table.seconds_read,
+        seconds_infer=table.seconds_infer,
+        seconds_write=0.0,
+    )
+    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
+    # Checked before any work by SceneOutputs.check.
+    run = SceneOutputs(out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=overwrite)
     seconds = time.perf_counter() - t_start
     return SceneResult(
         scene=info.path, output=str(out), status=status, reason=reason,
-        n_chips_total=run["n_chips_total"], n_chips_classified=len(table),
+        n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=seconds,
         timings={"read": table.seconds_read, "infer": table.seconds_infer,
@@ -339,7 +312,7 @@ def run_scene(
     """Classify one scene and write its GeoPackage (the path of ``cli.py run``)."""
     t_start = time.perf_counter()
     started_at = _now()
-    check_outputs(out, options, overwrite)
+    SceneOutputs(out, options.raster, options.to_crs).check(overwrite)
     plan = plan_scene(scene_path, predictor.spec, options)
     progress = progress_factory(len(plan.grid)) if progress_factory else None
     # The scene's checksum (for provenance) is computed while chips are classified.

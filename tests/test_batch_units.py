@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from scenetag.jobs.batch import SceneFailure, _task, gpu_resources, recorded_signature
+from scenetag.jobs.batch import SceneFailure, _task, gpu_resources
 from scenetag.jobs.cluster import SCHEDULER_ENV, ClusterError, ClusterInfo, resolve_scheduler
 from scenetag.jobs.inputs import InputError, expand_inputs, output_paths
 from scenetag.jobs.lock import LOCK_NAME, OutputLock
 from scenetag.jobs.report import BatchReport, SceneRecord
-from scenetag.errors import LockedError, ModelLoadError, OutputExistsError, SceneReadError
+from scenetag.errors import LockedError, ModelLoadError, SceneReadError
 
 
 def only_files(folder: Path) -> list[str]:
@@ -133,14 +133,6 @@ def test_report_json_and_summary(tmp_path):
     text = report.summary()
     assert text.splitlines()[0].startswith("3 scenes: 1 ok, 0 empty, 1 skipped, 1 failed")
     assert "bad.tif" in text and "is corrupt" in text
-
-
-def test_recorded_signature_refuses_a_foreign_file(tmp_path):
-    assert recorded_signature(tmp_path / "none.gpkg") is None
-    foreign = tmp_path / "foreign.gpkg"
-    foreign.write_text("not a geopackage")
-    with pytest.raises(OutputExistsError, match="not a scenetag GeoPackage"):
-        recorded_signature(foreign)
 
 
 def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
