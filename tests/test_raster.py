@@ -61,7 +61,7 @@ def test_heat_map_style_goes_beside_the_raster(tmp_path):
 
     table = synthetic_table(2, 2, 2)
     write_probability_raster(tmp_path / "p.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
-                                   "EPSG:32633")
+                             "EPSG:32633")
     root = ET.fromstring((tmp_path / "p.qml").read_text().split("\n", 1)[1])
     r = root.find("pipe/rasterrenderer")
     assert r.get("type") == "singlebandpseudocolor" and r.get("band") == "1"

@@ -101,7 +101,7 @@ def test_a_file_that_is_no_geopackage_is_refused(tmp_path, content):
 
 @pytest.mark.parametrize("ddl, why", [
     ("CREATE TABLE chips (fid INTEGER)", "no 'runs' table"),
-    ("CREATE TABLE runs (run_id TEXT, signature TEXT)", "lacks the fields \\['schema_version'"),
+    ("CREATE TABLE runs (run_id TEXT, signature TEXT)", "'runs' table lacks the fields \\['schema_version'"),
 ])
 def test_a_geopackage_of_another_program_is_refused(tmp_path, ddl, why):
     other = tmp_path / "other.gpkg"
