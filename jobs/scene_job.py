@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,10 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from rasterio.crs import CRS
 
 import scenetag
-from scenetag.errors import OptionError, OutputExistsError, SceneReadError
+from scenetag.errors import OptionError, SceneReadError
 from scenetag.hashing import file_sha256
 from scenetag.jobs.classify import Progress, classify_cells
 from scenetag.jobs.models import SceneModel
@@ -41,7 +38,9 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import Status
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.schema import RUNS_LAYER, SCHEMA_VERSION
+from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
+from scenetag.outputs_schema.run_record import RunRecord
+from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
 from scenetag.tiler.reader import ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
@@ -139,21 +138,6 @@ def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[Status, str]:
                      f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
 
 
-def raster_path(out: str | Path) -> Path:
-    """Where ``--raster`` writes the probability GeoTIFF for the GeoPackage ``out``."""
-    out = Path(out)
-    return out.with_name(out.stem + "_prob.tif")
-
-
-def check_outputs(out: str | Path, options: RunOptions, overwrite: bool) -> None:
-    """Refuse existing outputs (unless ``overwrite``) or an unwritable folder before any work."""
-    from scenetag.outputs_schema.writer import check_output  # the writer's stack loads only where it writes
-
-    check_output(out, overwrite)
-    if options.raster and raster_path(out).exists() and not overwrite:
-        raise OutputExistsError(f"output {str(raster_path(out))!r} exists: pass --overwrite to replace it")
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A scene after its first step: skipped (its outputs are up to date), or planned."""
@@ -182,39 +166,18 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
     and ``batch`` for outputs that are out of date).
     """
     wall_start, started_at = time.time(), _now()
+    outputs = SceneOutputs(out, options.raster, options.to_crs)
     scene_sha = None
     if skip_current:
         if not Path(scene).is_file():
             raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
                                  else f"scene {scene!r} is not a file")
         scene_sha = hash_scene(scene)
-        if recorded_signature(out) == signature(scene_sha, model.sha256, model.spec, options):
+        if outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options)):
             return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
-    check_outputs(out, options, overwrite)
+    outputs.check(overwrite)
     plan = plan_scene(scene, model.spec, options)
     return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)
-
-
-def recorded_signature(out: str | os.PathLike) -> str | None:
-    """The signature in an existing output's ``runs`` table, or None when there is no output.
-
-    Raises :class:`OutputExistsError` when the file exists but is no scenetag GeoPackage.
-    """
-    out = Path(out)
-    if not out.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
-        try:
-            row = con.execute(f'SELECT "signature" FROM "{RUNS_LAYER}" ORDER BY rowid DESC LIMIT 1').fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise OutputExistsError(
-            f"output {str(out)!r} exists and is not a scenetag GeoPackage ({exc}): "
-            "move it away, or pass --force to replace it"
-        ) from exc
-    return row[0] if row else None
 
 
 def hash_scene(scene: str) -> str:
@@ -233,58 +196,45 @@ def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: Sce
 
 def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: ChipTable) -> SceneResult:
     """The scene's single writer: join its strips, write the outputs atomically; returns the result."""
-    from scenetag.outputs_schema.writer import write_geopackage
-
     plan = prep.plan
     info, spec, opts = plan.info, plan.spec, plan.options
     table = ChipTable.concat(tables, spec.n_labels) if len(tables) != 1 else tables[0]
     status, reason = scene_status(plan, table)
     t_write = time.perf_counter()
-    run = {
-        "run_id": uuid.uuid4().hex,
-        "schema_version": SCHEMA_VERSION,
-        "software": f"scenetag {scenetag.__version__}",
-        "started_at": prep.started_at,
-        "finished_at": _now(),
-        "status": status.value,
-        "reason": reason,
-        "scene_path": info.path,
-        "scene_sha256": scene_sha256,
-        "scene_crs": info.crs.to_string(),
-        "model_name": spec.name,
-        "model_sha256": model.sha256,
-        "model_spec": spec.to_json(),
-        "thresholds": json.dumps(dict(zip(spec.labels, spec.thresholds))),
-        "options": json.dumps({**opts.to_dict(), "bands_used": list(plan.bands),
-                               "resolution_factor": plan.factor,
-                               "stretch": None if plan.stretch is None else
-                               {"low": plan.stretch.low, "high": plan.stretch.high}}),
-        "signature": signature(scene_sha256, model.sha256, spec, opts),
-        "n_chips_total": len(plan.grid) + plan.grid.n_skipped,
-        "n_chips_classified": len(table),
-        "n_chips_skipped_nodata": table.n_skipped_nodata,
-        "n_chips_skipped_edge": plan.grid.n_skipped,
-        # Times that include the write itself are estimated just before it.
-        "seconds_total": time.time() - prep.wall_start,
-        "seconds_read": table.seconds_read,
-        "seconds_infer": table.seconds_infer,
-        "seconds_write": 0.0,
-    }
-    to_crs = CRS.from_user_input(opts.to_crs) if opts.to_crs else None
-    write_geopackage(prep.out, table=table, spec=spec, scene_id=info.scene_id, transform=info.transform,
-                     crs=info.crs, run=run, overwrite=prep.overwrite, to_crs=to_crs)
-    if opts.raster:
-        from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
-
-        write_probability_raster(
-            raster_path(prep.out), table, spec.labels, *plan.grid.shape,
-            grid_transform(info.transform, plan.grid.stride, plan.grid.chip), info.crs,
-            overwrite=True,  # refused up front by check_outputs unless allowed
-            tags={"scenetag_run_id": run["run_id"], "scenetag_signature": run["signature"]},
-        )
+    run = RunRecord(
+        run_id=uuid.uuid4().hex,
+        schema_version=SCHEMA_VERSION,
+        software=f"scenetag {scenetag.__version__}",
+        started_at=prep.started_at,
+        finished_at=_now(),
+        status=status.value,
+        reason=reason,
+        scene_path=info.path,
+        scene_sha256=scene_sha256,
+        scene_crs=info.crs.to_string(),
+        model_name=spec.name,
+        model_sha256=model.sha256,
+        model_spec=spec.to_dict(),
+        thresholds=dict(zip(spec.labels, spec.thresholds)),
+        options={**opts.to_dict(), "bands_used": list(plan.bands), "resolution_factor": plan.factor,
+                 "stretch": None if plan.stretch is None else
+                 {"low": plan.stretch.low, "high": plan.stretch.high}},
+        signature=signature(scene_sha256, model.sha256, spec, opts),
+        n_chips_total=len(plan.grid) + plan.grid.n_skipped,
+        n_chips_classified=len(table),
+        n_chips_skipped_nodata=table.n_skipped_nodata,
+        n_chips_skipped_edge=plan.grid.n_skipped,
+        # Times that include the write itself are estimated just before it (the writer adds its own).
+        seconds_total=time.time() - prep.wall_start,
+        seconds_read=table.seconds_read,
+        seconds_infer=table.seconds_infer,
+        seconds_write=0.0,
+    )
+    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
+    SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
         scene=info.path, output=str(prep.out), status=status, reason=reason,
-        n_chips_total=run["n_chips_total"], n_chips_classified=len(table),
+        n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,
         timings={"read": table.seconds_read, "infer": table.seconds_infer,

@@ -27,19 +27,6 @@ log = logging.getLogger(__name__)
 MAX_LATTICE_CELLS = 1 << 24
 
 
-def lattice_coverage(
-    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The lattice cut by the windows ``[x0, x1) x [y0, y1)`` and which of its cells they cover.
-
-    Returns ``(xs, ys, covered)``: the sorted unique x and y edges, and a
-    ``(len(ys) - 1, len(xs) - 1)`` uint8 array, 1 where lattice cell
-    ``[xs[i], xs[i+1]) x [ys[j], ys[j+1])`` lies inside some window.
-    """
-    xs, ys = _edges(x0, x1), _edges(y0, y1)
-    return xs, ys, _cover(xs, ys, x0, y0, x1, y1)
-
-
 def _edges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([lo, hi]))
 
@@ -68,7 +55,7 @@ def dissolve_windows(
     """The union of pixel windows as one MultiPolygon in the CRS of ``transform``.
 
     The union is exact in pixel space, and its vertices are mapped through
-    ``transform`` as :func:`outputs_schema.writer.footprints` maps chip
+    ``transform`` as :func:`~scenetag.outputs_schema.geopackage.footprints` maps chip
     corners, so the result equals (``shapely.equals``, and in area)
     ``shapely.union_all`` of the footprints under any axis-aligned affine.
     Under a rotated or sheared affine it is the exact image of the pixel-space

@@ -17,7 +17,10 @@ metadata extension when absent):
   ``GPKG_METADATA_ITEM_n``).
 
 ``gpkg_contents.description`` of each layer gets a one-line summary too.
-Rerunning :func:`add_metadata` replaces what it wrote before.
+Rerunning :func:`add_metadata` replaces what it wrote before.  The ``runs``
+table stays the record programs read back
+(:func:`~scenetag.outputs_schema.run_record.read_run_record`); these
+documents are its copies for QGIS and GDAL.
 """
 
 from __future__ import annotations
@@ -27,20 +30,19 @@ import logging
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from scenetag.model.spec import ModelSpec
-from scenetag.outputs_schema.schema import CHIPS_LAYER, RUN_FIELDS, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
-from scenetag.outputs_schema.styles import QML_VERSION, qml_text, xml_safe
-from scenetag.errors import OutputError
+from scenetag.outputs_schema.db import connect_read_only
+from scenetag.outputs_schema.qml import QML_VERSION, qml_text, xml_safe
+from scenetag.outputs_schema.run_record import RunRecord
+from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
 
 log = logging.getLogger(__name__)
 
 QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"
 PROVENANCE_URI = "urn:scenetag:provenance"
 METADATA_EXTENSION = "http://www.geopackage.org/spec120/#extension_metadata"
-#: Provenance fields holding JSON text, decoded in the JSON document.
-_JSON_FIELDS = ("model_spec", "thresholds", "options")
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS gpkg_metadata (
@@ -72,54 +74,27 @@ _DDL = (
 )
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars (as read back from a table) as Python values."""
-    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
-
-
-def _text(value: Any) -> str:
-    value = _plain(value)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
-def provenance_document(spec: ModelSpec, run: Mapping[str, Any]) -> dict:
-    """The JSON provenance document: schema version, layers, labels and the run row."""
+def provenance_document(spec: ModelSpec, run: RunRecord) -> dict:
+    """The JSON provenance document: schema version, layers, labels and the run record."""
     schema = OutputSchema(spec.labels)
-    record: dict[str, Any] = {}
-    for key, value in run.items():
-        value = _plain(value)
-        if key in _JSON_FIELDS and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        record[key] = value
-    record.setdefault("model_spec", spec.to_dict())
     return {
         "schema_version": SCHEMA_VERSION,
         "layers": list(schema.layers),
         "labels": list(schema.labels),
         "prob_columns": dict(zip(schema.labels, schema.prob_columns)),
-        "run": record,
+        "run": run.to_dict(),
     }
 
 
-def _summary(run: Mapping[str, Any], spec: ModelSpec) -> str:
-    scene = _text(run.get("scene_path")) or "?"
-    status = _text(run.get("status")) or "?"
-    reason = _text(run.get("reason"))
-    return (f"scenetag output schema v{SCHEMA_VERSION}. Scene {scene}, model {spec.name} "
-            f"({spec.arch}, {spec.n_labels} labels), run {_text(run.get('run_id')) or '?'} "
-            f"by {_text(run.get('software')) or 'scenetag'}, finished {_text(run.get('finished_at')) or '?'}, "
-            f"status {status}" + (f" ({reason})" if reason else "") + ".")
+def _summary(run: RunRecord, spec: ModelSpec) -> str:
+    return (f"scenetag output schema v{SCHEMA_VERSION}. Scene {run.scene_path or '?'}, model {spec.name} "
+            f"({spec.arch}, {spec.n_labels} labels), run {run.run_id or '?'} "
+            f"by {run.software or 'scenetag'}, finished {run.finished_at or '?'}, "
+            f"status {run.status or '?'}" + (f" ({run.reason})" if run.reason else "") + ".")
 
 
 def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSchema,
-                       run: Mapping[str, Any], crs: tuple[str, str] | None) -> str:
+                       run: RunRecord, crs: tuple[str, str] | None) -> str:
     """A QGIS layer-metadata document (what QGIS itself stores in a GeoPackage)."""
     root = ET.Element("qgis", version=QML_VERSION)
     for tag, text in (("identifier", layer), ("parentidentifier", ""), ("language", "en"),
@@ -131,16 +106,14 @@ def layer_metadata_xml(layer: str, title: str, abstract: str, schema: OutputSche
     for label in schema.labels:
         ET.SubElement(kw, "keyword").text = xml_safe(label)
     links = ET.SubElement(root, "links")
-    if run.get("scene_path"):
-        path = Path(_text(run["scene_path"]))
+    if run.scene_path:
+        path = Path(run.scene_path)
         url = path.as_uri() if path.is_absolute() else str(path)
         ET.SubElement(links, "link", name="scene", type="file", url=xml_safe(url),
                       description="the classified scene", format="GeoTIFF", mimeType="image/tiff", size="")
-    if "schema_version" not in run:
-        ET.SubElement(root, "history").text = f"schema_version: {SCHEMA_VERSION}"
-    for f in RUN_FIELDS:
-        if f.name in run:
-            ET.SubElement(root, "history").text = xml_safe(f"{f.name}: {_text(run[f.name])}")
+    for name, value in run.to_row().items():  # the text stored in ``runs``
+        text = value if isinstance(value, str) else json.dumps(value)
+        ET.SubElement(root, "history").text = xml_safe(f"{name}: {text}")
     ET.SubElement(root, "fees").text = ""
     ET.SubElement(root, "encoding").text = ""
     if crs is not None:
@@ -174,47 +147,38 @@ def _titles(schema: OutputSchema, scene_id: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def add_metadata(gpkg_path: str | Path, spec: ModelSpec, run: Mapping[str, Any]) -> None:
-    """Write the schema version and ``run`` provenance into the GeoPackage's metadata tables.
+def add_metadata(con: sqlite3.Connection, spec: ModelSpec, run: RunRecord) -> None:
+    """Write the schema version and ``run`` provenance into the metadata tables of the GeoPackage of ``con``.
 
     Call it once every layer, ``runs`` included, is written.  Raises ValueError
-    when a layer is missing and :class:`OutputError` when the GeoPackage cannot
-    be written.
+    when a layer is missing, and :class:`sqlite3.Error` when the GeoPackage
+    cannot be read or written (the writer reports it as an
+    :class:`~scenetag.errors.OutputError`).
     """
-    try:
-        _add_metadata(gpkg_path, OutputSchema(spec.labels), spec, run)
-    except sqlite3.Error as exc:
-        raise OutputError(f"could not store metadata in {str(gpkg_path)!r}: {exc}") from exc
-
-
-def _add_metadata(gpkg_path: str | Path, schema: OutputSchema, spec: ModelSpec, run: Mapping[str, Any]) -> None:
-    con = sqlite3.connect(str(gpkg_path))
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")}
-        missing = [layer for layer in schema.layers if layer not in tables]
-        if missing:
-            raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their metadata")
-        crs = _layer_crs(con)
-        scene_id = Path(_text(run.get("scene_path")) or "scene").stem
-        summary = _summary(run, spec)
-        with con:
-            for stmt in _DDL:
-                con.execute(stmt)
-            for table in ("gpkg_metadata", "gpkg_metadata_reference"):
-                con.execute(
-                    "INSERT OR IGNORE INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
-                    "VALUES (?, NULL, 'gpkg_metadata', ?, 'read-write')", (table, METADATA_EXTENSION))
-            _delete_previous(con, schema)
-            doc = json.dumps(provenance_document(spec, run), sort_keys=True, default=str)
-            _insert(con, PROVENANCE_URI, "application/json", doc, "geopackage", None)
-            for layer, (title, line) in _titles(schema, scene_id).items():
-                xml = layer_metadata_xml(layer, title, f"{line}\n\n{summary}", schema, run, crs.get(layer))
-                _insert(con, QGIS_METADATA_URI, "text/xml", xml, "table", layer)
-                con.execute("UPDATE gpkg_contents SET description=? WHERE table_name=?",
-                            (f"{line} scenetag schema v{SCHEMA_VERSION}.", layer))
-    finally:
-        con.close()
-    log.debug("stored metadata of %d layers in %s", len(schema.layers), gpkg_path)
+    schema = OutputSchema(spec.labels)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")}
+    missing = [layer for layer in schema.layers if layer not in tables]
+    if missing:
+        raise ValueError(f"the GeoPackage lacks the layers {missing}: write them before their metadata")
+    crs = _layer_crs(con)
+    scene_id = Path(run.scene_path or "scene").stem
+    summary = _summary(run, spec)
+    with con:
+        for stmt in _DDL:
+            con.execute(stmt)
+        for table in ("gpkg_metadata", "gpkg_metadata_reference"):
+            con.execute(
+                "INSERT OR IGNORE INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+                "VALUES (?, NULL, 'gpkg_metadata', ?, 'read-write')", (table, METADATA_EXTENSION))
+        _delete_previous(con, schema)
+        doc = json.dumps(provenance_document(spec, run), sort_keys=True, default=str)
+        _insert(con, PROVENANCE_URI, "application/json", doc, "geopackage", None)
+        for layer, (title, line) in _titles(schema, scene_id).items():
+            xml = layer_metadata_xml(layer, title, f"{line}\n\n{summary}", schema, run, crs.get(layer))
+            _insert(con, QGIS_METADATA_URI, "text/xml", xml, "table", layer)
+            con.execute("UPDATE gpkg_contents SET description=? WHERE table_name=?",
+                        (f"{line} scenetag schema v{SCHEMA_VERSION}.", layer))
+    log.debug("stored metadata of %d layers", len(schema.layers))
 
 
 def _insert(con: sqlite3.Connection, uri: str, mime: str, text: str, scope: str, table: str | None) -> None:
@@ -235,9 +199,9 @@ def _delete_previous(con: sqlite3.Connection, schema: OutputSchema) -> None:
         con.execute("DELETE FROM gpkg_metadata WHERE id=?", (md_id,))
 
 
-def read_metadata(gpkg_path: str | Path) -> list[dict]:
+def read_metadata(gpkg_path: str | Path) -> list[dict[str, Any]]:
     """Every metadata row with its reference, as dicts (empty without the extension)."""
-    con = sqlite3.connect(str(gpkg_path))
+    con = connect_read_only(gpkg_path)
     con.row_factory = sqlite3.Row
     try:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE name='gpkg_metadata'").fetchone():
@@ -247,11 +211,3 @@ def read_metadata(gpkg_path: str | Path) -> list[dict]:
             "FROM gpkg_metadata m LEFT JOIN gpkg_metadata_reference r ON r.md_file_id = m.id ORDER BY m.id")]
     finally:
         con.close()
-
-
-def read_provenance(gpkg_path: str | Path) -> dict | None:
-    """The JSON provenance document, or None when there is none."""
-    for row in read_metadata(gpkg_path):
-        if row["md_standard_uri"] == PROVENANCE_URI:
-            return json.loads(row["metadata"])
-    return None

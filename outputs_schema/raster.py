@@ -23,7 +23,9 @@ default: the first label's band as a 0..1 heat map (magma), NaN transparent;
 another band is one click away in Layer Properties > Symbology.
 
 Both files are written under temporary names beside ``out`` and renamed when
-complete, so a killed job leaves no half-written raster.
+complete, so a killed job leaves no half-written raster.  Whether they may be
+written is decided before any work by
+:class:`~scenetag.outputs_schema.outputs.SceneOutputs`, which calls this module.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.outputs_schema.styles import probability_raster_qml
 from scenetag.atomic import atomic_path
-from scenetag.errors import OutputError, OutputExistsError
+from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ NODATA = float("nan")
 #: GDAL COG creation options: lossless, float predictor, overviews when large enough.
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "BLOCKSIZE": "256", "OVERVIEWS": "AUTO",
                "RESAMPLING": "AVERAGE"}
+
+
+def style_path(out: str | Path) -> Path:
+    """Where the QGIS style of the raster ``out`` goes: beside it, as ``<name>.qml``."""
+    return Path(out).with_suffix(".qml")
 
 
 def grid_transform(scene_transform: Affine, stride: int, chip: int | None = None) -> Affine:
@@ -102,24 +109,20 @@ def write_probability_raster(
     transform: Affine,
     crs: CRS | str,
     *,
-    overwrite: bool = False,
     tags: Mapping[str, str] | None = None,
     style: bool = True,
 ) -> Path:
-    """Write the chip probabilities of ``table`` as a COG at ``out``; returns ``out``.
+    """Write the chip probabilities of ``table`` as a COG at ``out``, replacing it; returns ``out``.
 
     ``tags`` are added to the dataset metadata (e.g. the run id or signature).
-    With ``style``, the QGIS heat-map style goes beside it as ``<name>.qml``
-    (left alone where it exists and ``overwrite`` is not set).
+    With ``style``, the QGIS heat-map style goes beside it as :func:`style_path`.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"raster {str(out)!r} exists: pass --overwrite to replace it")
     labels = tuple(labels)
     if not labels:
         raise ValueError("no labels: the raster needs one band per label")
     data = probability_grid(table, len(labels), n_rows, n_cols)
-    qml = out.with_suffix(".qml")
+    qml = style_path(out)
     profile = dict(driver="COG", width=n_cols, height=n_rows, count=len(labels), dtype="float32",
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
@@ -132,7 +135,7 @@ def write_probability_raster(
                 dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
                                 scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
                                 **{str(k): str(v) for k, v in (tags or {}).items()})
-        if style and (overwrite or not qml.exists()):
+        if style:
             with atomic_path(qml) as tmp_qml:
                 tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
     except (OSError, rasterio.errors.RasterioError) as exc:

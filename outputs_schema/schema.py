@@ -30,13 +30,22 @@ LABEL_LAYER_PREFIX = "label_"
 PROB_PREFIX = "p_"
 
 
+#: The ``dtype`` of a field stored as JSON text; in Python its value is a dict.
+JSON = "json"
+
+
 @dataclass(frozen=True)
 class Field:
-    """One attribute field: name, pandas/numpy dtype and meaning."""
+    """One attribute field: name, dtype (a pandas/numpy dtype, or :data:`JSON`) and meaning."""
 
     name: str
     dtype: str
     doc: str
+
+    @property
+    def storage_dtype(self) -> str:
+        """The pandas/numpy dtype of the column in the file (JSON is text)."""
+        return "str" if self.dtype == JSON else self.dtype
 
 
 #: Fixed fields of the ``chips`` layer, before the per-label probability columns.
@@ -63,7 +72,7 @@ LABEL_FIELDS: tuple[Field, ...] = (
     Field("mean_prob", "float32", "mean probability of the label over those chips"),
 )
 
-#: Fields of the ``runs`` table.
+#: Fields of the ``runs`` table; :class:`~scenetag.outputs_schema.run_record.RunRecord` is made from them.
 RUN_FIELDS: tuple[Field, ...] = (
     Field("run_id", "str", "unique id of the run"),
     Field("schema_version", "int32", "version of this schema"),
@@ -77,9 +86,9 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("scene_crs", "str", "CRS of the scene, as authority code or WKT"),
     Field("model_name", "str", "model name from its spec"),
     Field("model_sha256", "str", "sha256 of the model file"),
-    Field("model_spec", "str", "the model spec, JSON"),
-    Field("thresholds", "str", "label -> threshold, JSON"),
-    Field("options", "str", "run options, JSON"),
+    Field("model_spec", JSON, "the model spec"),
+    Field("thresholds", JSON, "label -> threshold"),
+    Field("options", JSON, "run options"),
     Field("signature", "str", "hash of scene, model, options and schema version"),
     Field("n_chips_total", "int32", "chips in the grid"),
     Field("n_chips_classified", "int32", "chips classified"),

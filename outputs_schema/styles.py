@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import html
 import logging
-import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -44,8 +43,9 @@ from typing import Mapping, Sequence
 
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.colors import Color, label_color
+from scenetag.outputs_schema.db import connect_read_only
+from scenetag.outputs_schema.qml import QML_VERSION, add_props, fill_symbol, qml_text, xml_safe
 from scenetag.outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
-from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,6 @@ LAYER_STYLES_DDL = f"""CREATE TABLE "{STYLE_TABLE}" (
 
 #: Widest style name the table declares (GDAL warns when reading longer ones).
 MAX_STYLE_NAME = 30
-#: QML written; QGIS 3.22 (Debian 12) is the oldest release we check against.
-QML_VERSION = "3.22.0-Białowieża"
-QML_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
 
 #: Fill opacity of chips (categorised) and of label footprints.
 CHIP_FILL_ALPHA = 0.45
@@ -94,55 +91,9 @@ class LayerStyle:
     qml: str
     default: bool
     description: str
-    sld: str = ""
 
 
-# -- QML building blocks ----------------------------------------------------
-_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def xml_safe(text: str) -> str:
-    """``text`` with the characters XML 1.0 cannot hold (control characters) as U+FFFD."""
-    return _NOT_XML.sub("\ufffd", str(text))
-
-
-def _props(parent: ET.Element, props: Mapping[str, str]) -> None:
-    """Symbol-layer properties both ways QGIS has stored them: an ``Option`` map
-    (read by 3.22 and later) and the ``prop`` list (read by every 3.x)."""
-    opt = ET.SubElement(parent, "Option", type="Map")
-    for k, v in props.items():
-        ET.SubElement(opt, "Option", name=k, type="QString", value=v)
-    for k, v in props.items():
-        ET.SubElement(parent, "prop", k=k, v=v)
-
-
-def fill_symbol(name: str, fill: str, outline: str, outline_width: float = 0.26,
-                style: str = "solid") -> ET.Element:
-    """A QGIS fill symbol with one SimpleFill layer; colours in ``r,g,b,a``."""
-    sym = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
-    layer = ET.SubElement(sym, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
-    _props(layer, {
-        "border_width_map_unit_scale": "3x:0,0,0,0,0,0",
-        "color": fill,
-        "joinstyle": "bevel",
-        "offset": "0,0",
-        "offset_map_unit_scale": "3x:0,0,0,0,0,0",
-        "offset_unit": "MM",
-        "outline_color": outline,
-        "outline_style": "solid",
-        "outline_width": f"{outline_width:g}",
-        "outline_width_unit": "MM",
-        "style": style,
-    })
-    return sym
-
-
-def qml_text(root: ET.Element) -> str:
-    """A QGIS document (style or layer metadata) as text: indented, with QGIS's doctype."""
-    ET.indent(root, space=" ")
-    return QML_DOCTYPE + "\n" + ET.tostring(root, encoding="unicode") + "\n"
-
-
+# -- QML documents -------------------------------------------------------------
 def _qgis_root() -> ET.Element:
     return ET.Element("qgis", version=QML_VERSION,
                       styleCategories="Symbology|Fields|MapTips|Rendering|AttributeTable")
@@ -232,7 +183,7 @@ def chips_graduated_qml(schema: OutputSchema, label_index: int, threshold: float
     src = ET.SubElement(r, "source-symbol")
     src.append(fill_symbol("0", c.qgis(0.5), c.darker().qgis(1.0), 0.2))
     ramp = ET.SubElement(r, "colorramp", type="gradient", name="[source]")
-    _props(ramp, {"color1": Color(255, 255, 255).mix(c, 0.35).qgis(1.0), "color2": c.qgis(1.0),
+    add_props(ramp, {"color1": Color(255, 255, 255).mix(c, 0.35).qgis(1.0), "color2": c.qgis(1.0),
                   "discrete": "0", "rampType": "gradient"})
     method = ET.SubElement(r, "classificationMethod", id="Custom")
     ET.SubElement(method, "symmetricMode", enabled="0", symmetrypoint="0", astride="0")
@@ -270,7 +221,7 @@ HEAT_RAMP: tuple[tuple[float, str, int], ...] = (
 )
 
 
-def probability_raster_qml(label: str, band: int = 1, opacity: float = 1.0) -> str:
+def probability_raster_qml(label: str, band: int = 1) -> str:
     """QGIS style of the probability raster: ``band`` as a 0..1 heat map over the scene.
 
     Low probabilities are transparent, high ones nearly opaque; NaN shows nothing.
@@ -281,7 +232,7 @@ def probability_raster_qml(label: str, band: int = 1, opacity: float = 1.0) -> s
     ET.SubElement(provider, "resampling", enabled="false", zoomedInResamplingMethod="nearestNeighbour",
                   zoomedOutResamplingMethod="nearestNeighbour", maxOversampling="2")
     r = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band=str(band),
-                      opacity=f"{opacity:g}", alphaBand="-1", classificationMin="0", classificationMax="1",
+                      opacity="1", alphaBand="-1", classificationMin="0", classificationMax="1",
                       nodataColor="")
     mmo = ET.SubElement(r, "minMaxOrigin")
     for tag, text in (("limits", "None"), ("extent", "WholeRaster"), ("statAccuracy", "Estimated"),
@@ -325,10 +276,6 @@ def build_styles(spec: ModelSpec, geometry_columns: Mapping[str, str]) -> list[L
 
 
 # -- writing ------------------------------------------------------------------
-def _geometry_columns(con: sqlite3.Connection) -> dict[str, str]:
-    return dict(con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
-
-
 def ensure_style_table(con: sqlite3.Connection) -> None:
     """Create ``layer_styles`` and register it in ``gpkg_contents`` unless present."""
     exists = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (STYLE_TABLE,)).fetchone()
@@ -363,57 +310,45 @@ def _distinct_seconds(taken: set[str], n: int) -> list[str]:
     return out
 
 
-def write_styles(gpkg_path: str | Path, styles: Sequence[LayerStyle]) -> None:
-    """Insert ``styles`` into the GeoPackage, replacing rows of the same layer and style name."""
-    con = sqlite3.connect(str(gpkg_path))
-    try:
-        with con:
-            ensure_style_table(con)
-            for s in styles:
-                con.execute(f'DELETE FROM "{STYLE_TABLE}" WHERE f_table_name=? AND styleName=?',
-                            (s.layer, s.name))
-            taken = {str(r[0])[:19] for r in con.execute(f'SELECT update_time FROM "{STYLE_TABLE}"') if r[0]}
-            for s, stamp in zip(styles, _distinct_seconds(taken, len(styles))):
-                if s.default:  # one default per layer, as QGIS keeps it
-                    con.execute(f'UPDATE "{STYLE_TABLE}" SET useAsDefault=0 WHERE f_table_name=? '
-                                "AND f_geometry_column=?", (s.layer, s.geometry_column))
-                con.execute(
-                    f'INSERT INTO "{STYLE_TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
-                    "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, "
-                    "update_time) VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, '', NULL, ?)",
-                    (s.layer, s.geometry_column, s.name, s.qml, s.sld, 1 if s.default else 0, s.description,
-                     stamp),
-                )
-    finally:
-        con.close()
+def write_styles(con: sqlite3.Connection, styles: Sequence[LayerStyle]) -> None:
+    """Insert ``styles`` into the GeoPackage of ``con``, replacing rows of the same layer and style name."""
+    with con:
+        ensure_style_table(con)
+        for s in styles:
+            con.execute(f'DELETE FROM "{STYLE_TABLE}" WHERE f_table_name=? AND styleName=?', (s.layer, s.name))
+        taken = {str(r[0])[:19] for r in con.execute(f'SELECT update_time FROM "{STYLE_TABLE}"') if r[0]}
+        for s, stamp in zip(styles, _distinct_seconds(taken, len(styles))):
+            if s.default:  # one default per layer, as QGIS keeps it
+                con.execute(f'UPDATE "{STYLE_TABLE}" SET useAsDefault=0 WHERE f_table_name=? '
+                            "AND f_geometry_column=?", (s.layer, s.geometry_column))
+            con.execute(
+                f'INSERT INTO "{STYLE_TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
+                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, "
+                "update_time) VALUES ('', '', ?, ?, ?, ?, '', ?, ?, '', NULL, ?)",
+                (s.layer, s.geometry_column, s.name, s.qml, 1 if s.default else 0, s.description, stamp),
+            )
 
 
-def add_styles(gpkg_path: str | Path, spec: ModelSpec) -> None:
-    """Store the QGIS styles of the layers of ``spec``'s labels in the GeoPackage at ``gpkg_path``.
+def add_styles(con: sqlite3.Connection, spec: ModelSpec) -> None:
+    """Store the QGIS styles of the layers of ``spec``'s labels in the GeoPackage of ``con``.
 
-    Raises ValueError when a layer is missing and :class:`OutputError` when
-    the GeoPackage cannot be written.
+    Raises ValueError when a layer is missing, and :class:`sqlite3.Error` when
+    the GeoPackage cannot be read or written (the writer reports it as an
+    :class:`~scenetag.errors.OutputError`).
     """
     layers = (CHIPS_LAYER, *OutputSchema(spec.labels).label_layers)
-    try:
-        con = sqlite3.connect(str(gpkg_path))
-        try:
-            geometry_columns = _geometry_columns(con)
-        finally:
-            con.close()
-        missing = [layer for layer in layers if layer not in geometry_columns]
-        if missing:
-            raise ValueError(f"{str(gpkg_path)!r} lacks the layers {missing}: write them before their styles")
-        styles = build_styles(spec, geometry_columns)
-        write_styles(gpkg_path, styles)
-    except sqlite3.Error as exc:
-        raise OutputError(f"could not store QGIS styles in {str(gpkg_path)!r}: {exc}") from exc
-    log.debug("stored %d QGIS styles in %s", len(styles), gpkg_path)
+    geometry_columns = dict(con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
+    missing = [layer for layer in layers if layer not in geometry_columns]
+    if missing:
+        raise ValueError(f"the GeoPackage lacks the layers {missing}: write them before their styles")
+    styles = build_styles(spec, geometry_columns)
+    write_styles(con, styles)
+    log.debug("stored %d QGIS styles", len(styles))
 
 
 def read_styles(gpkg_path: str | Path) -> list[dict]:
     """Rows of ``layer_styles`` as dicts (empty when the table is absent)."""
-    con = sqlite3.connect(str(gpkg_path))
+    con = connect_read_only(gpkg_path)
     con.row_factory = sqlite3.Row
     try:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE name=?", (STYLE_TABLE,)).fetchone():

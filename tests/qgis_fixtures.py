@@ -20,7 +20,8 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.schema import RUN_FIELDS
+from scenetag.outputs_schema.run_record import RunRecord
+from scenetag.outputs_schema.schema import JSON, RUN_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 QGIS_PYTHON = os.environ.get("SCENETAG_QGIS_PYTHON", "/usr/bin/python3")
@@ -57,15 +58,14 @@ def run_qgis_check(gpkg: Path, *args: str, timeout: float = 120) -> dict:
     return json.loads(proc.stdout)
 
 
-def fake_run(**overrides: Any) -> dict:
-    """A provenance row with every declared field."""
-    run: dict[str, Any] = {}
-    for f in RUN_FIELDS:
-        run[f.name] = ("x" if f.dtype == "str" else 0.0 if f.dtype.startswith("float") else 0)
+def fake_run(**overrides: Any) -> RunRecord:
+    """A run record with every declared field: ``overrides``, else a placeholder of the field's type."""
+    placeholder = {"str": "x", "int32": 0, "float64": 0.0}
+    run: dict[str, Any] = {f.name: {} if f.dtype == JSON else placeholder[f.dtype] for f in RUN_FIELDS}
     run.update(run_id="run-test", schema_version=1, status="ok", scene_path="/data/scene.tif",
                software="scenetag test", model_name="tiny-test")
     run.update(overrides)
-    return run
+    return RunRecord(**run)
 
 
 def synthetic_table(n_rows: int, n_cols: int, n_labels: int, chip: int = 64, keep: float = 0.7,
@@ -86,10 +86,11 @@ def synthetic_table(n_rows: int, n_cols: int, n_labels: int, chip: int = 64, kee
 def write_synthetic_gpkg(out: Path, spec, n_rows: int = 3, n_cols: int = 4, seed: int = 0,
                          crs: str = "EPSG:32633") -> Path:
     """A GeoPackage from the real writer (which stores the styles) over a synthetic table."""
-    from scenetag.outputs_schema.writer import write_geopackage
+    from scenetag.outputs_schema.geopackage import write_geopackage
 
     table = synthetic_table(n_rows, n_cols, spec.n_labels, seed=seed)
-    return write_geopackage(out, table=table, spec=spec, scene_id="synthetic",
-                            transform=Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0),
-                            crs=CRS.from_user_input(crs), run=fake_run(), overwrite=True)
+    write_geopackage(out, table=table, spec=spec, scene_id="synthetic",
+                     transform=Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0),
+                     crs=CRS.from_user_input(crs), run=fake_run())
+    return out
 

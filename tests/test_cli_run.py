@@ -163,7 +163,7 @@ def test_scene_smaller_than_a_chip(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(tiny_model, tmp_path, monkeypatch):
-    import scenetag.outputs_schema.writer as writer
+    import scenetag.outputs_schema.geopackage as writer
 
     def boom(*a, **k):
         raise KeyboardInterrupt

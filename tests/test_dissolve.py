@@ -12,13 +12,14 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
+from rasterio import features
 from shapely import affinity
 
 from scenetag.outputs_schema import dissolve
-from scenetag.outputs_schema.dissolve import dissolve_windows, lattice_coverage
+from scenetag.outputs_schema.dissolve import dissolve_windows
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import LABEL_FIELDS
-from scenetag.outputs_schema.writer import footprints, label_frame
+from scenetag.outputs_schema.geopackage import footprints, label_frame
 
 NORTH_UP = Affine(3.0, 0.0, 500000.0, 0.0, -3.0, 100000.0)
 TRANSFORMS = (
@@ -170,10 +171,12 @@ def test_empty_selection_is_an_empty_multipolygon():
     assert got.geom_type == "MultiPolygon" and got.is_empty
 
 
-def test_lattice_coverage_counts_cells():
-    xs, ys, covered = lattice_coverage(np.array([0, 5]), np.array([0, 0]), np.array([10, 15]), np.array([10, 3]))
-    assert xs.tolist() == [0, 5, 10, 15] and ys.tolist() == [0, 3, 10]
-    assert covered.tolist() == [[1, 1, 1], [1, 1, 0]]
+def test_two_overlapping_windows_dissolve_to_their_outline():
+    got = dissolve_windows(np.array([0, 5]), np.array([0, 0]), np.array([10, 10]), np.array([10, 3]),
+                           Affine.identity())
+    assert got.area == 115
+    outline = shapely.Polygon([(0, 0), (15, 0), (15, 3), (10, 3), (10, 10), (0, 10)])
+    assert shapely.equals(got, shapely.MultiPolygon([outline]))
 
 
 def test_a_lattice_too_large_falls_back_to_the_vector_union(monkeypatch):
@@ -181,7 +184,7 @@ def test_a_lattice_too_large_falls_back_to_the_vector_union(monkeypatch):
         raise AssertionError("a lattice over MAX_LATTICE_CELLS must not be built")
 
     monkeypatch.setattr(dissolve, "MAX_LATTICE_CELLS", 0)
-    monkeypatch.setattr(dissolve, "_cover", no_lattice)
+    monkeypatch.setattr(features, "shapes", no_lattice)  # the lattice is polygonized by GDAL
     table = grid_table(60, 60, 10, 7, "shift")
     mask = np.random.default_rng(1).random(len(table)) < 0.5
     for transform in TRANSFORMS:

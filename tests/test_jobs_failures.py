@@ -1,12 +1,11 @@
-"""The failure policy of a scene's tasks, and the recorded signature that decides skips."""
+"""The failure policy of a scene's tasks."""
 
 from __future__ import annotations
 
 import pytest
 
-from scenetag.errors import ModelLoadError, OutputExistsError, SceneReadError
+from scenetag.errors import ModelLoadError, SceneReadError
 from scenetag.jobs.failures import SceneFailure, run_task
-from scenetag.jobs.scene_job import recorded_signature
 
 
 def _raise(exc: Exception):
@@ -27,12 +26,3 @@ def test_task_returns_scene_errors_and_raises_the_rest():
         run_task("classify", _raise, ModelLoadError("model changed"))
     with pytest.raises(ZeroDivisionError):
         run_task("write", lambda: 1 / 0)
-
-
-
-def test_recorded_signature_refuses_a_foreign_file(tmp_path):
-    assert recorded_signature(tmp_path / "none.gpkg") is None
-    foreign = tmp_path / "foreign.gpkg"
-    foreign.write_text("not a geopackage")
-    with pytest.raises(OutputExistsError, match="not a scenetag GeoPackage"):
-        recorded_signature(foreign)

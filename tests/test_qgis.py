@@ -44,7 +44,9 @@ def needs_qgis():
 def borneo(tmp_path_factory, tiny_model):
     """Borneo through the scene job, its probability raster, and QGIS's report on both."""
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import classify_cells, plan_scene, write_scene
+    from scenetag.jobs.classify import classify_cells
+    from scenetag.jobs.models import LocalModel
+    from scenetag.jobs.scene_job import Prepared, plan_scene, write_scene
     from scenetag.model.backends import create_predictor
 
     scene = real_scene(BORNEO)
@@ -53,7 +55,8 @@ def borneo(tmp_path_factory, tiny_model):
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
     gpkg = folder / "borneo.gpkg"
-    write_scene(plan, table, predictor, gpkg, started_at="2026-01-01T00:00:00+00:00", t_start=time.perf_counter())
+    prep = Prepared(str(scene), str(gpkg), False, "2026-01-01T00:00:00+00:00", time.time(), plan=plan)
+    write_scene(prep, LocalModel(predictor), "0" * 64, table)
     raster = write_probability_raster(folder / "borneo_prob.tif", table, predictor.spec.labels, *plan.grid.shape,
                                       grid_transform(plan.info.transform, plan.grid.stride, plan.grid.chip), plan.info.crs)
     png = folder / "borneo.png"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from scenetag.outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.errors import OutputError, OutputExistsError
+from scenetag.errors import OutputError
 from tests.conftest import real_scene
 from tests.qgis_fixtures import synthetic_table
 
@@ -60,8 +60,8 @@ def test_heat_map_style_goes_beside_the_raster(tmp_path):
     import xml.etree.ElementTree as ET
 
     table = synthetic_table(2, 2, 2)
-    out = write_probability_raster(tmp_path / "p.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
-                                   "EPSG:32633")
+    write_probability_raster(tmp_path / "p.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
+                             "EPSG:32633")
     root = ET.fromstring((tmp_path / "p.qml").read_text().split("\n", 1)[1])
     r = root.find("pipe/rasterrenderer")
     assert r.get("type") == "singlebandpseudocolor" and r.get("band") == "1"
@@ -71,11 +71,7 @@ def test_heat_map_style_goes_beside_the_raster(tmp_path):
     alphas = [int(i.get("alpha")) for i in items]
     assert alphas[0] == 0 and alphas == sorted(alphas)  # unlikely areas let the scene show
     assert "p(water)" in r.find("rastershader/colorrampshader/item").get("label")
-    # A style of the user's own is kept unless --overwrite; style=False writes none.
-    (tmp_path / "p.qml").write_text("mine")
-    out.unlink()
-    write_probability_raster(out, table, ("water", "clear"), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
-    assert (tmp_path / "p.qml").read_text() == "mine"
+    # style=False writes none (SceneOutputs keeps a style of the user's own that way).
     write_probability_raster(tmp_path / "q.tif", table, ("water", "clear"), 2, 2, SCENE_TRANSFORM,
                              "EPSG:32633", style=False)
     assert not (tmp_path / "q.qml").exists()
@@ -132,14 +128,11 @@ def test_bad_tables_are_refused():
         probability_grid(far, 3, 9, 9)
 
 
-def test_existing_output_needs_overwrite_and_stays_intact(tmp_path):
+def test_an_existing_raster_is_replaced(tmp_path):
     out = tmp_path / "p.tif"
-    out.write_bytes(b"keep me")
+    out.write_bytes(b"old")
     table = synthetic_table(2, 2, 1)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
-    assert out.read_bytes() == b"keep me"
-    write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633", overwrite=True)
+    write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
     assert_matches_table(out, table, ("a",), 2, 2)
 
 
@@ -153,7 +146,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
     monkeypatch.setattr(rasterio.io.BufferedDatasetWriter, "set_band_description", broken_set_band_description)
     with pytest.raises(OutputError, match="disk full"):
         write_probability_raster(out, synthetic_table(2, 2, 1), ("a",), 2, 2, SCENE_TRANSFORM,
-                                 "EPSG:32633", overwrite=True)
+                                 "EPSG:32633")
     assert out.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif"]
 

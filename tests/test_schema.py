@@ -1,4 +1,4 @@
-"""The schema's names: hostile labels become safe, unique layer and column names."""
+"""The schema and its GeoPackage format: hostile labels become safe, unique layer and column names."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from rasterio.crs import CRS
 
 from scenetag.model.spec import PLANET_LABELS, ModelSpec
+from scenetag.outputs_schema.geopackage import write_geopackage
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.schema import MAX_NAME, OutputSchema, sanitize_names, tag_names
-from scenetag.outputs_schema.writer import write_geopackage
-from scenetag.errors import OutputError
+from scenetag.outputs_schema.run_record import read_run_record
+from scenetag.outputs_schema.schema import RUN_FIELDS, MAX_NAME, OutputSchema, sanitize_names, tag_names
 from tests.qgis_fixtures import fake_run
 
 HOSTILE = ('it\'s "quoted"', "two words", "x; DROP TABLE chips;--", "Ünïcödé", "1st", "two_words",
@@ -69,17 +69,11 @@ def test_hostile_labels_survive_a_round_trip(tmp_path):
     assert {"chips", "runs"} <= tables
 
 
-def test_writer_refuses_a_non_gpkg_name(tmp_path):
-    with pytest.raises(OutputError, match="must end in .gpkg"):
-        write_geopackage(tmp_path / "x.shp", table=ChipTable.empty(1),
-                         spec=ModelSpec.create("m", "a", ["a"]), scene_id="s",
-                         transform=Affine.identity(), crs=CRS.from_epsg(4326), run={})
-
-
 def test_an_empty_table_writes_every_layer_empty(tmp_path):
     spec = ModelSpec.create("m", "a", ["water", "road"], 0.5)
-    out = write_geopackage(tmp_path / "e.gpkg", table=ChipTable.empty(2), spec=spec, scene_id="s",
-                           transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=fake_run())
+    out = tmp_path / "e.gpkg"
+    write_geopackage(out, table=ChipTable.empty(2), spec=spec, scene_id="s",
+                     transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=fake_run())
     schema = OutputSchema(spec.labels)
     for layer in schema.layers[:-1]:  # all but runs
         frame = pyogrio.read_dataframe(out, layer=layer)
@@ -87,3 +81,18 @@ def test_an_empty_table_writes_every_layer_empty(tmp_path):
     chips = pyogrio.read_dataframe(out, layer="chips")
     assert list(chips.columns) == [*schema.chip_columns, "geometry"]
     assert len(pyogrio.read_dataframe(out, layer="runs")) == 1
+
+
+def test_the_runs_row_is_the_record_with_the_write_timed(tmp_path):
+    spec = ModelSpec.create("m", "a", ["water", "road"], 0.5)
+    out = tmp_path / "r.gpkg"
+    given_run = fake_run(seconds_total=2.0, seconds_write=0.0, options={"edge": "shift", "min_valid": 0.5})
+    written = write_geopackage(out, table=ChipTable.empty(2), spec=spec, scene_id="s",
+                               transform=Affine(1, 0, 0, 0, -1, 0), crs=CRS.from_epsg(32633), run=given_run)
+    assert written.seconds_write > 0
+    assert written.seconds_total == pytest.approx(2.0 + written.seconds_write)
+    assert written.replace(seconds_write=0.0, seconds_total=2.0) == given_run
+    assert read_run_record(out) == written
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    assert list(runs.columns) == [f.name for f in RUN_FIELDS]
+    assert runs.options.iloc[0] == '{"edge": "shift", "min_valid": 0.5}'  # JSON text, keys sorted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scenetag.model.spec import PLANET_LABELS, ModelSpec
-from scenetag.outputs_schema import metadata, styles
+from scenetag.outputs_schema import metadata, qml, styles
 from scenetag.outputs_schema.colors import PLANET_PALETTE, Color, hashed_color, label_color, label_key
 from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
 from tests.model_fixtures import TINY_LABELS, tiny_spec
@@ -37,6 +38,19 @@ def gpkg(tmp_path, shared_gpkg):
     path = tmp_path / "styled.gpkg"
     shutil.copyfile(shared_gpkg, path)
     return path
+
+
+def amend(path, add, *args) -> None:
+    """Call ``add(connection, *args)`` on the GeoPackage at ``path``, as the writer does."""
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        add(con, *args)
+
+
+def provenance(path) -> dict:
+    """The JSON provenance document of the GeoPackage at ``path``."""
+    [doc] = [r for r in metadata.read_metadata(path) if r["md_standard_uri"] == metadata.PROVENANCE_URI]
+    assert doc["mime_type"] == "application/json" and doc["reference_scope"] == "geopackage"
+    return json.loads(doc["metadata"])
 
 
 def qml_root(text: str) -> ET.Element:
@@ -209,7 +223,7 @@ def test_colours_are_the_same_across_runs_with_other_label_sets(tmp_path, spec):
 
 def test_add_styles_twice_replaces_instead_of_duplicating(gpkg, spec):
     before = styles.read_styles(gpkg)
-    styles.add_styles(gpkg, spec)
+    amend(gpkg, styles.add_styles, spec)
     after = styles.read_styles(gpkg)
     assert len(after) == len(before)
     assert [(r["f_table_name"], r["styleName"], r["useAsDefault"]) for r in after] == \
@@ -220,7 +234,7 @@ def test_add_styles_refuses_a_geopackage_without_the_layers(tmp_path, spec):
     other = ModelSpec.create("other", spec.arch, ("water", "road"), 0.3)
     path = write_synthetic_gpkg(tmp_path / "o.gpkg", other)
     with pytest.raises(ValueError, match="label_clear"):
-        styles.add_styles(path, spec)
+        amend(path, styles.add_styles, spec)
 
 
 @given(st.lists(st.text(min_size=1, max_size=30).filter(str.strip), min_size=1, max_size=5, unique=True))
@@ -232,14 +246,14 @@ def test_qml_is_well_formed_for_any_label_text(labels):
         root = qml_root(text)
         assert root.tag == "qgis"
     cats = qml_root(styles.chips_categorized_qml(schema)).findall("renderer-v2/categories/category")
-    assert [c.get("value") for c in cats] == [styles.xml_safe(x) for x in labels]
+    assert [c.get("value") for c in cats] == [qml.xml_safe(x) for x in labels]
 
 
 # -- metadata ------------------------------------------------------------------------
 def test_metadata_has_schema_version_and_provenance_per_layer(gpkg, spec):
     schema = OutputSchema(spec.labels)
-    run = fake_run(run_id="abc123", scene_path="/data/borneo.tif", thresholds=json.dumps({"clear": 0.45}))
-    metadata.add_metadata(gpkg, spec, run)
+    run = fake_run(run_id="abc123", scene_path="/data/borneo.tif", thresholds={"clear": 0.45})
+    amend(gpkg, metadata.add_metadata, spec, run)
     rows = metadata.read_metadata(gpkg)
     qgis_rows = {r["table_name"]: r for r in rows if r["md_standard_uri"] == metadata.QGIS_METADATA_URI}
     assert set(qgis_rows) == set(schema.layers)
@@ -253,17 +267,18 @@ def test_metadata_has_schema_version_and_provenance_per_layer(gpkg, spec):
     assert kw["scenetag:labels"] == list(spec.labels)
     history = [h.text for h in root.findall("history")]
     assert "run_id: abc123" in history
+    assert 'thresholds: {"clear": 0.45}' in history  # the text stored in runs
     assert root.find("crs/spatialrefsys/authid").text == "EPSG:32633"
-    prov = metadata.read_provenance(gpkg)
+    prov = provenance(gpkg)
     assert prov["schema_version"] == 1
     assert prov["run"]["run_id"] == "abc123"
-    assert prov["run"]["thresholds"] == {"clear": 0.45}  # JSON text decoded
+    assert prov["run"]["thresholds"] == {"clear": 0.45}  # as JSON, not JSON text
     assert prov["layers"] == list(schema.layers)
 
 
 def test_metadata_is_a_valid_registered_extension_that_gdal_reads(gpkg, spec):
-    metadata.add_metadata(gpkg, spec, fake_run(run_id="r1"))
-    metadata.add_metadata(gpkg, spec, fake_run(run_id="r2"))  # replaces
+    amend(gpkg, metadata.add_metadata, spec, fake_run(run_id="r1"))
+    amend(gpkg, metadata.add_metadata, spec, fake_run(run_id="r2"))  # replaces
     con = sqlite3.connect(gpkg)
     ext = {r[0] for r in con.execute("SELECT table_name FROM gpkg_extensions WHERE extension_name='gpkg_metadata'")}
     n_md = con.execute("SELECT count(*) FROM gpkg_metadata").fetchone()[0]
@@ -272,7 +287,7 @@ def test_metadata_is_a_valid_registered_extension_that_gdal_reads(gpkg, spec):
     con.close()
     assert ext == {"gpkg_metadata", "gpkg_metadata_reference"}
     assert n_md == n_ref == len(OutputSchema(spec.labels).layers) + 1
-    assert metadata.read_provenance(gpkg)["run"]["run_id"] == "r2"
+    assert provenance(gpkg)["run"]["run_id"] == "r2"
     assert "schema v1" in desc
     info = pyogrio.read_info(gpkg, layer=CHIPS_LAYER)
     items = [v for k, v in (info.get("layer_metadata") or {}).items() if k.startswith("GPKG_METADATA_ITEM_")]
@@ -286,12 +301,40 @@ def test_geopackage_is_version_1_2(gpkg):
     con.close()
 
 
-def test_corrupt_geopackage_is_an_output_error(tmp_path, spec):
-    from scenetag.errors import OutputError
-
+def test_a_file_that_is_no_database_raises_sqlite_errors(tmp_path, spec):
     bad = tmp_path / "bad.gpkg"
     bad.write_bytes(b"not a database" * 100)
-    with pytest.raises(OutputError, match="could not store metadata"):
-        metadata.add_metadata(bad, spec, fake_run())
-    with pytest.raises(OutputError, match="could not store QGIS styles"):
-        styles.add_styles(bad, spec)
+    with pytest.raises(sqlite3.DatabaseError):
+        amend(bad, metadata.add_metadata, spec, fake_run())
+    with pytest.raises(sqlite3.DatabaseError):
+        amend(bad, styles.add_styles, spec)
+
+
+def test_readers_create_no_file(tmp_path):
+    with pytest.raises(sqlite3.OperationalError):
+        styles.read_styles(tmp_path / "absent.gpkg")
+    with pytest.raises(sqlite3.OperationalError):
+        metadata.read_metadata(tmp_path / "absent.gpkg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_reports_a_failed_style_store_and_leaves_nothing(tmp_path, spec, monkeypatch):
+    from scenetag.errors import OutputError
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(styles, "write_styles", locked)
+    with pytest.raises(OutputError, match="could not write .*database is locked"):
+        write_synthetic_gpkg(tmp_path / "s.gpkg", spec)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_opens_sqlite_once_after_gdal(tmp_path, spec, monkeypatch):
+    from scenetag.outputs_schema import geopackage
+
+    opened = []
+    real = sqlite3.connect
+    monkeypatch.setattr(geopackage.sqlite3, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    write_synthetic_gpkg(tmp_path / "once.gpkg", spec)
+    assert len(opened) == 1

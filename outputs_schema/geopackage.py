@@ -1,15 +1,18 @@
-"""Write a scene's results as a GeoPackage, atomically.
+"""The GeoPackage format: a scene's results as layers of :mod:`~scenetag.outputs_schema.schema`, atomically.
 
 Everything goes into a temporary file beside the output, which is renamed
 over the output only when complete; on any failure (or interrupt) the
 temporary file is removed, so a killed job leaves no broken GeoPackage.
+
+This module writes; whether the output may be written (an existing file,
+the folder) is decided before any work by
+:class:`~scenetag.outputs_schema.outputs.SceneOutputs`, which calls it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,34 +29,18 @@ from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema import metadata, styles
 from scenetag.outputs_schema.dissolve import dissolve_windows
 from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
 from scenetag.atomic import atomic_path
-from scenetag.errors import OutputError, OutputExistsError
+from scenetag.errors import OutputError
 
 log = logging.getLogger(__name__)
 
 #: GeoPackage version written.  GDAL >= 3.7 writes 1.4 by default, which QGIS
 #: 3.22 (GDAL 3.6) warns about on every open; 1.2 is read cleanly everywhere.
 GPKG_VERSION = "1.2"
-
-
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output (unless ``overwrite``) or an unwritable folder, before any work."""
-    out = Path(path)
-    if out.suffix.lower() != ".gpkg":
-        raise OutputError(f"output {str(out)!r} must end in .gpkg")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {str(out)!r} exists: pass --overwrite to replace it")
-    if out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a folder: give a .gpkg file name")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {str(folder)!r} does not exist: create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {str(folder)!r} is not writable: choose another with -o")
-    return out
 
 
 def footprints(table: ChipTable, transform: Affine) -> np.ndarray:
@@ -74,7 +61,7 @@ def _typed(data: Mapping[str, Any], fields: tuple[Field, ...],
     """``data`` as a frame of ``columns`` (default: the names of ``fields``), in order, with
     each of ``fields`` of its declared dtype."""
     frame = pd.DataFrame(data, columns=list(columns or (f.name for f in fields)))
-    return frame.astype({f.name: f.dtype for f in fields if f.dtype != "str"})
+    return frame.astype({f.name: f.storage_dtype for f in fields if f.storage_dtype != "str"})
 
 
 def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scene_id: str,
@@ -121,18 +108,9 @@ def label_frame(label: str, mask: np.ndarray, probs: np.ndarray, table: ChipTabl
     return gpd.GeoDataFrame(_typed(data, LABEL_FIELDS), geometry=gpd.GeoSeries(geoms, crs=wkt), crs=wkt)
 
 
-def runs_frame(run: Mapping[str, Any]) -> pd.DataFrame:
-    """The ``runs`` row, with every declared field present and typed."""
-    missing = [f.name for f in RUN_FIELDS if f.name not in run]
-    if missing:
-        raise ValueError(f"run record lacks fields {missing}")
-    row = {}
-    for f in RUN_FIELDS:
-        value = run[f.name]
-        if f.dtype == "str" and not isinstance(value, str):
-            value = "" if value is None else json.dumps(value, sort_keys=True)
-        row[f.name] = [value]
-    return _typed(row, RUN_FIELDS)
+def runs_frame(run: RunRecord) -> pd.DataFrame:
+    """The ``runs`` table of one row, typed as declared."""
+    return _typed({name: [value] for name, value in run.to_row().items()}, RUN_FIELDS)
 
 
 def write_geopackage(
@@ -143,16 +121,16 @@ def write_geopackage(
     scene_id: str,
     transform: Affine,
     crs: CRS,
-    run: Mapping[str, Any],
-    overwrite: bool = False,
+    run: RunRecord,
     to_crs: CRS | None = None,
-) -> Path:
+) -> RunRecord:
     """Write ``chips``, one ``label_<name>`` layer per label and ``runs`` to ``out``, atomically.
 
-    ``run`` is the provenance row (see :data:`RUN_FIELDS`); its
-    ``seconds_write`` is set here, and added to ``seconds_total``.
+    Replaces ``out``.  Returns the record written: ``run`` with
+    ``seconds_write`` set to the time of this write, which is also added to
+    ``seconds_total``.  Tags are ``spec``'s (:meth:`ModelSpec.tags`).
     """
-    out = check_output(out, overwrite)
+    out = Path(out)
     schema = OutputSchema(spec.labels)
     tagged = spec.tags(table.probs)
     chips = chips_frame(table, schema, tagged, scene_id, transform, crs)
@@ -163,7 +141,6 @@ def write_geopackage(
         wkt = to_crs.to_wkt()
         chips = chips.to_crs(wkt)
         label_frames = [f.to_crs(wkt) for f in label_frames]
-    run = dict(run)
     t0 = time.perf_counter()
     try:
         with atomic_path(out) as tmp:
@@ -172,15 +149,23 @@ def write_geopackage(
                 _write(tmp, frame, layer, "MultiPolygon")
             # The provenance row is written last, so it can time the layers before it.
             elapsed = time.perf_counter() - t0
-            run["seconds_write"] = elapsed
-            run["seconds_total"] = float(run.get("seconds_total") or 0.0) + elapsed
+            run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
             _write(tmp, runs_frame(run), RUNS_LAYER)
-            styles.add_styles(tmp, spec)
-            metadata.add_metadata(tmp, spec, run)
-    except (OSError, pyogrio.errors.DataSourceError) as exc:
+            _add_styles_and_metadata(tmp, spec, run)
+    except (OSError, sqlite3.Error, pyogrio.errors.DataSourceError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     log.info("wrote %s: %d chips, %d label layers", out, len(table), len(schema.label_layers))
-    return out
+    return run
+
+
+def _add_styles_and_metadata(path: Path, spec: ModelSpec, run: RunRecord) -> None:
+    """QGIS styles and the metadata documents, through one SQLite connection."""
+    con = sqlite3.connect(str(path))
+    try:
+        styles.add_styles(con, spec)
+        metadata.add_metadata(con, spec, run)
+    finally:
+        con.close()
 
 
 def _write(path: Path, frame: pd.DataFrame, layer: str, geometry_type: str | None = None,

@@ -1,0 +1,152 @@
+"""The outputs of one scene: which files, whether they may be written, whether they are current, writing them.
+
+This module is the one owner of a scene's output files.  A scene job uses it
+in three steps::
+
+    outputs = SceneOutputs(out, raster=options.raster, to_crs=options.to_crs)
+    outputs.check(overwrite)               # before any work: refuse, or go on
+    if not force and outputs.up_to_date(signature):
+        ...                                # skip the scene (batch)
+    ...                                    # plan, classify
+    run = outputs.write(table, spec, frame, run)   # every file, atomically each
+
+:class:`SceneOutputs` knows every path it writes (:attr:`~SceneOutputs.paths`):
+the GeoPackage (:mod:`~scenetag.outputs_schema.geopackage`) and, with
+``raster``, the probability COG beside it (:mod:`~scenetag.outputs_schema.raster`,
+``<stem>_prob.tif``, with its QGIS style ``<stem>_prob.qml``).  A new output
+format is one more format module and one more path here.
+
+:class:`SceneFrame` is what the writers need of the scene and its chip grid
+(this package does not import the tiler).  The format modules are imported
+only by :meth:`SceneOutputs.write`, so checking outputs stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scenetag.errors import OutputError, OutputExistsError
+from scenetag.outputs_schema.run_record import RunRecord, read_run_record
+
+if TYPE_CHECKING:  # the writers' stack is imported where it writes
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from scenetag.model.spec import ModelSpec
+    from scenetag.outputs_schema.records import ChipTable
+
+log = logging.getLogger(__name__)
+
+GPKG_SUFFIX = ".gpkg"
+#: Added to the GeoPackage's stem to name the probability COG.
+RASTER_SUFFIX = "_prob.tif"
+
+
+@dataclass(frozen=True)
+class SceneFrame:
+    """Where a scene's chips lie: the scene's georeference and its chip grid.
+
+    ``grid_shape`` is ``(rows, cols)`` of the grid; ``stride`` and ``chip`` are
+    in scene pixels (``ScenePlan.grid``).
+    """
+
+    scene_id: str
+    transform: "Affine"
+    crs: "CRS"
+    grid_shape: tuple[int, int]
+    stride: int
+    chip: int
+
+
+@dataclass(frozen=True)
+class SceneOutputs:
+    """The files one scene's run writes: a GeoPackage and, with ``raster``, a probability COG.
+
+    ``to_crs`` (any CRS text rasterio reads) reprojects the vector layers; the
+    raster stays in the scene's CRS.  Raises :class:`OutputError` when
+    ``gpkg`` does not end in ``.gpkg``.
+    """
+
+    gpkg: Path
+    raster: bool = False
+    to_crs: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpkg", Path(self.gpkg))
+        if self.gpkg.suffix.lower() != GPKG_SUFFIX:
+            raise OutputError(f"output {str(self.gpkg)!r} must end in .gpkg")
+
+    @property
+    def raster_path(self) -> Path:
+        """Where the probability COG goes (written only with ``raster``)."""
+        return self.gpkg.with_name(self.gpkg.stem + RASTER_SUFFIX)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every output file, GeoPackage first (not the raster's QGIS style, which is a sidecar)."""
+        return (self.gpkg, self.raster_path) if self.raster else (self.gpkg,)
+
+    def check(self, overwrite: bool) -> None:
+        """Refuse, before any work, outputs that exist (unless ``overwrite``) or an unwritable folder.
+
+        Raises :class:`OutputExistsError` or :class:`OutputError`.
+        """
+        for path in self.paths:
+            if path.exists() and not overwrite:
+                raise OutputExistsError(f"output {str(path)!r} exists: pass --overwrite to replace it")
+            if path.is_dir():
+                raise OutputError(f"output {str(path)!r} is a folder: give a .gpkg file name")
+        folder = self.gpkg.parent
+        if not folder.is_dir():
+            raise OutputError(f"output folder {str(folder)!r} does not exist: create it first")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder {str(folder)!r} is not writable: choose another with -o")
+
+    def up_to_date(self, signature: str) -> bool:
+        """Whether the GeoPackage records ``signature`` and every other output exists.
+
+        Raises :class:`OutputExistsError` when the GeoPackage exists but is no
+        scenetag GeoPackage.
+        """
+        record = read_run_record(self.gpkg)
+        if record is None or record.signature != signature:
+            return False
+        missing = [p for p in self.paths[1:] if not p.is_file()]
+        if missing:
+            log.info("%s is current but %s is missing: writing again", self.gpkg, missing[0])
+        return not missing
+
+    def write(self, table: "ChipTable", spec: "ModelSpec", frame: SceneFrame, run: RunRecord, *,
+              overwrite: bool = False) -> RunRecord:
+        """Write every output of the scene, each atomically, replacing what is there; the record written.
+
+        Call :meth:`check` first.  Without ``overwrite`` an output that appeared
+        meanwhile is refused; ``overwrite`` also replaces an existing QGIS style
+        beside the raster, which is otherwise kept (it may be the user's).
+        """
+        from rasterio.crs import CRS
+
+        from scenetag.outputs_schema.geopackage import write_geopackage
+
+        if not overwrite:  # an output that appeared since check() is not replaced
+            for path in self.paths:
+                if path.exists():
+                    raise OutputExistsError(f"output {str(path)!r} exists: it appeared while this run worked, "
+                                            "and is kept; pass --overwrite to replace it")
+        to_crs = CRS.from_user_input(self.to_crs) if self.to_crs else None
+        run = write_geopackage(self.gpkg, table=table, spec=spec, scene_id=frame.scene_id,
+                               transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs)
+        if self.raster:
+            from scenetag.outputs_schema.raster import grid_transform, style_path, write_probability_raster
+
+            write_probability_raster(
+                self.raster_path, table, spec.labels, *frame.grid_shape,
+                grid_transform(frame.transform, frame.stride, frame.chip), frame.crs,
+                tags={"scenetag_run_id": run.run_id, "scenetag_signature": run.signature},
+                style=overwrite or not style_path(self.raster_path).exists(),
+            )
+        return run
