@@ -37,7 +37,7 @@ def without_nodata(scene: Path) -> Path:
     """A copy of ``scene`` with no nodata value (so no mask at all), built once."""
     dst_path = scene.with_name(scene.stem + "_nonodata.tif")
     if not dst_path.exists():
-        with atomic_path(dst_path) as tmp:
+        with atomic_path(dst_path, replace=True) as tmp:  # a cache of deterministic content
             shutil.copyfile(scene, tmp)  # the same blocks, not decoded
             with rasterio.open(tmp, "r+") as dst:
                 dst.nodata = None

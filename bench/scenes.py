@@ -39,7 +39,7 @@ def repeat_scene(src_path: Path, dst_path: Path, repeat: int, shift: int = 0, co
     profile.update(width=tw * repeat, height=th * repeat, transform=origin, tiled=True,
                    blockxsize=256, blockysize=256, compress=compress, BIGTIFF="IF_SAFER", **creation)
     row = np.tile(tile, (1, 1, repeat))
-    with atomic_path(dst_path) as tmp:
+    with atomic_path(dst_path, replace=True) as tmp:  # a cache of deterministic content
         with rasterio.open(tmp, "w", **profile) as dst:
             for r in range(repeat):
                 dst.write(row, window=Window(0, r * th, tw * repeat, th))

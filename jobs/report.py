@@ -102,7 +102,8 @@ class BatchReport:
     def write(self, path: str | os.PathLike) -> Path:
         """Write the JSON report atomically (:func:`~scenetag.atomic.atomic_path`, as every output)."""
         path = Path(path)
-        with atomic_path(path) as tmp:
+        # Replaced on purpose: the report is the batch's own file, rewritten by every batch (and at the end).
+        with atomic_path(path, replace=True) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 

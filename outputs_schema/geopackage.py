@@ -123,10 +123,13 @@ def write_geopackage(
     crs: CRS,
     run: RunRecord,
     to_crs: CRS | None = None,
+    replace: bool = False,
 ) -> RunRecord:
     """Write ``chips``, one ``label_<name>`` layer per label and ``runs`` to ``out``, atomically.
 
-    Replaces ``out``.  Returns the record written: ``run`` with
+    Replaces an existing ``out`` only with ``replace``; without it one that
+    exists when the write ends is kept and :class:`OutputExistsError` raised
+    (:func:`~scenetag.atomic.atomic_path`).  Returns the record written: ``run`` with
     ``seconds_write`` set to the time of this write, which is also added to
     ``seconds_total``.  Tags are ``spec``'s (:meth:`ModelSpec.tags`).
     """
@@ -143,7 +146,7 @@ def write_geopackage(
         label_frames = [f.to_crs(wkt) for f in label_frames]
     t0 = time.perf_counter()
     try:
-        with atomic_path(out) as tmp:
+        with atomic_path(out, replace=replace) as tmp:
             _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
             for frame, layer in zip(label_frames, schema.label_layers):
                 _write(tmp, frame, layer, "MultiPolygon")
@@ -152,6 +155,8 @@ def write_geopackage(
             run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
             _write(tmp, runs_frame(run), RUNS_LAYER)
             _add_styles_and_metadata(tmp, spec, run)
+    except OutputError:
+        raise  # already says what happened (an OSError too, so it must not be wrapped below)
     except (OSError, sqlite3.Error, pyogrio.errors.DataSourceError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     log.info("wrote %s: %d chips, %d label layers", out, len(table), len(schema.label_layers))

@@ -132,14 +132,17 @@ class SceneOutputs:
 
         from scenetag.outputs_schema.geopackage import write_geopackage
 
-        if not overwrite:  # an output that appeared since check() is not replaced
+        # An output that appeared since check() is not replaced: the writers' renames refuse it
+        # atomically; this first look only avoids writing the GeoPackage when the raster is taken.
+        if not overwrite:
             for path in self.paths:
                 if path.exists():
                     raise OutputExistsError(f"output {str(path)!r} exists: it appeared while this run worked, "
                                             "and is kept; pass --overwrite to replace it")
         to_crs = CRS.from_user_input(self.to_crs) if self.to_crs else None
         run = write_geopackage(self.gpkg, table=table, spec=spec, scene_id=frame.scene_id,
-                               transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs)
+                               transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs,
+                               replace=overwrite)
         if self.raster:
             from scenetag.outputs_schema.raster import grid_transform, style_path, write_probability_raster
 
@@ -147,6 +150,6 @@ class SceneOutputs:
                 self.raster_path, table, spec.labels, *frame.grid_shape,
                 grid_transform(frame.transform, frame.stride, frame.chip), frame.crs,
                 tags={"scenetag_run_id": run.run_id, "scenetag_signature": run.signature},
-                style=overwrite or not style_path(self.raster_path).exists(),
+                style=overwrite or not style_path(self.raster_path).exists(), replace=overwrite,
             )
         return run

@@ -43,7 +43,7 @@ from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.outputs_schema.styles import probability_raster_qml
 from scenetag.atomic import atomic_path
-from scenetag.errors import OutputError
+from scenetag.errors import OutputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,14 @@ def write_probability_raster(
     *,
     tags: Mapping[str, str] | None = None,
     style: bool = True,
+    replace: bool = False,
 ) -> Path:
     """Write the chip probabilities of ``table`` as a COG at ``out``, replacing it; returns ``out``.
 
     ``tags`` are added to the dataset metadata (e.g. the run id or signature).
     With ``style``, the QGIS heat-map style goes beside it as :func:`style_path`.
+    An existing ``out`` is replaced only with ``replace`` (else
+    :class:`OutputExistsError`); without it, a style that appeared meanwhile is kept.
     """
     out = Path(out)
     labels = tuple(labels)
@@ -126,7 +129,7 @@ def write_probability_raster(
     profile = dict(driver="COG", width=n_cols, height=n_rows, count=len(labels), dtype="float32",
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
-        with atomic_path(out) as tmp:
+        with atomic_path(out, replace=replace) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(data)
                 for i, label in enumerate(labels, start=1):
@@ -136,8 +139,13 @@ def write_probability_raster(
                                 scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
                                 **{str(k): str(v) for k, v in (tags or {}).items()})
         if style:
-            with atomic_path(qml) as tmp_qml:
-                tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
+            try:
+                with atomic_path(qml, replace=replace) as tmp_qml:
+                    tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
+            except OutputExistsError:  # a style is a sidecar, perhaps the user's: keep it, the raster is written
+                log.info("kept the QGIS style %s that appeared while this run worked", qml)
+    except OutputError:
+        raise  # already says what happened (an OSError too, so it must not be wrapped below)
     except (OSError, rasterio.errors.RasterioError) as exc:
         raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
     log.info("wrote %s: %d bands, %dx%d grid, %d of %d positions classified",

@@ -283,3 +283,31 @@ def test_precision_option(tiny_model, tmp_path):
     prob = [c for c in chips["fp32"].columns if c.startswith("p_")]
     diff = np.abs(chips["bf16"][prob].to_numpy() - chips["fp32"][prob].to_numpy()).max()
     assert 0 < diff < 0.05, f"bf16 differs from fp32 by {diff}: the precision did not reach the model"
+
+
+def test_two_runs_to_one_output_at_once_exactly_one_wins(tiny_model, tmp_path):
+    """Both pass the up-front check; the atomic rename lets only one of them give the output its name."""
+    scene = real_scene("landsat7_rgb_byte.tif")
+    out = tmp_path / "o.gpkg"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(scene), "-o", str(out), "-m", str(tiny_model),
+           "--no-progress", "-q"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 1], results
+    [(_, _, loser_err)] = [r for r in results if r[0] == 1]
+    assert "o.gpkg" in loser_err and "--overwrite" in loser_err and "Traceback" not in loser_err
+    assert [line for line in loser_err.splitlines() if line.startswith("Error:")] == \
+        [loser_err.strip().splitlines()[-1]], loser_err  # one line, the last
+    [(_, winner_out, _)] = [r for r in results if r[0] == 0]
+    assert str(out) in winner_out
+    # The output is one whole GeoPackage, the winner's, and nothing temporary is left.
+    assert len(pyogrio.read_dataframe(out, layer="chips")) > 50
+    assert len(pyogrio.read_dataframe(out, layer="runs", read_geometry=False)) == 1
+    assert only_files(tmp_path) == ["o.gpkg"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from scenetag.outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.errors import OutputError
+from scenetag.errors import OutputError, OutputExistsError
 from tests.conftest import real_scene
 from tests.qgis_fixtures import synthetic_table
 
@@ -128,11 +128,14 @@ def test_bad_tables_are_refused():
         probability_grid(far, 3, 9, 9)
 
 
-def test_an_existing_raster_is_replaced(tmp_path):
+def test_an_existing_raster_is_replaced_only_when_asked(tmp_path):
     out = tmp_path / "p.tif"
     out.write_bytes(b"old")
     table = synthetic_table(2, 2, 1)
-    write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
+    with pytest.raises(OutputExistsError, match="p.tif.*--overwrite"):
+        write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633")
+    assert out.read_bytes() == b"old"
+    write_probability_raster(out, table, ("a",), 2, 2, SCENE_TRANSFORM, "EPSG:32633", replace=True)
     assert_matches_table(out, table, ("a",), 2, 2)
 
 

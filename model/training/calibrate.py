@@ -212,11 +212,11 @@ class CalibratedModel:
         if backend_for(self.source) == "torch":
             from scenetag.model.training.checkpoint import save_checkpoint
 
-            save_checkpoint(path, self.network, self.spec)
+            save_checkpoint(path, self.network, self.spec, replace=overwrite)
         else:
             from scenetag.model.training.export import rewrite_onnx_spec
 
-            rewrite_onnx_spec(self.source, path, self.spec)
+            rewrite_onnx_spec(self.source, path, self.spec, replace=overwrite)
         self.record["out"] = str(path)
         return path
 

@@ -45,9 +45,15 @@ def save_checkpoint(
     epoch: int = 0,
     optimizer=None,
     scheduler=None,
+    *,
+    replace: bool = False,
     **meta: Any,
 ) -> Path:
-    """Write a checkpoint atomically (temporary name, then rename) and its spec beside it."""
+    """Write a checkpoint atomically (temporary name, then rename) and its spec beside it.
+
+    An existing checkpoint (or spec) is replaced only with ``replace``; else
+    :class:`~scenetag.errors.OutputExistsError`.
+    """
     import torch
 
     path = Path(path)
@@ -63,9 +69,9 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         **meta,
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         torch.save(payload, tmp)
-    with atomic_path(spec_path_for(path)) as tmp:
+    with atomic_path(spec_path_for(path), replace=replace) as tmp:
         tmp.write_text(spec.to_json() + "\n")
     return path
 

@@ -141,6 +141,6 @@ def write_result(result: dict, path: str | Path, overwrite: bool = False) -> Pat
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=overwrite) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     return path

@@ -45,8 +45,8 @@ def set_onnx_spec(proto, spec: ModelSpec) -> None:
     proto.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
 
 
-def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> Path:
-    """Copy an ONNX model with another spec (e.g. calibrated thresholds), atomically."""
+def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec, *, replace: bool = False) -> Path:
+    """Copy an ONNX model with another spec (e.g. calibrated thresholds), atomically; ``dst`` replaced only with ``replace``."""
     onnx = require("onnx", "torch")
     proto = onnx.load(str(src))
     old = None
@@ -56,7 +56,7 @@ def rewrite_onnx_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> Path
     if old is not None and old.labels != spec.labels:
         raise ModelError(f"new spec labels {list(spec.labels)} differ from the model's {list(old.labels)}")
     set_onnx_spec(proto, spec)
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, replace=replace) as tmp:
         onnx.save(proto, str(tmp))
     return Path(dst)
 
@@ -107,7 +107,7 @@ def export_onnx(
     dummy = torch.zeros(2, spec.n_bands, size, size)
     rng = np.random.default_rng(seed)
     report = {"path": str(out), "opset": opset, "tolerance": tolerance}
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:
         with torch.inference_mode(), warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo, which needs a
             # static-shape trace of timm's TF-"same" padding; the legacy one is verified below.

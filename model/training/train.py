@@ -261,7 +261,7 @@ def train(
             "monitor": cfg.monitor,
             "finished": done,
         }
-        with atomic_path(out / "metrics.json") as tmp:
+        with atomic_path(out / "metrics.json", replace=True) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
         return record
 
@@ -330,10 +330,10 @@ def train(
         )
         meta = {"history": json.dumps(history), "best_score": float(best_score), "best_epoch": int(best_epoch)}
         if improved:
-            save_checkpoint(out / "best.pt", model, spec, epoch, **meta)
+            save_checkpoint(out / "best.pt", model, spec, epoch, replace=True, **meta)
             np.savez(out / "val_probs.npz", names=np.array(val_t.names), targets=y_val.astype(np.uint8),
                      probs=probs, labels=np.array(table.labels))
-        save_checkpoint(out / "last.pt", model, spec, epoch, optimizer, scheduler, **meta)
+        save_checkpoint(out / "last.pt", model, spec, epoch, optimizer, scheduler, replace=True, **meta)
         write_metrics(False)
     if stale >= cfg.patience:
         log.info("early stop: no improvement of %s for %d epochs", cfg.monitor, cfg.patience)
