@@ -163,10 +163,13 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
     """Check the outputs, skip the scene if they are up to date (with ``skip_current``), else plan it.
 
     ``overwrite`` lets the write replace existing outputs (``run --overwrite``,
-    and ``batch`` for outputs that are out of date).
+    and ``batch`` for outputs that are out of date).  An output that is the
+    scene itself is always refused; with ``skip_current``, so is an output
+    made from another scene (:meth:`SceneOutputs.check_source`).
     """
     wall_start, started_at = time.time(), _now()
     outputs = SceneOutputs(out, options.raster, options.to_crs)
+    outputs.refuse_scene(scene)  # before anything, even with --overwrite or --force
     scene_sha = None
     if skip_current:
         if not Path(scene).is_file():
@@ -175,6 +178,8 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
         scene_sha = hash_scene(scene)
         if outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options)):
             return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+        # The batch replaces its own out-of-date outputs, never another scene's (--force skips this check).
+        outputs.check_source(scene, scene_sha)
     outputs.check(overwrite)
     plan = plan_scene(scene, model.spec, options)
     return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)

@@ -4,9 +4,12 @@ This module is the one owner of a scene's output files.  A scene job uses it
 in three steps::
 
     outputs = SceneOutputs(out, raster=options.raster, to_crs=options.to_crs)
-    outputs.check(overwrite)               # before any work: refuse, or go on
+    outputs.refuse_scene(scene)            # first: an output that is the scene itself
     if not force and outputs.up_to_date(signature):
         ...                                # skip the scene (batch)
+    if not force:
+        outputs.check_source(scene, sha)   # batch: made from another scene of the same name?
+    outputs.check(overwrite)               # before any work: refuse, or go on
     ...                                    # plan, classify
     run = outputs.write(table, spec, frame, run)   # every file, atomically each
 
@@ -44,6 +47,16 @@ log = logging.getLogger(__name__)
 GPKG_SUFFIX = ".gpkg"
 #: Added to the GeoPackage's stem to name the probability COG.
 RASTER_SUFFIX = "_prob.tif"
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved path, or (both existing) the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be seen): not one file
+        return False
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,32 @@ class SceneOutputs:
             raise OutputError(f"output folder {str(folder)!r} does not exist: create it first")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"output folder {str(folder)!r} is not writable: choose another with -o")
+
+    def refuse_scene(self, scene: str | os.PathLike) -> None:
+        """Refuse outputs that are the scene file itself, whatever ``--overwrite`` says.
+
+        The same file by path, symbolic link or hard link (a GeoPackage raster
+        as the scene, ``-o`` naming the input): replacing it would destroy
+        the input.  Raises :class:`OutputError`.
+        """
+        for path in self.paths:
+            if _same_file(path, scene):
+                raise OutputError(f"output {str(path)!r} is the scene {str(scene)!r} itself, and writing it would "
+                                  "destroy the input: choose another output (-o, or --out-dir in batch)")
+
+    def check_source(self, scene: str | os.PathLike, scene_sha256: str) -> None:
+        """Refuse an existing GeoPackage that was made from another scene (``batch`` without ``--force``).
+
+        A scene is the one recorded when it is the same file (its path, or a
+        link to it) or has the same checksum (a moved copy).  A scene of the
+        same name from another folder or a later night is not: its output
+        would silently replace that one.  Raises :class:`OutputExistsError`.
+        """
+        record = read_run_record(self.gpkg)
+        if record is None or record.scene_sha256 == scene_sha256 or _same_file(record.scene_path, scene):
+            return
+        raise OutputExistsError(f"output {str(self.gpkg)!r} was made from scene {record.scene_path!r}, not "
+                                f"{str(Path(scene).resolve())!r}: use another --out-dir, or --force to replace it")
 
     def up_to_date(self, signature: str) -> bool:
         """Whether the GeoPackage records ``signature`` and every other output exists.

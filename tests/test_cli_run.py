@@ -311,3 +311,24 @@ def test_two_runs_to_one_output_at_once_exactly_one_wins(tiny_model, tmp_path):
     assert len(pyogrio.read_dataframe(out, layer="chips")) > 50
     assert len(pyogrio.read_dataframe(out, layer="runs", read_geometry=False)) == 1
     assert only_files(tmp_path) == ["o.gpkg"]
+
+
+@pytest.mark.parametrize("how", ["same path", "scene is a symlink to the output", "output is a hard link"])
+def test_overwrite_never_writes_over_the_scene(tiny_model, make_raster, tmp_path, how):
+    from rasterio.shutil import copy as copy_raster
+
+    scene = tmp_path / "scene.gpkg"  # a GeoPackage raster: a valid scene and a valid output name
+    copy_raster(make_raster("src.tif"), scene, driver="GPKG")
+    before = scene.read_bytes()
+    given, out = scene, scene
+    if how == "scene is a symlink to the output":
+        given = tmp_path / "link.gpkg"
+        given.symlink_to(scene)
+    elif how == "output is a hard link":
+        out = tmp_path / "hard.gpkg"
+        os.link(scene, out)
+    res = invoke("run", given, "-o", out, "--model", tiny_model, "--overwrite", "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert "is the scene" in res.output and "destroy the input" in res.output and "Traceback" not in res.output
+    assert scene.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp.*"))

@@ -133,8 +133,11 @@ def test_rerun_skips_everything(first_batch, scenes_dir, predictor, cluster):
 
 def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, cluster, tmp_path):
     # Copies of the scenes and of the first batch's outputs, since one scene is changed.
+    # (A first batch of its own: outputs copied from first_batch record the other folder's scenes, and
+    # a changed scene of the same name from another folder is refused, see test_a_different_scene_...)
     scenes_dir = Path(shutil.copytree(scenes_dir, tmp_path / "scenes"))
-    out = Path(shutil.copytree(first_batch[0], tmp_path / "out"))
+    out = tmp_path / "out"
+    assert _batch(scenes_dir, out, predictor, cluster).succeeded
     status = lambda report: {Path(s.scene).name: s.status for s in report.scenes}  # noqa: E731
 
     # Options that do not change results (batch size, readers) change nothing.
@@ -158,6 +161,94 @@ def test_changes_rerun_only_affected_scenes(first_batch, scenes_dir, predictor, 
     # --force redoes scenes that are up to date.
     report = _batch(scenes_dir, out, predictor, cluster, RunOptions(min_valid=0.9), force=True)
     assert set(status(report).values()) == {"ok"}
+
+
+# --------------------------------------------------------------------------- outputs never lost
+
+
+def _small_batch(inputs, out, predictor, cluster, options=RunOptions(), **kw):
+    return run_batch(inputs, out, predictor, options, scheduler=cluster.scheduler_address, **kw)
+
+
+def _by_name(report):
+    return {Path(s.scene).name: s for s in report.scenes}
+
+
+def test_a_different_scene_with_the_same_name_does_not_replace_the_output(make_raster, predictor, cluster,
+                                                                            tmp_path):
+    night1, night2 = tmp_path / "night1", tmp_path / "night2"
+    night1.mkdir(), night2.mkdir()
+    first = make_raster("night1/scene.tif", seed=1)
+    second = make_raster("night2/scene.tif", seed=2)  # the same name, another scene
+    other = make_raster("night2/other.tif", seed=3)
+    out = tmp_path / "out"
+    assert _small_batch([night1], out, predictor, cluster).succeeded
+    kept = (out / "scene.gpkg").read_bytes()
+
+    report = _small_batch([night2], out, predictor, cluster)
+    scene = _by_name(report)["scene.tif"]
+    assert scene.status == "failed" and not report.succeeded
+    assert scene.error == (f"output {str(out / 'scene.gpkg')!r} was made from scene {str(first)!r}, not "
+                           f"{str(second)!r}: use another --out-dir, or --force to replace it")
+    assert (out / "scene.gpkg").read_bytes() == kept  # the first night's output, byte for byte
+    assert _by_name(report)["other.tif"].status == "ok"  # one refused scene costs one scene
+    assert not list(out.glob(".*.tmp.*"))
+
+    # The same scene again is still up to date, and --force replaces on purpose.
+    assert _by_name(_small_batch([night1], out, predictor, cluster))["scene.tif"].status == "skipped"
+    report = _small_batch([night2], out, predictor, cluster, force=True)
+    assert _by_name(report)["scene.tif"].status == "ok"
+    assert runs(out / "scene.gpkg")["scene_path"][0] == str(second)
+
+
+def test_batch_refuses_an_output_that_is_the_scene(make_raster, predictor, cluster, tmp_path):
+    from rasterio.shutil import copy as copy_raster
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    scene = folder / "scene.gpkg"  # a GeoPackage raster, whose output name in its own folder is itself
+    copy_raster(make_raster("src.tif"), scene, driver="GPKG")
+    before = scene.read_bytes()
+    report = _small_batch([scene], folder, predictor, cluster, force=True)
+    [record] = report.scenes
+    assert record.status == "failed"
+    assert "is the scene" in record.error and "destroy the input" in record.error
+    assert scene.read_bytes() == before
+
+
+def test_a_removed_probability_raster_is_rebuilt(make_raster, predictor, cluster, tmp_path):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    make_raster("scenes/a.tif", seed=1)
+    make_raster("scenes/b.tif", seed=2)
+    out = tmp_path / "out"
+    options = RunOptions(raster=True)
+    assert _small_batch([folder], out, predictor, cluster, options).succeeded
+    kept = (out / "b_prob.tif").read_bytes()
+    (out / "a_prob.tif").unlink()
+
+    report = _small_batch([folder], out, predictor, cluster, options)
+    assert {n: s.status for n, s in _by_name(report).items()} == {"a.tif": "ok", "b.tif": "skipped"}
+    with rasterio.open(out / "a_prob.tif") as src:
+        assert src.count == len(predictor.spec.labels)
+        assert src.tags()["scenetag_signature"] == runs(out / "a.gpkg")["signature"][0]
+    assert (out / "b_prob.tif").read_bytes() == kept
+
+
+def test_uri_special_characters_in_folder_and_scene_names(make_raster, predictor, cluster, tmp_path):
+    folder = tmp_path / "a#b?c%d 1"
+    folder.mkdir()
+    scene = make_raster("a#b?c%d 1/x#1 %20?.tif")
+    out = tmp_path / "out#?%"
+    report = _small_batch([folder], out, predictor, cluster)
+    assert [s.status for s in report.scenes] == ["ok"], report.scenes[0].error
+    gpkg = out / "x#1 %20?.gpkg"
+    assert runs(gpkg)["scene_path"][0] == str(scene)
+    mtime = gpkg.stat().st_mtime_ns
+
+    report = _small_batch([folder], out, predictor, cluster)  # the provenance is read back: up to date
+    assert [(s.status, s.reason) for s in report.scenes] == [("skipped", "output up to date (same signature)")]
+    assert gpkg.stat().st_mtime_ns == mtime
 
 
 def test_run_on_a_cluster_matches_run(scenes_dir, reference, predictor, cluster, tmp_path):
