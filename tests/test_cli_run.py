@@ -283,3 +283,38 @@ def test_precision_option(tiny_model, tmp_path):
     prob = [c for c in chips["fp32"].columns if c.startswith("p_")]
     diff = np.abs(chips["bf16"][prob].to_numpy() - chips["fp32"][prob].to_numpy()).max()
     assert 0 < diff < 0.05, f"bf16 differs from fp32 by {diff}: the precision did not reach the model"
+
+
+@pytest.mark.parametrize("outputs, seen", [
+    ([-3.0, 2.5, 0.1, 0.2, 7.0], "probably returns logits; export it with a sigmoid"),
+    ([0.1, float("nan"), 0.2, 0.3, 0.4], "non-finite"),
+    ([0.1, 0.2, float("inf"), 0.3, float("-inf")], "non-finite"),
+])
+@pytest.mark.parametrize("extra", [(), ("--raster",), ("--reader", "processes")])
+def test_model_outputs_that_are_not_probabilities_are_a_model_error(tmp_path, make_raster, outputs, seen, extra):
+    """Logits, NaN and inf stop the run with a message saying what was seen; nothing is written."""
+    from tests.model_fixtures import TINY_LABELS, export_constant_model
+
+    model = export_constant_model(tmp_path / "bad.onnx", outputs)
+    scene = make_raster("s.tif", width=200, height=140)
+    out = tmp_path / "o.gpkg"
+    res = invoke("run", scene, "-o", out, "--model", model, "--no-progress", *extra)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert seen in res.output
+    bad = [lab for lab, v in zip(TINY_LABELS, outputs) if not 0 <= v <= 1]
+    assert f"labels affected: {', '.join(bad)}" in res.output
+    assert "in a batch of" in res.output
+    assert only_files(tmp_path) == ["bad.onnx", "s.tif"]  # no output, no temporary
+
+
+def test_model_outputs_that_are_probabilities_pass(tmp_path, make_raster):
+    """0 and 1 are probabilities: the check refuses only what lies outside [0, 1]."""
+    from tests.model_fixtures import export_constant_model
+
+    model = export_constant_model(tmp_path / "edge.onnx", [0.0, 1.0, 0.5, 0.0, 1.0])
+    out = tmp_path / "o.gpkg"
+    res = invoke("run", make_raster("s.tif", width=200, height=140), "-o", out, "--model", model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips) > 0 and (chips["p_cloudy"] == 1.0).all() and (chips["p_clear"] == 0.0).all()
