@@ -111,6 +111,12 @@ class ModelSpec:
                     f"model spec {name} has {len(getattr(self, name))} values for "
                     f"{len(self.bands)} bands"
                 )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                # NaN would pass every comparison below and turn every chip into NaN.
+                raise ModelSpecError(f"model spec {name} {values} has a value that is not a finite number: "
+                                     f"give {len(self.bands)} finite values in [0, 1] units")
         if any(s <= 0 for s in self.std):
             raise ModelSpecError(f"model spec std must be positive, got {self.std}")
         if self.scaling not in SCALINGS:

@@ -318,3 +318,18 @@ def test_model_outputs_that_are_probabilities_pass(tmp_path, make_raster):
     assert res.exit_code == 0, res.output
     chips = pyogrio.read_dataframe(out, layer="chips")
     assert len(chips) > 0 and (chips["p_cloudy"] == 1.0).all() and (chips["p_clear"] == 0.0).all()
+
+
+def test_spec_chip_size_that_differs_from_the_model_is_refused_before_reading(tmp_path, make_raster):
+    """--spec with chip_size 64 for a model fixed at 128 px: one line at load, no ONNX Runtime traceback."""
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m128.onnx", [0.5] * 5, tiny_spec(chip_size=128), input_hw=(128, 128))
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(tiny_spec(chip_size=64).to_json())
+    scene = make_raster("s.tif", width=300, height=300)
+    res = invoke("run", scene, "-o", tmp_path / "o.gpkg", "--model", model, "--spec", spec_file, "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert "takes 128x128 pixel chips but its spec says chip_size 64" in res.output
+    assert "Traceback" not in res.output and "onnxruntime" not in res.output.lower()
+    assert not (tmp_path / "o.gpkg").exists()
