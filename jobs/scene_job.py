@@ -64,6 +64,11 @@ class ScenePlan:
     grid: Grid
     stretch: Stretch | None
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What planning found doubtful about the scene (recorded in ``runs.warnings``)."""
+        return self.stretch.warnings if self.stretch is not None else ()
+
     def reader(self) -> ChipReader:
         """A reader for this plan's cells."""
         return ChipReader(self.info, self.bands, self.spec.chip_size, self.factor,
@@ -83,6 +88,8 @@ class SceneResult:
     n_chips_skipped_edge: int = 0
     seconds: float = 0.0
     reason: str = ""
+    #: What the run found doubtful (as recorded in ``runs.warnings``).
+    warnings: tuple[str, ...] = ()
     timings: dict = field(default_factory=dict)
 
     @property
@@ -229,11 +236,12 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_read=table.seconds_read,
         seconds_infer=table.seconds_infer,
         seconds_write=0.0,
+        warnings=list(plan.warnings),
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
-        scene=info.path, output=str(prep.out), status=status, reason=reason,
+        scene=info.path, output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,

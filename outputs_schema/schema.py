@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.warnings
 MAX_NAME = 48
 
 CHIPS_LAYER = "chips"
@@ -32,6 +32,8 @@ PROB_PREFIX = "p_"
 
 #: The ``dtype`` of a field stored as JSON text; in Python its value is a dict.
 JSON = "json"
+#: The ``dtype`` of a field stored as a JSON list of strings; in Python its value is a list of str.
+JSON_LIST = "json_list"
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,13 @@ class Field:
     name: str
     dtype: str
     doc: str
+    #: The schema version that added the field: files of older versions lack it.
+    since: int = 1
 
     @property
     def storage_dtype(self) -> str:
         """The pandas/numpy dtype of the column in the file (JSON is text)."""
-        return "str" if self.dtype == JSON else self.dtype
+        return "str" if self.dtype in (JSON, JSON_LIST) else self.dtype
 
 
 #: Fixed fields of the ``chips`` layer, before the per-label probability columns.
@@ -98,6 +102,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("seconds_read", "float64", "time spent reading chips (summed over readers)"),
     Field("seconds_infer", "float64", "time spent in the model"),
     Field("seconds_write", "float64", "time spent writing the GeoPackage"),
+    Field("warnings", JSON_LIST, "what the run found doubtful (e.g. a scene without contrast); [] when nothing",
+          since=2),
 )
 
 

@@ -333,3 +333,26 @@ def test_spec_chip_size_that_differs_from_the_model_is_refused_before_reading(tm
     assert "takes 128x128 pixel chips but its spec says chip_size 64" in res.output
     assert "Traceback" not in res.output and "onnxruntime" not in res.output.lower()
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_constant_16_bit_scene_is_recorded_as_without_contrast(tiny_model, make_raster, tmp_path):
+    """Every valid pixel one value: the run says so in runs.warnings, in its result line and in the log."""
+    import json
+
+    data = np.full((3, 140, 150), 1234, np.uint16)
+    data[:, :10] = 0  # some nodata: the valid pixels are what counts
+    scene = make_raster("flat.tif", data, nodata=0)
+    out = tmp_path / "flat.gpkg"
+    res = CliRunner().invoke(main, ["run", str(scene), "-o", str(out), "--model", str(tiny_model), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "warning: no contrast: every band of the scene has one value between its p2 and p98" in res.stdout
+    assert "band 1: 1234" in res.stdout
+    assert "no contrast" in res.stderr  # logged too
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    warnings = json.loads(runs.warnings[0])
+    assert len(warnings) == 1 and warnings[0].startswith("no contrast: every band")
+    # A scene with contrast records no warning.
+    res = invoke("run", make_raster("u16.tif", dtype="uint16"), "-o", tmp_path / "u16.gpkg", "--model", tiny_model,
+                 "--no-progress")
+    assert res.exit_code == 0 and "warning" not in res.stdout
+    assert json.loads(pyogrio.read_dataframe(tmp_path / "u16.gpkg", layer="runs").warnings[0]) == []

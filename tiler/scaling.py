@@ -44,6 +44,8 @@ class Stretch:
     #: False for a scene without one valid pixel: there is nothing to stretch, and
     #: :meth:`apply` refuses rather than map pixels by a made-up range.
     estimated: bool = True
+    #: What the stretch found doubtful about the scene (recorded in ``runs.warnings``).
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.low) != len(self.high):
@@ -90,17 +92,27 @@ def scene_stretch(info: SceneInfo, bands: Sequence[int], spec: ModelSpec) -> Str
             f"{MIN_STRETCH_VALUES} needed): check its nodata/mask, or pass a spec with scaling 'fixed' "
             "and a fixed_range"
         )
-    lows, highs = [], []
+    lows, highs, flat = [], [], []
     for b in range(sample.shape[0]):
         values = sample[b].compressed()
         if values.size > MAX_SAMPLE:  # a regular subsample keeps percentiles cheap
             values = values[:: values.size // MAX_SAMPLE + 1]
         lo, hi = np.percentile(values, [p_lo, p_hi])
-        if hi <= lo:
+        if hi <= lo:  # nothing to stretch between: the band is flat (where it is valid)
+            flat.append((bands[b], float(lo)))
             hi = lo + 1.0
         lows.append(float(lo))
         highs.append(float(hi))
-    stretch = Stretch(tuple(lows), tuple(highs))
+    warnings = ()
+    if flat:
+        warnings = (
+            f"no contrast: {'every band' if len(flat) == len(bands) else 'band ' + ', '.join(str(b) for b, _ in flat)}"
+            f" of the scene has one value between its p{p_lo:g} and p{p_hi:g} "
+            f"({', '.join(f'band {b}: {v:g}' for b, v in flat)}), so its chips are flat and their tags "
+            "describe no content: check the scene (a fill value not declared as nodata?)",
+        )
+        log.warning("scene %s: %s", info.scene_id, warnings[0])
+    stretch = Stretch(tuple(lows), tuple(highs), warnings=warnings)
     log.info("scene %s stretch p%g..p%g from %d valid values: low=%s high=%s", info.scene_id, p_lo, p_hi,
              min(counts), [round(v, 1) for v in lows], [round(v, 1) for v in highs])
     return stretch
