@@ -141,8 +141,13 @@ def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[Status, str]:
     if len(plan.grid) == 0:
         return Status.EMPTY, (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
                          f"smaller than one chip, and the edge policy is skip")
-    return Status.EMPTY, (f"no chip had at least {plan.options.min_valid:.0%} valid pixels "
-                     f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
+    info, chip = plan.info, plan.grid.chip
+    reason = (f"no chip had at least {plan.options.min_valid:.0%} valid pixels in its part inside the scene "
+              f"({table.n_skipped_nodata} of {len(plan.grid)} skipped for nodata)")
+    if info.width < chip and info.height < chip:
+        reason = (f"the scene is {info.width}x{info.height} pixels, smaller than one {chip}-pixel chip, and "
+                  f"fewer than {plan.options.min_valid:.0%} of its pixels are valid (nodata or mask)")
+    return Status.EMPTY, reason
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ CHIP_FIELDS: tuple[Field, ...] = (
     Field("y_off", "int32", "pixel row of the window read"),
     Field("width", "int32", "window width in scene pixels"),
     Field("height", "int32", "window height in scene pixels"),
-    Field("valid_fraction", "float32", "share of valid pixels per GDAL's mask"),
+    Field("valid_fraction", "float32", "share of the chip's pixels inside the scene that are valid per GDAL's mask"),
     Field("tags", "str", "space-separated tags, as in Kaggle (see tag_names)"),
     Field("n_tags", "int32", "number of tags"),
     Field("top_label", "str", "label with the highest probability"),

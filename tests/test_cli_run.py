@@ -356,3 +356,34 @@ def test_constant_16_bit_scene_is_recorded_as_without_contrast(tiny_model, make_
                  "--no-progress")
     assert res.exit_code == 0 and "warning" not in res.stdout
     assert json.loads(pyogrio.read_dataframe(tmp_path / "u16.gpkg", layer="runs").warnings[0]) == []
+
+
+@pytest.mark.parametrize("reader", ["threads", "processes"])
+def test_small_fully_valid_scene_is_one_chip_not_empty(tmp_path, make_raster, reader):
+    """150x150 px with 256-px chips: status ok, one chip, valid fraction 1.0, in both readers."""
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m256.onnx", [0.1, 0.9, 0.2, 0.3, 0.4], tiny_spec(chip_size=256))
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", make_raster("small.tif", width=150, height=150), "-o", out, "--model", model,
+                 "--reader", reader, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert ": ok, 1 chip classified" in res.stdout
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips) == 1 and chips.valid_fraction[0] == 1.0 and (chips.width[0], chips.height[0]) == (150, 150)
+    assert pyogrio.read_dataframe(out, layer="runs").status[0] == "ok"
+
+
+def test_small_scene_without_enough_valid_pixels_says_what_happened(tmp_path, make_raster):
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m256.onnx", [0.5] * 5, tiny_spec(chip_size=256))
+    data = np.random.default_rng(0).integers(1, 255, (3, 120, 150)).astype("uint8")
+    data[:, :, :100] = 0
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", make_raster("small.tif", data, nodata=0), "-o", out, "--model", model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    assert runs.status[0] == "empty"
+    assert runs.reason[0] == ("the scene is 150x120 pixels, smaller than one 256-pixel chip, and fewer than 50% "
+                              "of its pixels are valid (nodata or mask)")
