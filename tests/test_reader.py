@@ -163,3 +163,32 @@ def test_a_small_fully_valid_scene_is_one_chip_valid_1(make_raster, mask, resamp
         data[:, :, :75] = 0
         reader, grid = reader_for(make_raster("half.tif", data, nodata=0), spec(chip_size=256), bands=(1, 2, 3))
         assert reader.read(next(iter(grid))).valid.tolist() == [0.5]
+
+
+@pytest.mark.parametrize("origin, size, message", [
+    ((-10.0, 95.0), 0.1, "latitude 75..95 reaches past ±90°"),
+    ((-10.0, -70.0), 0.1, ""),  # -70 - 200 x 0.1 = -90: on the pole, not past it
+    ((350.0, 10.0), 0.1, "longitude 350..370 reaches past"),
+    ((-185.0, 10.0), 0.1, "longitude -185..-165 reaches past"),
+    ((500000.0, 4000000.0), 10.0, "latitude"),  # UTM coordinates labelled EPSG:4326
+])
+def test_geographic_scene_whose_bounds_leave_the_globe_is_refused(make_raster, origin, size, message):
+    from affine import Affine
+
+    from scenetag.errors import GeoreferenceError
+
+    transform = Affine(size, 0, origin[0], 0, -size, origin[1])
+    path = make_raster("g.tif", width=200, height=200, crs="EPSG:4326", transform=transform)
+    if origin == (-10.0, -70.0):  # -70 - 20 = -90: on the pole, not past it
+        assert open_scene(path).crs.is_geographic
+        return
+    with pytest.raises(GeoreferenceError, match="leave the globe") as err:
+        open_scene(path)
+    assert message in str(err.value) and "left" in str(err.value) and "gdal_edit" in str(err.value)
+
+
+def test_geographic_scene_on_a_0_360_grid_is_accepted(make_raster):
+    from affine import Affine
+
+    path = make_raster("g.tif", width=200, height=200, crs="EPSG:4326", transform=Affine(0.1, 0, 340.0, 0, -0.1, 10))
+    assert open_scene(path).width == 200

@@ -104,6 +104,7 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
     if src.transform == Affine.identity():
         raise GeoreferenceError(f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. "
                                 f"{_georeference_fix(src)}")
+    _check_geographic_bounds(src, p)
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:
         raise SceneReadError(f"scene {str(p)!r} mixes band types {sorted(dtypes)}: convert it to one type")
@@ -127,6 +128,35 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
         mask_mode=_mask_mode(src),
         nodatavals=tuple(src.nodatavals),
     )
+
+
+#: Degrees a geographic scene's edges may pass the poles or the antimeridian by (rounding in a geotransform).
+_DEGREE_SLACK = 1e-6
+
+
+def _check_geographic_bounds(src: rasterio.DatasetReader, p: Path) -> None:
+    """Refuse a geographic scene whose bounds leave the globe: latitude past ±90°, longitude past -180°..360°.
+
+    Such bounds mean a wrong geotransform (or a projected scene labelled
+    geographic); chips placed from it would be nowhere on Earth.
+    """
+    if not src.crs.is_geographic:
+        return
+    b = src.bounds
+    south, north = min(b.bottom, b.top), max(b.bottom, b.top)
+    west, east = min(b.left, b.right), max(b.left, b.right)
+    where = []
+    if south < -90 - _DEGREE_SLACK or north > 90 + _DEGREE_SLACK:
+        where.append(f"latitude {south:g}..{north:g} reaches past ±90°")
+    if west < -180 - _DEGREE_SLACK or east > 360 + _DEGREE_SLACK or east - west > 360 + _DEGREE_SLACK:
+        where.append(f"longitude {west:g}..{east:g} reaches past -180°..180° (or 0°..360°)")
+    if where:
+        raise GeoreferenceError(
+            f"scene {str(p)!r} is in the geographic CRS {src.crs.to_string()} but its bounds "
+            f"(left {b.left:g}, bottom {b.bottom:g}, right {b.right:g}, top {b.top:g}) leave the globe: "
+            f"{'; '.join(where)}. Its geotransform is wrong, or it is projected: fix it, e.g. "
+            "`gdal_edit.py -a_ullr ulx uly lrx lry` or `-a_srs` with its real CRS"
+        )
 
 
 def _mask_mode(src: rasterio.DatasetReader) -> MaskMode:
