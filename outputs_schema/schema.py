@@ -1,4 +1,4 @@
-"""GeoPackage schema v1, declared once for writers and tests.
+"""GeoPackage schema (version :data:`SCHEMA_VERSION`), declared once for writers and tests.
 
 Layers:
 
@@ -11,18 +11,20 @@ Layers:
 
 Label names become column and layer names, so they are sanitised by
 :func:`sanitize_names`: lower case ASCII letters, digits and ``_``, unique,
-never starting with a digit and never longer than :data:`MAX_NAME`.
+never starting with a digit and never longer than :data:`MAX_NAME`.  The
+rules for one label (:func:`~scenetag.model.spec.column_stem`,
+:func:`~scenetag.model.spec.tag_name`) live with the spec, which refuses
+labels that would collide under them.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+from scenetag.model.spec import MAX_NAME, column_stem, tag_name
+
 SCHEMA_VERSION = 2  # 2: runs.warnings
-MAX_NAME = 48
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -116,13 +118,7 @@ def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str,
     out: list[str] = []
     seen: set[str] = set()
     for label in labels:
-        text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode()
-        name = re.sub(r"[^0-9a-zA-Z_]+", "_", text).strip("_").lower()
-        if not name:
-            name = "label"
-        if name[0].isdigit():
-            name = "l_" + name
-        name = name[:max_len]
+        name = column_stem(label, max_len)
         candidate, i = name, 2
         while candidate in seen:
             suffix = f"_{i}"
@@ -135,7 +131,7 @@ def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str,
 
 def tag_names(labels: Sequence[str]) -> tuple[str, ...]:
     """Labels as they appear in the space-separated ``tags`` field: whitespace becomes ``_``."""
-    return tuple(re.sub(r"\s+", "_", str(label).strip()) for label in labels)
+    return tuple(tag_name(label) for label in labels)
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,26 @@ def test_nan_in_a_json_spec_is_refused():
     assert "NaN" in text
     with pytest.raises(ModelSpecError, match="std .* not a finite number"):
         ModelSpec.from_json(text)
+
+
+
+@pytest.mark.parametrize("labels, first, second, kind, name", [
+    (("a b", "a_b"), "a b", "a_b", "tag", "a_b"),
+    (("water", "Water"), "water", "Water", "column name", "water"),
+    (("road", "road!"), "road", "road!", "column name", "road"),
+    (("x" * 48 + "1", "x" * 48 + "2"), "x" * 48 + "1", "x" * 48 + "2", "column name", "x" * 48),
+])
+def test_labels_that_collide_once_sanitised_are_refused(labels, first, second, kind, name):
+    """Two labels written as one tag or one column would be indistinguishable in the outputs."""
+    with pytest.raises(ModelSpecError) as err:
+        spec(labels=labels)
+    assert f"labels {first!r} and {second!r} both become the {kind} {name!r}" in str(err.value)
+    assert "rename one of them" in str(err.value)
+
+
+def test_distinct_labels_keep_their_names():
+    from scenetag.outputs_schema.schema import OutputSchema, tag_names
+
+    s = spec(labels=("partly cloudy", "it's; DROP TABLE", "clear"))
+    assert tag_names(s.labels) == ("partly_cloudy", "it's;_DROP_TABLE", "clear")
+    assert OutputSchema(s.labels).prob_columns == ("p_partly_cloudy", "p_it_s_drop_table", "p_clear")
