@@ -21,7 +21,7 @@ import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
-from scenetag.model.backends import Predictor
+from scenetag.model.backends import Predictor, checked_probabilities
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipReader, RunRead
@@ -110,7 +110,7 @@ def classify_cells(
         if not batch:
             return
         t0 = time.perf_counter()
-        p = predictor.predict(np.stack(batch))
+        p = checked_probabilities(predictor.predict(np.stack(batch)), plan.spec, predictor.path)
         infer_seconds += time.perf_counter() - t0
         probs.append(p)
         rows.extend(batch_meta)

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
+from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter, checked_probabilities
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.feed import ProcessFeed, Run
 from scenetag.tiler.grid import GridCell
@@ -79,7 +79,7 @@ def classify_with_feed(
     def collect_one() -> None:
         index, pending = in_flight.popleft()
         t0 = time.perf_counter()
-        p = pending.result()
+        p = checked_probabilities(pending.result(), predictor.spec, predictor.path)
         t["wait_infer"] += time.perf_counter() - t0
         batches.append(ChipTable(*grid[index].T, valid[index], p.astype(np.float32, copy=False)))
         if progress:

@@ -64,6 +64,11 @@ class ScenePlan:
     grid: Grid
     stretch: Stretch | None
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What planning found doubtful about the scene (recorded in ``runs.warnings``)."""
+        return self.stretch.warnings if self.stretch is not None else ()
+
     def reader(self) -> ChipReader:
         """A reader for this plan's cells."""
         return ChipReader(self.info, self.bands, self.spec.chip_size, self.factor,
@@ -83,6 +88,8 @@ class SceneResult:
     n_chips_skipped_edge: int = 0
     seconds: float = 0.0
     reason: str = ""
+    #: What the run found doubtful (as recorded in ``runs.warnings``).
+    warnings: tuple[str, ...] = ()
     timings: dict = field(default_factory=dict)
 
     @property
@@ -134,8 +141,13 @@ def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[Status, str]:
     if len(plan.grid) == 0:
         return Status.EMPTY, (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
                          f"smaller than one chip, and the edge policy is skip")
-    return Status.EMPTY, (f"no chip had at least {plan.options.min_valid:.0%} valid pixels "
-                     f"({table.n_skipped_nodata} of {len(plan.grid)} skipped)")
+    info, chip = plan.info, plan.grid.chip
+    reason = (f"no chip had at least {plan.options.min_valid:.0%} valid pixels in its part inside the scene "
+              f"({table.n_skipped_nodata} of {len(plan.grid)} skipped for nodata)")
+    if info.width < chip and info.height < chip:
+        reason = (f"the scene is {info.width}x{info.height} pixels, smaller than one {chip}-pixel chip, and "
+                  f"fewer than {plan.options.min_valid:.0%} of its pixels are valid (nodata or mask)")
+    return Status.EMPTY, reason
 
 
 @dataclass(frozen=True)
@@ -234,11 +246,12 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_read=table.seconds_read,
         seconds_infer=table.seconds_infer,
         seconds_write=0.0,
+        warnings=list(plan.warnings),
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
-        scene=info.path, output=str(prep.out), status=status, reason=reason,
+        scene=info.path, output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,

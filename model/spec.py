@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -37,6 +39,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SCALINGS = ("percentile", "fixed")
+
+#: Longest column or layer name stem made from a label (outputs_schema adds the prefixes).
+MAX_NAME = 48
+
+
+def tag_name(label: str) -> str:
+    """``label`` as it appears in the space-separated ``tags`` field: whitespace becomes ``_``."""
+    return re.sub(r"\s+", "_", str(label).strip())
+
+
+def column_stem(label: str, max_len: int = MAX_NAME) -> str:
+    """``label`` as an SQL-safe name: lower case ASCII letters, digits and ``_``, never starting with a digit.
+
+    Non-ASCII letters are transliterated where possible; anything else becomes
+    ``_``.  Two labels may give one stem: :class:`ModelSpec` refuses those.
+    """
+    text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^0-9a-zA-Z_]+", "_", text).strip("_").lower() or "label"
+    if name[0].isdigit():
+        name = "l_" + name
+    return name[:max_len]
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,18 @@ class ModelSpec:
         dupes = sorted({lab for lab in self.labels if self.labels.count(lab) > 1})
         if dupes:
             raise ModelSpecError(f"model spec labels are not unique: {dupes}")
+        for kind, name_of in (("tag", tag_name), ("column name", column_stem)):
+            seen: dict[str, str] = {}
+            for lab in self.labels:
+                name = name_of(lab)
+                if name in seen:
+                    # Two labels written as one would be indistinguishable in the outputs.
+                    raise ModelSpecError(
+                        f"model spec labels {seen[name]!r} and {lab!r} both become the {kind} {name!r} "
+                        "in the outputs: rename one of them (labels must stay distinct once spaces become "
+                        "'_' and names are lower-case ASCII)"
+                    )
+                seen[name] = lab
         if len(self.thresholds) != len(self.labels):
             raise ModelSpecError(
                 f"model spec has {len(self.thresholds)} thresholds for "
@@ -111,6 +146,12 @@ class ModelSpec:
                     f"model spec {name} has {len(getattr(self, name))} values for "
                     f"{len(self.bands)} bands"
                 )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                # NaN would pass every comparison below and turn every chip into NaN.
+                raise ModelSpecError(f"model spec {name} {values} has a value that is not a finite number: "
+                                     f"give {len(self.bands)} finite values in [0, 1] units")
         if any(s <= 0 for s in self.std):
             raise ModelSpecError(f"model spec std must be positive, got {self.std}")
         if self.scaling not in SCALINGS:

@@ -3,8 +3,9 @@
 :class:`RunRecord` is a frozen dataclass with one attribute per field of
 :data:`~scenetag.outputs_schema.schema.RUN_FIELDS`, in order, so a new field is
 one line in that declaration.  Attribute types follow the declared dtype:
-``str``, ``int`` (``int32``), ``float`` (``float64``) and ``dict`` (:data:`JSON`,
-stored as canonical JSON text, keys sorted).  Values are checked and
+``str``, ``int`` (``int32``), ``float`` (``float64``), ``dict`` (:data:`JSON`,
+stored as canonical JSON text, keys sorted) and ``list`` of ``str``
+(:data:`JSON_LIST`, stored as JSON text).  Values are checked and
 normalised when the record is made (numpy scalars become Python numbers).
 
 :func:`read_run_record` is the one reader of what a GeoPackage records about
@@ -24,11 +25,13 @@ from typing import Any, Mapping
 
 from scenetag.errors import OutputExistsError
 from scenetag.outputs_schema.db import connect_read_only
-from scenetag.outputs_schema.schema import JSON, RUN_FIELDS, RUNS_LAYER, Field
+from scenetag.outputs_schema.schema import JSON, JSON_LIST, RUN_FIELDS, RUNS_LAYER, Field
 
 log = logging.getLogger(__name__)
 
-_PY_TYPES: dict[str, type] = {"str": str, "int32": int, "float64": float, JSON: dict}
+_PY_TYPES: dict[str, type] = {"str": str, "int32": int, "float64": float, JSON: dict, JSON_LIST: list}
+#: Fields stored as JSON text.
+_AS_JSON = (JSON, JSON_LIST)
 
 
 def _normalised(f: Field, value: Any) -> Any:
@@ -42,6 +45,11 @@ def _normalised(f: Field, value: Any) -> Any:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"run field {f.name} cannot be stored as JSON: {exc}") from exc
         return value
+    if f.dtype == JSON_LIST:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
+                or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"run field {f.name} must be a list of str (stored as JSON), got {value!r}")
+        return list(value)
     if f.dtype == "str":
         if not isinstance(value, str):
             raise TypeError(f"run field {f.name} must be a str, got {type(value).__name__}")
@@ -68,7 +76,7 @@ class _RunRecordMethods:
 
     def to_row(self) -> dict[str, Any]:
         """The ``runs`` row as written: JSON fields as canonical JSON text, the rest as they are."""
-        return {f.name: json.dumps(getattr(self, f.name), sort_keys=True) if f.dtype == JSON
+        return {f.name: json.dumps(getattr(self, f.name), sort_keys=True) if f.dtype in _AS_JSON
                 else getattr(self, f.name) for f in RUN_FIELDS}
 
     def replace(self, **changes: Any) -> "RunRecord":
@@ -87,8 +95,8 @@ class _RunRecordMethods:
         values: dict[str, Any] = {}
         for f in RUN_FIELDS:
             value = row[f.name]
-            if f.dtype == JSON:
-                value = json.loads(value) if value else {}
+            if f.dtype in _AS_JSON:
+                value = json.loads(value) if value else _PY_TYPES[f.dtype]()
             elif f.dtype == "str" and value is None:
                 value = ""
             values[f.name] = value
@@ -101,7 +109,7 @@ class _RunRecordMethods:
 RunRecord = dataclasses.make_dataclass(
     "RunRecord",
     # Dicts cannot be hashed; JSON fields still take part in equality.
-    [(f.name, _PY_TYPES[f.dtype], dataclasses.field(hash=f.dtype != JSON, metadata={"doc": f.doc}))
+    [(f.name, _PY_TYPES[f.dtype], dataclasses.field(hash=f.dtype not in _AS_JSON, metadata={"doc": f.doc}))
      for f in RUN_FIELDS],
     bases=(_RunRecordMethods,),
     frozen=True,
@@ -120,7 +128,6 @@ def read_run_record(path: str | os.PathLike) -> "RunRecord | None":
     path = Path(path)
     if not path.exists():
         return None
-    columns = ", ".join(f'"{f.name}"' for f in RUN_FIELDS)
     try:
         con = connect_read_only(path)
         try:
@@ -128,9 +135,12 @@ def read_run_record(path: str | os.PathLike) -> "RunRecord | None":
             have = {r[1] for r in con.execute(f'PRAGMA table_info("{RUNS_LAYER}")')}
             if not have:
                 raise ValueError(f"it has no {RUNS_LAYER!r} table")
-            missing = [f.name for f in RUN_FIELDS if f.name not in have]
+            missing = [f.name for f in RUN_FIELDS if f.name not in have and f.since == 1]
             if missing:
                 raise ValueError(f"its {RUNS_LAYER!r} table lacks the fields {missing}")
+            # A field added by a later schema reads as empty from an older file (whose
+            # signature then differs, so it is out of date, not foreign).
+            columns = ", ".join(f'"{f.name}"' if f.name in have else f"NULL AS \"{f.name}\"" for f in RUN_FIELDS)
             con.row_factory = sqlite3.Row
             row = con.execute(f'SELECT {columns} FROM "{RUNS_LAYER}" ORDER BY rowid DESC LIMIT 1').fetchone()
         finally:

@@ -1,4 +1,4 @@
-"""GeoPackage schema v1, declared once for writers and tests.
+"""GeoPackage schema (version :data:`SCHEMA_VERSION`), declared once for writers and tests.
 
 Layers:
 
@@ -11,18 +11,20 @@ Layers:
 
 Label names become column and layer names, so they are sanitised by
 :func:`sanitize_names`: lower case ASCII letters, digits and ``_``, unique,
-never starting with a digit and never longer than :data:`MAX_NAME`.
+never starting with a digit and never longer than :data:`MAX_NAME`.  The
+rules for one label (:func:`~scenetag.model.spec.column_stem`,
+:func:`~scenetag.model.spec.tag_name`) live with the spec, which refuses
+labels that would collide under them.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-SCHEMA_VERSION = 1
-MAX_NAME = 48
+from scenetag.model.spec import MAX_NAME, column_stem, tag_name
+
+SCHEMA_VERSION = 2  # 2: runs.warnings
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -32,6 +34,8 @@ PROB_PREFIX = "p_"
 
 #: The ``dtype`` of a field stored as JSON text; in Python its value is a dict.
 JSON = "json"
+#: The ``dtype`` of a field stored as a JSON list of strings; in Python its value is a list of str.
+JSON_LIST = "json_list"
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,13 @@ class Field:
     name: str
     dtype: str
     doc: str
+    #: The schema version that added the field: files of older versions lack it.
+    since: int = 1
 
     @property
     def storage_dtype(self) -> str:
         """The pandas/numpy dtype of the column in the file (JSON is text)."""
-        return "str" if self.dtype == JSON else self.dtype
+        return "str" if self.dtype in (JSON, JSON_LIST) else self.dtype
 
 
 #: Fixed fields of the ``chips`` layer, before the per-label probability columns.
@@ -57,7 +63,7 @@ CHIP_FIELDS: tuple[Field, ...] = (
     Field("y_off", "int32", "pixel row of the window read"),
     Field("width", "int32", "window width in scene pixels"),
     Field("height", "int32", "window height in scene pixels"),
-    Field("valid_fraction", "float32", "share of valid pixels per GDAL's mask"),
+    Field("valid_fraction", "float32", "share of the chip's pixels inside the scene that are valid per GDAL's mask"),
     Field("tags", "str", "space-separated tags, as in Kaggle (see tag_names)"),
     Field("n_tags", "int32", "number of tags"),
     Field("top_label", "str", "label with the highest probability"),
@@ -98,6 +104,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("seconds_read", "float64", "time spent reading chips (summed over readers)"),
     Field("seconds_infer", "float64", "time spent in the model"),
     Field("seconds_write", "float64", "time spent writing the GeoPackage"),
+    Field("warnings", JSON_LIST, "what the run found doubtful (e.g. a scene without contrast); [] when nothing",
+          since=2),
 )
 
 
@@ -110,13 +118,7 @@ def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str,
     out: list[str] = []
     seen: set[str] = set()
     for label in labels:
-        text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode()
-        name = re.sub(r"[^0-9a-zA-Z_]+", "_", text).strip("_").lower()
-        if not name:
-            name = "label"
-        if name[0].isdigit():
-            name = "l_" + name
-        name = name[:max_len]
+        name = column_stem(label, max_len)
         candidate, i = name, 2
         while candidate in seen:
             suffix = f"_{i}"
@@ -129,7 +131,7 @@ def sanitize_names(labels: Sequence[str], max_len: int = MAX_NAME) -> tuple[str,
 
 def tag_names(labels: Sequence[str]) -> tuple[str, ...]:
     """Labels as they appear in the space-separated ``tags`` field: whitespace becomes ``_``."""
-    return tuple(re.sub(r"\s+", "_", str(label).strip()) for label in labels)
+    return tuple(tag_name(label) for label in labels)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ run (the same small network, with five labels of which one is hostile).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -87,3 +88,36 @@ def real_chips(n: int = 8, size: int = 256) -> np.ndarray:
     planet_or_skip()
     names = read_labels(PLANET_CSV).names[:n]
     return load_images(PLANET_IMAGES, names, size, on_wrong_size="refuse" if size == 256 else "resize")
+
+
+def export_constant_model(path: Path, outputs: Sequence[float], spec: ModelSpec | None = None,
+                          input_hw: tuple[int | str, int | str] = ("H", "W")) -> Path:
+    """A hand-built ONNX model that returns ``outputs`` (one value per label) for every chip.
+
+    Built with ``onnx.helper`` (no torch): ``out = mean(x) * 0 + outputs``, so it
+    really reads its input.  ``outputs`` may hold logits, NaN or inf (models a
+    checked job must refuse); ``input_hw`` fixes the input's H/W when ints.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from scenetag.model.spec import METADATA_KEY
+
+    spec = spec or tiny_spec()
+    values = np.asarray(outputs, np.float32).reshape(1, -1)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),  # (N, C)
+         helper.make_node("ReduceMean", ["m"], ["m1"], axes=[1], keepdims=1),  # (N, 1)
+         helper.make_node("Mul", ["m1", "zero"], ["z"]),
+         helper.make_node("Add", ["z", "values"], ["probs"])],  # (N, L)
+        "constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", spec.n_bands, *input_hw])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", spec.n_labels])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+         helper.make_tensor("values", TensorProto.FLOAT, list(values.shape), values.ravel().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.save(model, str(path))
+    return Path(path)

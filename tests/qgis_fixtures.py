@@ -21,7 +21,7 @@ from rasterio.crs import CRS
 
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.run_record import RunRecord
-from scenetag.outputs_schema.schema import JSON, RUN_FIELDS
+from scenetag.outputs_schema.schema import JSON, JSON_LIST, RUN_FIELDS, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 QGIS_PYTHON = os.environ.get("SCENETAG_QGIS_PYTHON", "/usr/bin/python3")
@@ -61,8 +61,9 @@ def run_qgis_check(gpkg: Path, *args: str, timeout: float = 120) -> dict:
 def fake_run(**overrides: Any) -> RunRecord:
     """A run record with every declared field: ``overrides``, else a placeholder of the field's type."""
     placeholder = {"str": "x", "int32": 0, "float64": 0.0}
-    run: dict[str, Any] = {f.name: {} if f.dtype == JSON else placeholder[f.dtype] for f in RUN_FIELDS}
-    run.update(run_id="run-test", schema_version=1, status="ok", scene_path="/data/scene.tif",
+    run: dict[str, Any] = {f.name: {} if f.dtype == JSON else [] if f.dtype == JSON_LIST else placeholder[f.dtype]
+                           for f in RUN_FIELDS}
+    run.update(run_id="run-test", schema_version=SCHEMA_VERSION, status="ok", scene_path="/data/scene.tif",
                software="scenetag test", model_name="tiny-test")
     run.update(overrides)
     return RunRecord(**run)

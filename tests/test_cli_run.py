@@ -332,3 +332,105 @@ def test_overwrite_never_writes_over_the_scene(tiny_model, make_raster, tmp_path
     assert "is the scene" in res.output and "destroy the input" in res.output and "Traceback" not in res.output
     assert scene.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp.*"))
+@pytest.mark.parametrize("outputs, seen", [
+    ([-3.0, 2.5, 0.1, 0.2, 7.0], "probably returns logits; export it with a sigmoid"),
+    ([0.1, float("nan"), 0.2, 0.3, 0.4], "non-finite"),
+    ([0.1, 0.2, float("inf"), 0.3, float("-inf")], "non-finite"),
+])
+@pytest.mark.parametrize("extra", [(), ("--raster",), ("--reader", "processes")])
+def test_model_outputs_that_are_not_probabilities_are_a_model_error(tmp_path, make_raster, outputs, seen, extra):
+    """Logits, NaN and inf stop the run with a message saying what was seen; nothing is written."""
+    from tests.model_fixtures import TINY_LABELS, export_constant_model
+
+    model = export_constant_model(tmp_path / "bad.onnx", outputs)
+    scene = make_raster("s.tif", width=200, height=140)
+    out = tmp_path / "o.gpkg"
+    res = invoke("run", scene, "-o", out, "--model", model, "--no-progress", *extra)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert seen in res.output
+    bad = [lab for lab, v in zip(TINY_LABELS, outputs) if not 0 <= v <= 1]
+    assert f"labels affected: {', '.join(bad)}" in res.output
+    assert "in a batch of" in res.output
+    assert only_files(tmp_path) == ["bad.onnx", "s.tif"]  # no output, no temporary
+
+
+def test_model_outputs_that_are_probabilities_pass(tmp_path, make_raster):
+    """0 and 1 are probabilities: the check refuses only what lies outside [0, 1]."""
+    from tests.model_fixtures import export_constant_model
+
+    model = export_constant_model(tmp_path / "edge.onnx", [0.0, 1.0, 0.5, 0.0, 1.0])
+    out = tmp_path / "o.gpkg"
+    res = invoke("run", make_raster("s.tif", width=200, height=140), "-o", out, "--model", model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips) > 0 and (chips["p_cloudy"] == 1.0).all() and (chips["p_clear"] == 0.0).all()
+
+
+def test_spec_chip_size_that_differs_from_the_model_is_refused_before_reading(tmp_path, make_raster):
+    """--spec with chip_size 64 for a model fixed at 128 px: one line at load, no ONNX Runtime traceback."""
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m128.onnx", [0.5] * 5, tiny_spec(chip_size=128), input_hw=(128, 128))
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(tiny_spec(chip_size=64).to_json())
+    scene = make_raster("s.tif", width=300, height=300)
+    res = invoke("run", scene, "-o", tmp_path / "o.gpkg", "--model", model, "--spec", spec_file, "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert "takes 128x128 pixel chips but its spec says chip_size 64" in res.output
+    assert "Traceback" not in res.output and "onnxruntime" not in res.output.lower()
+    assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_constant_16_bit_scene_is_recorded_as_without_contrast(tiny_model, make_raster, tmp_path):
+    """Every valid pixel one value: the run says so in runs.warnings, in its result line and in the log."""
+    import json
+
+    data = np.full((3, 140, 150), 1234, np.uint16)
+    data[:, :10] = 0  # some nodata: the valid pixels are what counts
+    scene = make_raster("flat.tif", data, nodata=0)
+    out = tmp_path / "flat.gpkg"
+    res = CliRunner().invoke(main, ["run", str(scene), "-o", str(out), "--model", str(tiny_model), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "warning: no contrast: every band of the scene has one value between its p2 and p98" in res.stdout
+    assert "band 1: 1234" in res.stdout
+    assert "no contrast" in res.stderr  # logged too
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    warnings = json.loads(runs.warnings[0])
+    assert len(warnings) == 1 and warnings[0].startswith("no contrast: every band")
+    # A scene with contrast records no warning.
+    res = invoke("run", make_raster("u16.tif", dtype="uint16"), "-o", tmp_path / "u16.gpkg", "--model", tiny_model,
+                 "--no-progress")
+    assert res.exit_code == 0 and "warning" not in res.stdout
+    assert json.loads(pyogrio.read_dataframe(tmp_path / "u16.gpkg", layer="runs").warnings[0]) == []
+
+
+@pytest.mark.parametrize("reader", ["threads", "processes"])
+def test_small_fully_valid_scene_is_one_chip_not_empty(tmp_path, make_raster, reader):
+    """150x150 px with 256-px chips: status ok, one chip, valid fraction 1.0, in both readers."""
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m256.onnx", [0.1, 0.9, 0.2, 0.3, 0.4], tiny_spec(chip_size=256))
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", make_raster("small.tif", width=150, height=150), "-o", out, "--model", model,
+                 "--reader", reader, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert ": ok, 1 chip classified" in res.stdout
+    chips = pyogrio.read_dataframe(out, layer="chips")
+    assert len(chips) == 1 and chips.valid_fraction[0] == 1.0 and (chips.width[0], chips.height[0]) == (150, 150)
+    assert pyogrio.read_dataframe(out, layer="runs").status[0] == "ok"
+
+
+def test_small_scene_without_enough_valid_pixels_says_what_happened(tmp_path, make_raster):
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    model = export_constant_model(tmp_path / "m256.onnx", [0.5] * 5, tiny_spec(chip_size=256))
+    data = np.random.default_rng(0).integers(1, 255, (3, 120, 150)).astype("uint8")
+    data[:, :, :100] = 0
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", make_raster("small.tif", data, nodata=0), "-o", out, "--model", model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    assert runs.status[0] == "empty"
+    assert runs.reason[0] == ("the scene is 150x120 pixels, smaller than one 256-pixel chip, and fewer than 50% "
+                              "of its pixels are valid (nodata or mask)")

@@ -180,7 +180,7 @@ def test_a_different_scene_with_the_same_name_does_not_replace_the_output(make_r
     night1.mkdir(), night2.mkdir()
     first = make_raster("night1/scene.tif", seed=1)
     second = make_raster("night2/scene.tif", seed=2)  # the same name, another scene
-    other = make_raster("night2/other.tif", seed=3)
+    make_raster("night2/other.tif", seed=3)
     out = tmp_path / "out"
     assert _small_batch([night1], out, predictor, cluster).succeeded
     kept = (out / "scene.gpkg").read_bytes()
@@ -420,3 +420,21 @@ def test_two_batches_on_one_folder_one_refuses(scenes_dir, tiny_model, tmp_path)
     assert first.returncode == 0, stderr
     assert "3 scenes: 3 ok" in stdout
     assert not (out / LOCK_NAME).exists()
+
+
+def test_cli_batch_stops_on_a_model_that_returns_logits(make_raster, tmp_path):
+    """A model error is about every scene: the batch stops in one line, and no scene is written as if right."""
+    from cli import main
+    from tests.model_fixtures import export_constant_model
+
+    model = export_constant_model(tmp_path / "logits.onnx", [-3.0, 2.5, 0.1, 0.2, 7.0])
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(2):
+        make_raster(f"scenes/s{i}.tif", width=200, height=140, seed=i)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["batch", str(scenes), "--out-dir", str(out), "-m", str(model),
+                                       "--workers", "1", "--dashboard-address", ":0", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "probably returns logits" in result.output and "Traceback" not in result.output
+    assert not list(out.glob("*.gpkg")) if out.exists() else True

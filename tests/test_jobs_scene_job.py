@@ -253,3 +253,23 @@ def test_every_scene_with_an_expectation_is_in_the_scenes_folder():
     if not SCENES.is_dir():
         pytest.skip(f"{SCENES} is absent")
     assert set(REFUSED) | set(BANDS) <= set(real_scenes())
+
+
+def test_sparse_scene_chips_match_the_same_pixels_cut_out_alone(predictor, make_raster):
+    """A large sparse uint16 scene is tagged as its valid patch cut out alone is (same stretch, same chips)."""
+    from rasterio.transform import from_origin
+
+    from tests.test_tiler_scaling import PATCH, sparse_scene
+
+    path, patch = sparse_scene(make_raster)
+    cutout = make_raster("cutout.tif", patch, nodata=0, transform=from_origin(0, 0, 10, 10))
+    big = plan_scene(path, predictor.spec, RunOptions())
+    alone = plan_scene(cutout, predictor.spec, RunOptions())
+    np.testing.assert_allclose(big.stretch.low, alone.stretch.low, rtol=1e-6)
+    np.testing.assert_allclose(big.stretch.high, alone.stretch.high, rtol=1e-6)
+    chip = predictor.spec.chip_size
+    inside = [c for c in big.grid if PATCH[0] <= c.row_off < PATCH[1] and PATCH[0] <= c.col_off < PATCH[1]]
+    got = classify_cells(big, predictor, inside)
+    want = classify_cells(alone, predictor)
+    assert len(got) == len(want) == ((PATCH[1] - PATCH[0]) // chip) ** 2
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)

@@ -107,3 +107,21 @@ def test_cuda_io_binding_matches_the_cpu(tiny_model):  # pragma: no cover - need
     for n in (5, 3):
         x = chips(n, seed=n)
         np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("hw, spec_chip, loads", [((128, 128), 64, False), ((64, 96), 64, False),
+                                                   ((64, 64), 64, True), (("H", "W"), 64, True)])
+def test_spec_chip_size_is_checked_against_a_fixed_input_size(tmp_path, hw, spec_chip, loads):
+    """A fixed H/W that differs from the spec's chip size is refused at load, naming both sizes and the fix."""
+    from scenetag.errors import ModelSpecError
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    path = export_constant_model(tmp_path / "m.onnx", [0.5] * 5, tiny_spec(chip_size=spec_chip), input_hw=hw)
+    if loads:
+        assert OnnxPredictor(path).predict(chips(2, size=spec_chip)).shape == (2, 5)
+        return
+    with pytest.raises(ModelSpecError) as err:
+        OnnxPredictor(path)
+    message = str(err.value)
+    assert f"takes {hw[0]}x{hw[1]} pixel chips but its spec says chip_size {spec_chip}" in message
+    assert f'pass --spec with "chip_size": {hw[0]}' in message and "re-export" in message

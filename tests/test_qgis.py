@@ -24,7 +24,7 @@ import rasterio
 from scenetag.outputs_schema import styles
 from scenetag.outputs_schema.colors import label_color
 from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
-from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
+from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
 from tests.conftest import real_scene
 from tests.qgis_fixtures import QGIS_PYTHON, qgis_unavailable, run_qgis_check
 
@@ -153,8 +153,8 @@ def test_metadata_visible_in_layer_properties(borneo):
     for name, info in borneo["report"]["layers"].items():
         md = info["metadata"]
         assert "planetscope_borneo_3m_analytic" in md["title"], name
-        assert "schema v1" in md["abstract"], name
-        assert md["keywords"]["scenetag:schema_version"] == ["1"], name
+        assert f"schema v{SCHEMA_VERSION}" in md["abstract"], name
+        assert md["keywords"]["scenetag:schema_version"] == [str(SCHEMA_VERSION)], name
         assert any(h.startswith("signature: ") for h in md["history"]), name
 
 

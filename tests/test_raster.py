@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from scenetag.outputs_schema.raster import NODATA, grid_transform, probability_grid, write_probability_raster
 from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.errors import OutputError, OutputExistsError
 from tests.conftest import real_scene
 from tests.qgis_fixtures import synthetic_table
@@ -52,7 +53,7 @@ def test_round_trip_is_a_cog_with_label_bands(tmp_path, crs, shape):
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.compression.value == "DEFLATE"
         assert src.tags(3)["label"] == LABELS[2]
-        assert src.tags()["scenetag_schema_version"] == "1"
+        assert src.tags()["scenetag_schema_version"] == str(SCHEMA_VERSION)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.qml", "p.tif"]  # no temporary left
 
 

@@ -136,3 +136,59 @@ def test_nodata_values_of_every_kind_give_gdals_mask(make_raster, dtype, nodata)
     with reader:
         for run in runs_of(list(grid), per_run=4):
             _assert_gdal_chips(reader, run, reader.read_run(run))
+
+
+@pytest.mark.parametrize("mask", ["all_valid", "nodata", "alpha"])
+@pytest.mark.parametrize("resample", [False, True])
+def test_a_small_fully_valid_scene_is_one_chip_valid_1(make_raster, mask, resample):
+    """150x150 px, 256-px chips: the valid share is of the chip's part inside the scene, not of the padding."""
+    data = np.random.default_rng(4).integers(1, 255, (3, 150, 150)).astype("uint8")
+    if mask == "alpha":
+        data = np.concatenate([data, np.full((1, 150, 150), 255, np.uint8)])
+        path = make_raster("small.tif", data, photometric="RGB", alpha="YES")
+    else:
+        path = make_raster("small.tif", data, nodata=0 if mask == "nodata" else None)
+    assert open_scene(path).mask_mode is {"all_valid": MaskMode.ALL_VALID, "nodata": MaskMode.NODATA,
+                                          "alpha": MaskMode.GDAL}[mask]
+    # With --resample the model's 10 m chip is read from 150 px at 8 m: still smaller than a chip.
+    reader, grid = reader_for(path, spec(chip_size=256, resolution_m=8.0 if resample else 10.0),
+                              bands=(1, 2, 3), resample=resample)
+    assert len(grid) == 1
+    got = reader.read(next(iter(grid)))
+    assert got.n_skipped == 0 and got.valid.tolist() == [1.0]
+    fraction, chip = reference_chip(reader, next(iter(grid)))
+    assert fraction == 1.0 and np.array_equal(got.pixels[0], chip)
+    # Half the scene nodata: half valid, counted over the 150 x 150 pixels that are there.
+    if mask == "nodata":
+        data[:, :, :75] = 0
+        reader, grid = reader_for(make_raster("half.tif", data, nodata=0), spec(chip_size=256), bands=(1, 2, 3))
+        assert reader.read(next(iter(grid))).valid.tolist() == [0.5]
+
+
+@pytest.mark.parametrize("origin, size, message", [
+    ((-10.0, 95.0), 0.1, "latitude 75..95 reaches past ±90°"),
+    ((-10.0, -70.0), 0.1, ""),  # -70 - 200 x 0.1 = -90: on the pole, not past it
+    ((350.0, 10.0), 0.1, "longitude 350..370 reaches past"),
+    ((-185.0, 10.0), 0.1, "longitude -185..-165 reaches past"),
+    ((500000.0, 4000000.0), 10.0, "latitude"),  # UTM coordinates labelled EPSG:4326
+])
+def test_geographic_scene_whose_bounds_leave_the_globe_is_refused(make_raster, origin, size, message):
+    from affine import Affine
+
+    from scenetag.errors import GeoreferenceError
+
+    transform = Affine(size, 0, origin[0], 0, -size, origin[1])
+    path = make_raster("g.tif", width=200, height=200, crs="EPSG:4326", transform=transform)
+    if origin == (-10.0, -70.0):  # -70 - 20 = -90: on the pole, not past it
+        assert open_scene(path).crs.is_geographic
+        return
+    with pytest.raises(GeoreferenceError, match="leave the globe") as err:
+        open_scene(path)
+    assert message in str(err.value) and "left" in str(err.value) and "gdal_edit" in str(err.value)
+
+
+def test_geographic_scene_on_a_0_360_grid_is_accepted(make_raster):
+    from affine import Affine
+
+    path = make_raster("g.tif", width=200, height=200, crs="EPSG:4326", transform=Affine(0.1, 0, 340.0, 0, -0.1, 10))
+    assert open_scene(path).width == 200

@@ -16,7 +16,7 @@ from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.geopackage import write_geopackage
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.run_record import RunRecord, read_run_record
-from scenetag.outputs_schema.schema import JSON, RUN_FIELDS
+from scenetag.outputs_schema.schema import JSON, JSON_LIST, RUN_FIELDS
 from tests.qgis_fixtures import fake_run, write_synthetic_gpkg
 
 SPEC = ModelSpec.create("m", "a", ["water", "road"], 0.5)
@@ -30,7 +30,7 @@ def write(out, run: RunRecord) -> RunRecord:
 def test_fields_are_the_declaration_in_order_with_python_types():
     fields = dataclasses.fields(RunRecord)
     assert [f.name for f in fields] == [f.name for f in RUN_FIELDS]
-    types = {"str": str, "int32": int, "float64": float, JSON: dict}
+    types = {"str": str, "int32": int, "float64": float, JSON: dict, JSON_LIST: list}
     assert [f.type for f in fields] == [types[f.dtype] for f in RUN_FIELDS]
     assert [f.metadata["doc"] for f in fields] == [f.doc for f in RUN_FIELDS]
     assert {f.name for f in RUN_FIELDS if f.dtype == JSON} == {"model_spec", "thresholds", "options"}
@@ -123,3 +123,21 @@ def test_the_last_run_is_read(tmp_path):
     con.commit()
     con.close()
     assert read_run_record(out).run_id == "second"
+
+
+def test_warnings_are_a_list_of_strings_and_an_older_file_reads_them_as_empty(tmp_path):
+    """runs.warnings (schema 2) round-trips; a schema-1 file without the column is out of date, not foreign."""
+    import sqlite3
+
+    run = fake_run(warnings=["no contrast: every band ..."])
+    assert run.to_row()["warnings"] == '["no contrast: every band ..."]'
+    with pytest.raises(TypeError, match="warnings must be a list of str"):
+        run.replace(warnings="no contrast")
+    out = tmp_path / "w.gpkg"
+    write(out, run)
+    assert read_run_record(out).warnings == ["no contrast: every band ..."]
+    con = sqlite3.connect(out)
+    con.execute('ALTER TABLE runs DROP COLUMN "warnings"')  # as schema 1 wrote it
+    con.commit()
+    con.close()
+    assert read_run_record(out).warnings == []

@@ -38,7 +38,8 @@ def test_sanitized_names_are_safe_and_unique(labels):
 
 
 def test_hostile_labels_survive_a_round_trip(tmp_path):
-    labels = tuple(l for l in HOSTILE if l.strip())
+    # "two words" and "two_words" would be one tag: a spec refuses the pair (tests/test_spec.py).
+    labels = tuple(l for l in HOSTILE if l.strip() and l != "two_words")
     spec = ModelSpec.create("hostile", "none", labels, 0.5, chip_size=16)
     schema = OutputSchema(labels)
     n = 4

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scenetag.model.spec import PLANET_LABELS, ModelSpec
 from scenetag.outputs_schema import metadata, qml, styles
 from scenetag.outputs_schema.colors import PLANET_PALETTE, Color, hashed_color, label_color, label_key
-from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, OutputSchema
+from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
 from tests.model_fixtures import TINY_LABELS, tiny_spec
 from tests.qgis_fixtures import fake_run, write_synthetic_gpkg
 
@@ -261,16 +261,16 @@ def test_metadata_has_schema_version_and_provenance_per_layer(gpkg, spec):
     root = ET.fromstring(qgis_rows[CHIPS_LAYER]["metadata"].split("\n", 1)[1])
     assert root.find("identifier").text == CHIPS_LAYER
     assert "borneo" in root.find("title").text
-    assert "schema v1" in root.find("abstract").text
+    assert f"schema v{SCHEMA_VERSION}" in root.find("abstract").text
     kw = {k.get("vocabulary"): [x.text for x in k] for k in root.findall("keywords")}
-    assert kw["scenetag:schema_version"] == ["1"]
+    assert kw["scenetag:schema_version"] == [str(SCHEMA_VERSION)]
     assert kw["scenetag:labels"] == list(spec.labels)
     history = [h.text for h in root.findall("history")]
     assert "run_id: abc123" in history
     assert 'thresholds: {"clear": 0.45}' in history  # the text stored in runs
     assert root.find("crs/spatialrefsys/authid").text == "EPSG:32633"
     prov = provenance(gpkg)
-    assert prov["schema_version"] == 1
+    assert prov["schema_version"] == SCHEMA_VERSION
     assert prov["run"]["run_id"] == "abc123"
     assert prov["run"]["thresholds"] == {"clear": 0.45}  # as JSON, not JSON text
     assert prov["layers"] == list(schema.layers)
@@ -288,7 +288,7 @@ def test_metadata_is_a_valid_registered_extension_that_gdal_reads(gpkg, spec):
     assert ext == {"gpkg_metadata", "gpkg_metadata_reference"}
     assert n_md == n_ref == len(OutputSchema(spec.labels).layers) + 1
     assert provenance(gpkg)["run"]["run_id"] == "r2"
-    assert "schema v1" in desc
+    assert f"schema v{SCHEMA_VERSION}" in desc
     info = pyogrio.read_info(gpkg, layer=CHIPS_LAYER)
     items = [v for k, v in (info.get("layer_metadata") or {}).items() if k.startswith("GPKG_METADATA_ITEM_")]
     assert any("<identifier>chips</identifier>" in v for v in items)

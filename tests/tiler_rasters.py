@@ -46,7 +46,7 @@ def reference_chip(reader: ChipReader, cell: GridCell) -> tuple[float, np.ndarra
     oh, ow = reader.out_shape(cell)
     with rasterio.open(reader.scene.path) as ds:
         valid = ds.dataset_mask(window=cell.window, out_shape=(oh, ow), resampling=Resampling.nearest) > 0
-        fraction = min(1.0, np.count_nonzero(valid) / float(size * size))
+        fraction = min(1.0, np.count_nonzero(valid) / float(oh * ow))  # of the chip's part inside the scene
         if fraction < reader.min_valid or fraction == 0.0:
             return fraction, None
         data = ds.read(reader.bands, window=cell.window, out_shape=(nb, oh, ow), resampling=reader.resampling)

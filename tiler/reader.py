@@ -3,7 +3,10 @@
 Validity comes from GDAL's mask (nodata, alpha band or internal mask), never
 from guessing at zeros; how it is got is the scene's :class:`~scenetag.tiler.scene.MaskMode`.
 A chip with less valid area than ``min_valid`` is skipped, and its data is not
-read where the mask can be had without it.
+read where the mask can be had without it.  The valid share of a chip is
+counted over the part of it that lies inside the scene: the padding of an
+edge chip, or of the one chip of a scene smaller than a chip, is outside the
+scene, not invalid pixels (a fully valid 150x150 scene is one chip, valid 1.0).
 
 There is one read: :meth:`ChipReader.read_run` takes a run of neighbouring
 cells of one grid row (one mask read and one data read over the run, which
@@ -168,11 +171,12 @@ class ChipReader:
 
     def _read_span(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
         """Mask and data of ``cells`` at the scene's resolution, each in one GDAL call over the run."""
-        area = float(self.chip_size * self.chip_size)
         # Plain ints: on a run of one (the thread path), numpy's per-call costs would rival GDAL's.
         x0 = [c.col_off for c in cells]
         x1 = [c.col_off + c.width for c in cells]
         y, h = cells[0].row_off, cells[0].height
+        # Each cell's share is of its pixels inside the scene (its window), not of the padded chip.
+        area = [float((b - a) * h) for a, b in zip(x0, x1)]
         lo, hi = min(x0), max(x1)
         span = Window(lo, y, hi - lo, h)
         mode = self.scene.mask_mode
@@ -180,7 +184,7 @@ class ChipReader:
             ds = self._dataset()
             if mode is MaskMode.ALL_VALID:
                 mask = None
-                valid = [min(1.0, (b - a) * h / area) for a, b in zip(x0, x1)]
+                valid = [1.0] * len(cells)
             else:
                 if mode is MaskMode.NODATA:
                     every = ds.read(window=span)
@@ -193,10 +197,10 @@ class ChipReader:
                 else:
                     mask = ds.dataset_mask(window=span) > 0
                 if len(cells) == 1:
-                    valid = [min(1.0, np.count_nonzero(mask) / area)]
+                    valid = [min(1.0, np.count_nonzero(mask) / area[0])]
                 else:  # each cell's count from running column sums
                     counts = np.concatenate([[0], np.cumsum(mask.sum(axis=0, dtype=np.int64))])
-                    valid = np.minimum(1.0, (counts[np.subtract(x1, lo)] - counts[np.subtract(x0, lo)]) / area)
+                    valid = np.minimum(1.0, (counts[np.subtract(x1, lo)] - counts[np.subtract(x0, lo)]) / np.asarray(area))
                     valid = valid.tolist()
             kept = self._keep(valid)
             if len(kept) == 0:
@@ -217,8 +221,7 @@ class ChipReader:
 
     def _read_resampled(self, cells: tuple[GridCell, ...], room: np.ndarray) -> tuple[list[int], list[float]]:
         """Mask and data of ``cells`` at the model's resolution, one cell per GDAL call."""
-        area = float(self.chip_size * self.chip_size)
-        shapes = [self.out_shape(c) for c in cells]
+        shapes = [self.out_shape(c) for c in cells]  # the cells' pixels inside the scene, at the model's resolution
         masks: list[np.ndarray | None] = []
         window = cells[0].window
         try:
@@ -227,7 +230,7 @@ class ChipReader:
                 window = cell.window
                 masks.append(None if self.scene.mask_mode is MaskMode.ALL_VALID else
                              ds.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0)
-            valid = [min(1.0, (shape[0] * shape[1] if mask is None else np.count_nonzero(mask)) / area)
+            valid = [1.0 if mask is None else min(1.0, np.count_nonzero(mask) / float(shape[0] * shape[1]))
                      for shape, mask in zip(shapes, masks)]
             kept = self._keep(valid)
             for i, k in enumerate(kept):

@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -104,6 +104,7 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
     if src.transform == Affine.identity():
         raise GeoreferenceError(f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. "
                                 f"{_georeference_fix(src)}")
+    _check_geographic_bounds(src, p)
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:
         raise SceneReadError(f"scene {str(p)!r} mixes band types {sorted(dtypes)}: convert it to one type")
@@ -127,6 +128,35 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
         mask_mode=_mask_mode(src),
         nodatavals=tuple(src.nodatavals),
     )
+
+
+#: Degrees a geographic scene's edges may pass the poles or the antimeridian by (rounding in a geotransform).
+_DEGREE_SLACK = 1e-6
+
+
+def _check_geographic_bounds(src: rasterio.DatasetReader, p: Path) -> None:
+    """Refuse a geographic scene whose bounds leave the globe: latitude past ±90°, longitude past -180°..360°.
+
+    Such bounds mean a wrong geotransform (or a projected scene labelled
+    geographic); chips placed from it would be nowhere on Earth.
+    """
+    if not src.crs.is_geographic:
+        return
+    b = src.bounds
+    south, north = min(b.bottom, b.top), max(b.bottom, b.top)
+    west, east = min(b.left, b.right), max(b.left, b.right)
+    where = []
+    if south < -90 - _DEGREE_SLACK or north > 90 + _DEGREE_SLACK:
+        where.append(f"latitude {south:g}..{north:g} reaches past ±90°")
+    if west < -180 - _DEGREE_SLACK or east > 360 + _DEGREE_SLACK or east - west > 360 + _DEGREE_SLACK:
+        where.append(f"longitude {west:g}..{east:g} reaches past -180°..180° (or 0°..360°)")
+    if where:
+        raise GeoreferenceError(
+            f"scene {str(p)!r} is in the geographic CRS {src.crs.to_string()} but its bounds "
+            f"(left {b.left:g}, bottom {b.bottom:g}, right {b.right:g}, top {b.top:g}) leave the globe: "
+            f"{'; '.join(where)}. Its geotransform is wrong, or it is projected: fix it, e.g. "
+            "`gdal_edit.py -a_ullr ulx uly lrx lry` or `-a_srs` with its real CRS"
+        )
 
 
 def _mask_mode(src: rasterio.DatasetReader) -> MaskMode:
@@ -220,7 +250,7 @@ MIN_SAMPLE_ROWS = 64
 
 
 def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: int = 1024,
-                   max_blocks: int = 64) -> np.ma.MaskedArray:
+                   max_blocks: int = 64, min_valid: int = 0) -> np.ma.MaskedArray:
     """A masked sample of the whole scene for per-scene statistics.
 
     With overviews (or a small scene), a read at most ``max_side`` pixels on a
@@ -228,23 +258,64 @@ def decimated_read(src: rasterio.DatasetReader, bands: Sequence[int], max_side: 
     would decompress every block, so instead up to ``max_blocks`` whole blocks
     spread evenly over the scene are read, and returned side by side (in a
     striped file, windows of at least ``MIN_SAMPLE_ROWS`` strips).
+
+    Where that sample holds fewer than ``min_valid`` valid pixels in some band
+    (a sparse scene whose valid area the spread or the overview missed), more
+    blocks are read, in a fixed order spread over the scene, until it holds
+    ``min_valid`` or every block has been read: a sparse scene costs more
+    reading, never a stretch computed from nothing.
     """
     scale = max(src.width, src.height) / max_side
     if scale <= 1:
         return src.read(list(bands), masked=True)
     if src.overviews(bands[0]):
         shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-        return src.read(list(bands), out_shape=shape, masked=True)
+        sample = src.read(list(bands), out_shape=shape, masked=True)
+        if _n_valid(sample) >= min_valid:
+            return sample
+    first, rest = _sample_windows(src, max_blocks)
+    parts = [src.read(list(bands), window=w, masked=True).reshape(len(bands), 1, -1) for w in first]
+    n_valid = sum(_n_valid(p) for p in parts)
+    for window in rest:
+        if n_valid >= min_valid:
+            break
+        part = src.read(list(bands), window=window, masked=True).reshape(len(bands), 1, -1)
+        found = _n_valid(part)
+        if found:  # past the first spread, only blocks with valid pixels are kept (memory stays small)
+            parts.append(part)
+            n_valid += found
+    return np.ma.concatenate(parts, axis=2)
+
+
+def _n_valid(sample: np.ma.MaskedArray) -> int:
+    """Valid pixels of ``sample`` (bands, ...) in its sparsest band."""
+    mask = np.ma.getmaskarray(sample)
+    return int(min(mask[b].size - np.count_nonzero(mask[b]) for b in range(mask.shape[0])))
+
+
+def _sample_windows(src: rasterio.DatasetReader, max_blocks: int) -> tuple[list[Window], Iterator[Window]]:
+    """The scene's sample windows: up to ``max_blocks`` spread evenly, then every other one in a fixed spread order."""
     bh, bw = src.block_shapes[0]
     # Thin strips (striped files) would sample only a few scan lines: take at least
     # MIN_SAMPLE_ROWS rows per window (each strip decodes its full width anyway).
     bh, bw = min(max(bh, MIN_SAMPLE_ROWS), 512), min(bw, 512)
-    n_rows, n_cols = max(1, src.height // bh), max(1, src.width // bw)
+    n_rows, n_cols = max(1, math.ceil(src.height / bh)), max(1, math.ceil(src.width / bw))
+    # The first spread takes whole windows (a partial last row or column only when it is all there is).
+    full_rows, full_cols = max(1, src.height // bh), max(1, src.width // bw)
     per_side = max(1, int(math.sqrt(max_blocks)))
-    rows = np.unique(np.linspace(0, n_rows - 1, min(per_side, n_rows)).round().astype(int))
-    cols = np.unique(np.linspace(0, n_cols - 1, min(per_side, n_cols)).round().astype(int))
-    parts = [src.read(list(bands), window=Window(c * bw, r * bh, min(bw, src.width - c * bw),
-                                                  min(bh, src.height - r * bh)), masked=True)
-             .reshape(len(bands), 1, -1)
-             for r in rows for c in cols]
-    return np.ma.concatenate(parts, axis=2)
+    rows = np.unique(np.linspace(0, full_rows - 1, min(per_side, full_rows)).round().astype(int))
+    cols = np.unique(np.linspace(0, full_cols - 1, min(per_side, full_cols)).round().astype(int))
+    first = [(int(r), int(c)) for r in rows for c in cols]
+
+    def window(r: int, c: int) -> Window:
+        return Window(c * bw, r * bh, min(bw, src.width - c * bw), min(bh, src.height - r * bh))
+
+    def rest() -> Iterator[Window]:
+        seen = set(first)
+        # A fixed permutation: the same scene always gives the same sample.
+        for k in np.random.default_rng(0).permutation(n_rows * n_cols):
+            rc = (int(k // n_cols), int(k % n_cols))
+            if rc not in seen:
+                yield window(*rc)
+
+    return [window(r, c) for r, c in first], rest()

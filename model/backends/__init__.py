@@ -3,8 +3,9 @@
 Importing this package imports neither ONNX Runtime nor torch.
 """
 
-from scenetag.model.backends.base import AsyncPredictor, Done, Pending, Predictor, Submitter, device_id
+from scenetag.model.backends.base import (AsyncPredictor, Done, Pending, Predictor, Submitter,
+                                          checked_probabilities, device_id)
 from scenetag.model.backends.registry import backend_for, backend_names, create_predictor, register_backend
 
 __all__ = ["AsyncPredictor", "Done", "Pending", "Predictor", "Submitter", "backend_for", "backend_names",
-           "create_predictor", "device_id", "register_backend"]
+           "checked_probabilities", "create_predictor", "device_id", "register_backend"]

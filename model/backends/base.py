@@ -19,7 +19,7 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from scenetag.errors import OptionError
+from scenetag.errors import ModelError, OptionError
 from scenetag.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,46 @@ class Submitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checked_probabilities(probs: np.ndarray, spec: ModelSpec, model: str) -> np.ndarray:
+    """``probs`` as float32 ``(N, L)`` if every value is a finite probability in [0, 1]; else a :class:`ModelError`.
+
+    The one check every backend's output passes on its way back to the job
+    (:mod:`jobs.classify`, :mod:`jobs.pipeline`): a NaN would be written as
+    NULL and thresholded as "no", logits would be thresholded as if they were
+    probabilities, and either would be recorded as a good result.
+    ``model`` names the model in the message.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[1] != spec.n_labels:
+        raise ModelError(f"model {model!r} returned outputs of shape {probs.shape}, not (chips, "
+                         f"{spec.n_labels}) for its {spec.n_labels} labels: check the model and its spec")
+    finite = np.isfinite(probs)
+    if not finite.all():
+        bad = ~finite
+        raise ModelError(
+            f"model {model!r} returned {int(bad.sum())} non-finite probabilities in a batch of "
+            f"{len(probs)} chips ({_example(probs, bad, spec)}): the model is broken (NaN or inf); "
+            "re-export it and check it on a few chips before running it"
+        )
+    outside = (probs < 0.0) | (probs > 1.0)
+    if outside.any():
+        raise ModelError(
+            f"model {model!r} returned {int(outside.sum())} values outside [0, 1] in a batch of "
+            f"{len(probs)} chips ({_example(probs, outside, spec)}, range {float(probs.min()):.4g}.."
+            f"{float(probs.max()):.4g}): the model probably returns logits; export it with a sigmoid "
+            "on its output (`scenetag export` does)"
+        )
+    return probs
+
+
+def _example(probs: np.ndarray, bad: np.ndarray, spec: ModelSpec) -> str:
+    """'e.g. nan for 'cloudy'; labels affected: cloudy, haze' for the values ``bad`` marks."""
+    row, col = (int(i[0]) for i in np.nonzero(bad))
+    labels = [spec.labels[j] for j in np.flatnonzero(bad.any(axis=0))]
+    shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+    return f"e.g. {float(probs[row, col])} for {spec.labels[col]!r}; labels affected: {shown}"
 
 
 def check_device(device: str) -> str:

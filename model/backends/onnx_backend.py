@@ -120,6 +120,15 @@ class OnnxPredictor:
                 f"model {self.path!r} takes {shape[1]} bands but its spec lists "
                 f"{self.spec.n_bands} ({', '.join(self.spec.bands)})"
             )
+        hw = tuple(shape[2:])
+        if all(isinstance(d, int) for d in hw) and hw != (self.spec.chip_size, self.spec.chip_size):
+            # Found now rather than as an ONNX Runtime error at the first batch, after the reading.
+            raise ModelSpecError(
+                f"model {self.path!r} takes {hw[0]}x{hw[1]} pixel chips but its spec says chip_size "
+                f"{self.spec.chip_size}: pass --spec with \"chip_size\": {hw[0]}"
+                + ("" if hw[0] == hw[1] else " (a square chip)")
+                + f", or re-export the model at {self.spec.chip_size} px (a dynamic H/W input)"
+            )
         out_shape = outputs[0].shape
         if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != self.spec.n_labels:
             raise ModelSpecError(

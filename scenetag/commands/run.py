@@ -42,6 +42,7 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
         f"{result.seconds:.1f} s ({result.chips_per_second:.1f} chips/s)"
         + (f"; {result.reason}" if result.reason else "")
+        + "".join(f"; warning: {w}" for w in result.warnings)
     )
 
 
