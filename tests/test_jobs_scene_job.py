@@ -278,7 +278,7 @@ def test_planning_a_huge_scene_keeps_memory_flat(tmp_path, predictor):
     scene = huge_vrt(tmp_path / "huge.vrt")
     tracemalloc.start()
     try:
-        plan = plan_scene(scene, predictor.spec, RunOptions(stride=16))
+        plan = plan_scene(scene, predictor.spec, RunOptions(stride=16, max_chips=10**9))
         n_rows, n_cols = plan.grid.shape
         assert len(plan.grid) == n_rows * n_cols == ((100_000 - 64) // 16 + 1) ** 2
         # What the scene job does with it: cut it into a cluster's strips, and read them run by run.
@@ -290,3 +290,8 @@ def test_planning_a_huge_scene_keeps_memory_flat(tmp_path, predictor):
     finally:
         tracemalloc.stop()
     assert peak < 200 * 2**20, f"planning took {peak / 2**20:.0f} MiB"
+    # By default, a grid this size is refused when it is planned.
+    from scenetag.errors import ChipLimitError
+
+    with pytest.raises(ChipLimitError, match="would classify 39,025,009 chips.*--max-chips 39025009"):
+        plan_scene(scene, predictor.spec, RunOptions(stride=16))
