@@ -80,7 +80,9 @@ def classify_cells(
     reader processes with double-buffered inference (:mod:`jobs.pipeline`),
     as :func:`reader_mode` decides.
     """
-    cells = list(plan.grid) if cells is None else list(cells)
+    # The grid and its strips are lazy sequences: never list them (a cell is
+    # made as it is read, so memory stays flat whatever the chip count).
+    cells = plan.grid if cells is None else cells
     opts = plan.options
     bs = opts.batch_size or predictor.batch_size
     if reader_mode(opts, predictor, len(cells)) == "processes":
@@ -91,8 +93,8 @@ def classify_cells(
     n_threads = opts.readers or DEFAULT_THREADS
     read_seconds = [0.0]
     lock = threading.Lock()
-    rows: list[tuple] = []
-    probs: list[np.ndarray] = []
+    # Results are kept as one small table per batch, never as Python objects per chip.
+    tables: list[ChipTable] = []
     batch: list[np.ndarray] = []
     batch_meta: list[tuple] = []
     skipped = 0
@@ -112,8 +114,7 @@ def classify_cells(
         t0 = time.perf_counter()
         p = checked_probabilities(predictor.predict(np.stack(batch)), plan.spec, predictor.path)
         infer_seconds += time.perf_counter() - t0
-        probs.append(p)
-        rows.extend(batch_meta)
+        tables.append(ChipTable.from_rows(batch_meta, p))
         if progress:
             progress(len(batch))
         batch.clear()
@@ -133,8 +134,8 @@ def classify_cells(
             if len(batch) >= bs:
                 flush()
         flush()
-    all_probs = np.concatenate(probs) if probs else np.zeros((0, plan.spec.n_labels), np.float32)
-    table = ChipTable.from_rows(rows, all_probs, skipped)
+    table = ChipTable.concat(tables, plan.spec.n_labels)
+    table.n_skipped_nodata = skipped
     table.seconds_read = read_seconds[0]
     table.seconds_infer = infer_seconds
     return table

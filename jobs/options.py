@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from scenetag.config import DEFAULT_MAX_CHIPS
 from scenetag.errors import OptionError
 from scenetag.tiler.feed import ReaderMode
 from scenetag.tiler.grid import EdgePolicy
@@ -30,6 +31,8 @@ class RunOptions:
             the model runs on a GPU).
         to_crs: Write vectors in this CRS (e.g. "EPSG:4326"); None keeps the scene's.
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
+        max_chips: Refuse a scene whose grid has more chips than this (before reading a
+            pixel); it bounds the run, not its result.
     """
 
     bands: tuple[int, ...] | None = None
@@ -42,6 +45,7 @@ class RunOptions:
     reader: ReaderMode = ReaderMode.AUTO
     to_crs: str | None = None
     raster: bool = False
+    max_chips: int = DEFAULT_MAX_CHIPS
 
     def __post_init__(self) -> None:
         try:
@@ -61,6 +65,8 @@ class RunOptions:
             raise OptionError(f"batch_size and readers must be >= 1, got {self.batch_size} and {self.readers}")
         if self.stride is not None and self.stride < 1:
             raise OptionError(f"stride must be >= 1, got {self.stride}")
+        if isinstance(self.max_chips, bool) or not isinstance(self.max_chips, int) or self.max_chips < 1:
+            raise OptionError(f"max_chips must be a whole number >= 1, got {self.max_chips!r}")
 
     @classmethod
     def for_model(cls, chip_size: int, *, stride: int | None = None, overlap: float | None = None,
@@ -96,9 +102,10 @@ class RunOptions:
         return d
 
     def result_affecting(self) -> dict:
-        """Options that change the output (not batch size or reader count)."""
+        """Options that change the output (not batch size, readers or the chip limit)."""
         d = self.to_dict()
         d.pop("batch_size")
         d.pop("readers")
         d.pop("reader")
+        d.pop("max_chips")
         return d

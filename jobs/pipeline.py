@@ -34,7 +34,7 @@ import numpy as np
 from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter, checked_probabilities
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.feed import ProcessFeed, Run
-from scenetag.tiler.grid import GridCell
+from scenetag.tiler.grid import GridCell, cell_array
 
 #: Batches in flight at once: one computing, one queued behind it.
 DEPTH = 2
@@ -63,8 +63,7 @@ def classify_with_feed(
     t_start = time.perf_counter()
     gpu_before = predictor.gpu_seconds if isinstance(predictor, AsyncPredictor) else None  # a running total
     batches: list[ChipTable] = []
-    grid = np.array([(c.row, c.col, c.col_off, c.row_off, c.width, c.height) for c in cells], np.int32)
-    grid = grid.reshape(-1, 6)
+    grid = cell_array(cells)  # made without a Python object per cell for a grid or strip
     valid = np.zeros(len(grid), np.float32)  # each cell's valid fraction, filled in as runs are read
     in_flight: deque[tuple[np.ndarray, Pending]] = deque()  # cell indexes of a batch, its probabilities
     uploading: deque[tuple[list[Run], Pending]] = deque()  # direct uploads: runs freed once uploaded

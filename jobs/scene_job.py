@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 
 
 import scenetag
-from scenetag.errors import OptionError, SceneReadError
+from scenetag.errors import ChipLimitError, OptionError, SceneReadError
 from scenetag.hashing import file_sha256
 from scenetag.jobs.classify import Progress, classify_cells
 from scenetag.jobs.models import SceneModel
@@ -117,8 +117,24 @@ def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> 
         )
     src_stride = max(1, round(stride * factor))
     grid = chip_grid(info.width, info.height, src_chip, src_stride, options.edge)
+    check_chip_count(info, grid, stride, options.max_chips)
     stretch = scene_stretch(info, bands, spec)
     return ScenePlan(info, spec, options, bands, factor, grid, stretch)
+
+
+def check_chip_count(info: SceneInfo, grid: Grid, stride: int, max_chips: int) -> None:
+    """Log how many chips the scene will classify; refuse it when that is more than ``max_chips``.
+
+    Decided from the grid's shape alone, before a pixel is read or anything written.
+    """
+    n = len(grid)
+    rows, cols = grid.shape
+    log.info("%s: %s chips to classify (%d x %d, stride %d, chip %d px)%s", info.scene_id, f"{n:,}", rows, cols,
+             stride, grid.chip, f", {grid.n_skipped:,} skipped at the edge" if grid.n_skipped else "")
+    if n > max_chips:
+        raise ChipLimitError(
+            f"stride {stride} on a {info.width}x{info.height} scene would classify {n:,} chips, more than "
+            f"the limit of {max_chips:,}: pass --max-chips {n} to allow more (or use a larger stride)")
 
 
 def signature(scene_sha256: str, model_sha256: str, spec: ModelSpec, options: RunOptions) -> str:

@@ -148,13 +148,18 @@ def write_geopackage(
     try:
         with atomic_path(out, replace=replace) as tmp:
             _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
-            for frame, layer in zip(label_frames, schema.label_layers):
-                _write(tmp, frame, layer, "MultiPolygon")
-            # The provenance row is written last, so it can time the layers before it.
-            elapsed = time.perf_counter() - t0
-            run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
-            _write(tmp, runs_frame(run), RUNS_LAYER)
-            _add_styles_and_metadata(tmp, spec, run)
+            # One SQLite connection to the file after GDAL's first write: the label layers, then
+            # (beside GDAL's write of ``runs``) the styles and metadata.
+            con = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                _write_label_layers(con, tmp, label_frames, schema.label_layers)
+                # The provenance row is written last, so it can time the layers before it.
+                elapsed = time.perf_counter() - t0
+                run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
+                _write(tmp, runs_frame(run), RUNS_LAYER)
+                _add_styles_and_metadata(con, spec, run)
+            finally:
+                con.close()
     except OutputError:
         raise  # already says what happened (an OSError too, so it must not be wrapped below)
     except (OSError, sqlite3.Error, pyogrio.errors.DataSourceError) as exc:
@@ -163,14 +168,97 @@ def write_geopackage(
     return run
 
 
-def _add_styles_and_metadata(path: Path, spec: ModelSpec, run: RunRecord) -> None:
-    """QGIS styles and the metadata documents, through one SQLite connection."""
-    con = sqlite3.connect(str(path))
+def _add_styles_and_metadata(con: sqlite3.Connection, spec: ModelSpec, run: RunRecord) -> None:
+    """QGIS styles and the metadata documents (each commits its own transaction)."""
+    con.isolation_level = ""  # sqlite3's implicit transactions, which their ``with con:`` commit
+    styles.add_styles(con, spec)
+    metadata.add_metadata(con, spec, run)
+
+
+def _write_label_layers(con: sqlite3.Connection, path: Path, frames: Sequence[gpd.GeoDataFrame],
+                        layers: Sequence[str]) -> None:
+    """Add one layer per label to the GeoPackage at ``path`` (``con``, in autocommit), linear in the labels.
+
+    GDAL's open of a GeoPackage reads every layer in it, so writing layer
+    after layer into one file (one open each) is quadratic: 500 labels took
+    minutes.  Each label layer is written alone into a small GeoPackage of
+    its own (an open of constant cost) and copied into ``path`` with SQLite,
+    table, spatial index, triggers and registrations as GDAL wrote them
+    (:func:`_copy_layer`).
+    """
+    one = Path(str(path) + ".layer.gpkg")
     try:
-        styles.add_styles(con, spec)
-        metadata.add_metadata(con, spec, run)
+        # One transaction for every layer: a commit per layer costs more with every layer already there.
+        con.execute("BEGIN")
+        for frame, layer in zip(frames, layers):
+            _write(one, frame, layer, "MultiPolygon", dataset_options={"VERSION": GPKG_VERSION})
+            _copy_layer(con, one, layer)
+            one.unlink()
+        con.execute("COMMIT")
     finally:
-        con.close()
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        for leftover in (one, Path(str(one) + "-journal"), Path(str(one) + "-wal"), Path(str(one) + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+#: Per-layer rows of the GeoPackage's registry tables (those present in both files are copied).
+_REGISTRY_TABLES = ("gpkg_contents", "gpkg_geometry_columns", "gpkg_extensions", "gpkg_ogr_contents")
+
+
+def _copy_layer(con: sqlite3.Connection, src: Path, layer: str) -> None:
+    """Copy ``layer`` of the one-layer GeoPackage ``src`` into ``con``'s, exactly as GDAL wrote it.
+
+    The schema objects are GDAL's own SQL (the table, its R-tree and its
+    triggers); the rows are copied before the triggers exist, so they fire
+    for no row twice.  ``src`` is read on a connection of its own: attaching
+    it would make SQLite re-read ``con``'s whole schema on every detach,
+    which is again quadratic.  The spatial reference must mean the same in
+    both files (it does: ``chips`` is written first in the same CRS); a
+    difference is refused rather than mislabelled.
+    """
+    other = sqlite3.connect(str(src))
+    try:
+        for srs in other.execute("SELECT * FROM gpkg_spatial_ref_sys WHERE srs_id IN "
+                                 "(SELECT srs_id FROM gpkg_geometry_columns)").fetchall():
+            srs_id, definition = srs[1], srs[4]  # srs_name, srs_id, organization, org id, definition, ...
+            mine = con.execute("SELECT definition FROM gpkg_spatial_ref_sys WHERE srs_id = ?", (srs_id,)).fetchone()
+            if mine is None:
+                con.execute(f"INSERT INTO gpkg_spatial_ref_sys VALUES ({', '.join('?' * len(srs))})", srs)
+            elif mine[0] != definition:
+                raise OutputError(f"layer {layer!r}: spatial reference {srs_id} differs from the chips layer's")
+        rtree = f"rtree_{layer}_"
+        objects = other.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND (tbl_name = ? OR "
+            "substr(tbl_name, 1, ?) = ?) ORDER BY rowid", (layer, len(rtree), rtree)).fetchall()
+        # An R-tree's shadow tables (_node, _parent, _rowid) come with its CREATE VIRTUAL TABLE.
+        virtual = [name for kind, name, sql in objects if sql.upper().startswith("CREATE VIRTUAL TABLE")]
+        tables = [name for kind, name, sql in objects if kind == "table"
+                  and not any(name.startswith(v + "_") for v in virtual)]
+        for kind, name, sql in objects:
+            if name in tables:
+                con.execute(sql)
+        for name in tables:
+            _copy_rows(other, con, f'"{name}"')
+        for kind, name, sql in objects:
+            if kind in ("index", "trigger"):
+                con.execute(sql)
+        for registry in _REGISTRY_TABLES:
+            if _has_table(other, registry) and _has_table(con, registry):
+                _copy_rows(other, con, registry, "WHERE lower(table_name) = lower(?)", (layer,))
+    finally:
+        other.close()
+
+
+def _copy_rows(src: sqlite3.Connection, dst: sqlite3.Connection, table: str, where: str = "",
+               args: tuple = ()) -> None:
+    rows = src.execute(f"SELECT * FROM {table} {where}", args).fetchall()
+    if rows:
+        dst.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def _has_table(con: sqlite3.Connection, table: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
 
 def _write(path: Path, frame: pd.DataFrame, layer: str, geometry_type: str | None = None,

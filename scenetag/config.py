@@ -12,6 +12,12 @@ import os
 #: RAM) lets the cache grow with the scene: 1 GB of RSS on an 8192^2 scene here.
 DEFAULT_GDAL_CACHEMAX_MB = 64
 
+#: Chips a scene may have before the job refuses it (``--max-chips``, ``RunOptions.max_chips``):
+#: a run this large is almost always a wrong stride (stride 1 on a 100 000 px scene is
+#: ten billion chips), and would run for days.  Here, not in ``jobs``, so that the
+#: command line's help shows it without importing the job.
+DEFAULT_MAX_CHIPS = 10_000_000
+
 
 def gdal_cachemax_mb(explicit: int | None = None) -> int:
     """GDAL block cache size for reads: argument > ``GDAL_CACHEMAX`` (MB) > default."""

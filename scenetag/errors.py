@@ -44,6 +44,10 @@ class ModelSpecError(ModelError, ValueError):
     """The model spec is missing or invalid."""
 
 
+class ChipLimitError(SceneError, ValueError):
+    """The scene and options would classify more chips than the job allows (``--max-chips``)."""
+
+
 class OutputError(ScenetagError, OSError):
     """An output cannot be written."""
 

@@ -434,3 +434,39 @@ def test_small_scene_without_enough_valid_pixels_says_what_happened(tmp_path, ma
     assert runs.status[0] == "empty"
     assert runs.reason[0] == ("the scene is 150x120 pixels, smaller than one 256-pixel chip, and fewer than 50% "
                               "of its pixels are valid (nodata or mask)")
+def test_a_run_over_the_chip_limit_is_refused_up_front(tiny_model, tmp_path):
+    """Stride 16 on a 100 000 px scene (39 million chips) is refused in one line, before anything is read or written."""
+    from tests.test_jobs_scene_job import huge_vrt
+
+    scene = huge_vrt(tmp_path / "huge.vrt")
+    out = tmp_path / "huge.gpkg"
+    res = CliRunner().invoke(main, ["run", str(scene), "-o", str(out), "--model", str(tiny_model), "--stride", "16",
+                                    "--no-progress"])
+    assert res.exit_code == 1, res.output
+    n = ((100_000 - 64) // 16 + 1) ** 2
+    *logged, error = res.output.strip().splitlines()
+    assert error == (f"Error: stride 16 on a 100000x100000 scene would classify {n:,} chips, more than the limit of "
+                     f"10,000,000: pass --max-chips {n} to allow more (or use a larger stride)")
+    assert all(line.startswith("INFO ") for line in logged), logged  # the error is the one line that is not a log
+    assert any(f"huge: {n:,} chips to classify (6247 x 6247, stride 16, chip 64 px)" in line for line in logged)
+    assert "Traceback" not in res.output
+    assert only_files(tmp_path) == ["huge.vrt"]  # nothing written, not even a temporary
+
+
+def test_max_chips_sets_the_limit_and_the_count_is_logged(tiny_model, make_raster, tmp_path):
+    scene = make_raster("small.tif")  # 300 x 200 px: 5 x 4 = 20 chips of 64 px (shifted edges)
+    out = tmp_path / "small.gpkg"
+    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--max-chips", 19, "--no-progress")
+    assert res.exit_code == 1
+    assert "would classify 20 chips, more than the limit of 19: pass --max-chips 20" in res.output
+    assert not out.exists()
+    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--max-chips", 20, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "small: 20 chips to classify (4 x 5, stride 64, chip 64 px)" in res.output  # INFO, on stderr
+    assert len(pyogrio.read_dataframe(out, layer="chips")) == 20
+    # The limit bounds the run, not its result: it is not part of the signature batch compares.
+    from scenetag.jobs.options import RunOptions
+
+    assert "max_chips" not in RunOptions(max_chips=5).result_affecting()
+    with pytest.raises(Exception, match="max_chips must be a whole number >= 1, got 0"):
+        RunOptions(max_chips=0)

@@ -112,3 +112,61 @@ def test_a_grid_cell_is_frozen_and_gives_its_window():
     assert cell.window == Window(20, 10, 8, 6)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cell.row = 3  # type: ignore[misc]
+
+
+def eager_grid(width, height, chip, stride, edge):
+    """The grid as it was built before it was lazy: every cell made up front (the reference)."""
+    from scenetag.tiler.grid import GridCell, axis_plan
+
+    rows, cols = axis_plan(height, chip, stride, edge), axis_plan(width, chip, stride, edge)
+    return [GridCell(r, c, x, y, w, h)
+            for r, (y, h) in enumerate(zip(rows.offsets, rows.sizes))
+            for c, (x, w) in enumerate(zip(cols.offsets, cols.sizes))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), chip=st.integers(1, 300), frac=st.floats(0.01, 1.0), edge=st.sampled_from(list(EdgePolicy)),
+       per_strip=st.integers(1, 7))
+def test_the_lazy_grid_equals_the_eager_one(data, chip, frac, edge, per_strip):
+    from scenetag.tiler.grid import cell_array
+
+    stride = max(1, int(chip * frac))
+    # Sizes from under one chip to some 40 chips per axis: every edge case, and a quick eager reference.
+    width = data.draw(st.integers(1, chip + 40 * stride), label="width")
+    height = data.draw(st.integers(1, chip + 40 * stride), label="height")
+    grid = chip_grid(width, height, chip, stride, edge)
+    eager = eager_grid(width, height, chip, stride, edge)
+    assert list(grid) == eager
+    assert len(grid) == len(eager)
+    strips = grid.strips(per_strip)
+    assert [c for s in strips for c in s] == eager
+    assert sum(len(s) for s in strips) == len(eager)
+    assert all(s.row_stop - s.row_start <= per_strip for s in strips)
+    expected = np.array([(c.row, c.col, c.col_off, c.row_off, c.width, c.height) for c in eager],
+                        np.int32).reshape(-1, 6)
+    assert np.array_equal(cell_array(grid), expected)
+    assert np.array_equal(np.concatenate([s.array() for s in strips] or [expected[:0]]), expected)
+    if eager:
+        i = len(eager) // 2
+        assert strips[0][0] == eager[0] and strips[-1][-1] == eager[-1]
+        s = strips[i // (per_strip * grid.shape[1])]
+        assert s[i - s.row_start * grid.shape[1]] == eager[i]
+
+
+def test_a_huge_grid_knows_its_size_and_strips_without_making_its_cells():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        # Stride 1 on a 100 000 px square: ten billion chips (the eager grid ended in a MemoryError).
+        grid = chip_grid(100_000, 100_000, 224, 1, "shift")
+        assert grid.shape == (99_777, 99_777) and len(grid) == 99_777 ** 2 and grid.n_skipped == 0
+        strips = grid.strips(1)
+        assert len(strips) == 99_777
+        first = next(iter(strips[-1]))
+        assert (first.row, first.col, first.row_off) == (99_776, 0, 100_000 - 224)
+        assert strips[3].array().shape == (99_777, 6)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"the grid took {peak / 2**20:.0f} MiB"

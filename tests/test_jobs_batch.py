@@ -438,3 +438,23 @@ def test_cli_batch_stops_on_a_model_that_returns_logits(make_raster, tmp_path):
     assert result.exit_code == 1, result.output
     assert "probably returns logits" in result.output and "Traceback" not in result.output
     assert not list(out.glob("*.gpkg")) if out.exists() else True
+def test_batch_refuses_a_scene_over_the_chip_limit_and_does_the_others(tiny_model, make_raster, tmp_path):
+    """--max-chips on batch: the scene over it is recorded as failed, with the fix; the others are written."""
+    import json
+
+    from cli import main
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    make_raster("scenes/big.tif")  # 300 x 200 px: 20 chips of 64 px
+    make_raster("scenes/fits.tif", width=200, height=200)  # 16 chips
+    out, report_path = tmp_path / "out", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["batch", str(scenes), "--out-dir", str(out), "-m", str(tiny_model),
+                                       "--workers", "1", "--dashboard-address", ":0", "--max-chips", "19",
+                                       "--report", str(report_path), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    report = {Path(s["scene"]).name: s for s in json.loads(report_path.read_text())["scenes"]}
+    assert report["fits.tif"]["status"] == "ok" and report["fits.tif"]["chips"] == 16
+    assert report["big.tif"]["status"] == "failed"
+    assert "would classify 20 chips, more than the limit of 19: pass --max-chips 20" in report["big.tif"]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["fits.gpkg"]

@@ -273,3 +273,43 @@ def test_sparse_scene_chips_match_the_same_pixels_cut_out_alone(predictor, make_
     want = classify_cells(alone, predictor)
     assert len(got) == len(want) == ((PATCH[1] - PATCH[0]) // chip) ** 2
     np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+def huge_vrt(path, size=100_000):
+    """A ``size`` x ``size`` uint8 scene that costs nothing on disk: a GDAL VRT with no sources (all zeros).
+
+    uint8 needs no stretch, so planning it reads no pixel.
+    """
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{ci}</ColorInterp></VRTRasterBand>'
+                    for b, ci in enumerate(("Red", "Green", "Blue"), 1))
+    path.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>500000, 10, 0, 4000000, 0, -10</GeoTransform>{bands}</VRTDataset>")
+    return path
+
+
+def test_planning_a_huge_scene_keeps_memory_flat(tmp_path, predictor):
+    """Stride 16 on a 100 000 px scene is 39 million chips: the plan, its size and its strips stay small."""
+    import tracemalloc
+
+    from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK
+    from scenetag.tiler.feed import run_shape
+
+    scene = huge_vrt(tmp_path / "huge.vrt")
+    tracemalloc.start()
+    try:
+        plan = plan_scene(scene, predictor.spec, RunOptions(stride=16, max_chips=10**9))
+        n_rows, n_cols = plan.grid.shape
+        assert len(plan.grid) == n_rows * n_cols == ((100_000 - 64) // 16 + 1) ** 2
+        # What the scene job does with it: cut it into a cluster's strips, and read them run by run.
+        strips = plan.grid.strips(max(1, DEFAULT_CHIPS_PER_TASK // n_cols))
+        assert len(strips) == n_rows and sum(map(len, strips)) == len(plan.grid)
+        assert run_shape(plan.grid) == (32, n_rows * -(-n_cols // 32))
+        assert next(iter(plan.grid)).window.width == 64
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"planning took {peak / 2**20:.0f} MiB"
+    # By default, a grid this size is refused when it is planned.
+    from scenetag.errors import ChipLimitError
+
+    with pytest.raises(ChipLimitError, match="would classify 39,025,009 chips.*--max-chips 39025009"):
+        plan_scene(scene, predictor.spec, RunOptions(stride=16))

@@ -111,3 +111,38 @@ def test_up_to_date_refuses_a_foreign_file(tmp_path):
     (tmp_path / "a.gpkg").write_text("not a geopackage")
     with pytest.raises(OutputExistsError, match="not a scenetag GeoPackage"):
         SceneOutputs(tmp_path / "a.gpkg").up_to_date("sig")
+
+
+def test_writing_many_labels_opens_no_file_with_many_layers_per_label(tmp_path, monkeypatch):
+    """The write is linear in labels: GDAL's open reads every layer of the file, so no open per label
+    may be of the file that holds the layers already written (that was quadratic: 500 labels, 176 s)."""
+    import sqlite3
+
+    from scenetag.outputs_schema import geopackage
+
+    n_labels = 60
+    spec = ModelSpec.create("m", "a", [f"label {i}" for i in range(n_labels)], 0.5)
+    layers_read = []  # per GDAL open: the layers already in the file it opens
+    write = geopackage.pyogrio.write_dataframe
+
+    def counting(frame, path, **kw):
+        if os.path.exists(path):
+            with sqlite3.connect(path) as con:
+                layers_read.append(con.execute("SELECT count(*) FROM gpkg_contents").fetchone()[0])
+        else:
+            layers_read.append(0)
+        return write(frame, path, **kw)
+
+    monkeypatch.setattr(geopackage.pyogrio, "write_dataframe", counting)
+    table = synthetic_table(2, 5, n_labels, keep=1.0)
+    out = tmp_path / "many.gpkg"
+    frame = SceneFrame("s", FRAME.transform, FRAME.crs, (2, 5), 64, 64)
+    SceneOutputs(out).write(table, spec, frame, fake_run())
+    assert sum(layers_read) <= 3 * n_labels, layers_read  # quadratic: about n_labels**2 / 2
+    # And the layers are all there, each as GDAL reads it.
+    listed = dict(pyogrio.list_layers(out))
+    assert [n for n in listed if n.startswith("label_")] == [f"label_label_{i}" for i in range(n_labels)]
+    assert all(listed[n] == "MultiPolygon" for n in listed if n.startswith("label_"))
+    one = pyogrio.read_dataframe(out, layer="label_label_7")
+    assert len(one) <= 1 and one.crs == FRAME.crs
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "many.gpkg"]  # no temporaries left

@@ -29,14 +29,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
-from scenetag.tiler.grid import GridCell
+from scenetag.tiler.grid import GridCell, as_strip
 from scenetag.tiler.reader import ChipReader, RunRead
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,38 @@ def default_workers() -> int:
     return max(1, min(16, cores - 1))
 
 
-def runs_of(cells: Sequence[GridCell], per_run: int = CELLS_PER_RUN) -> list[list[GridCell]]:
-    """``cells`` cut into runs of at most ``per_run`` consecutive cells of one grid row."""
-    runs: list[list[GridCell]] = []
+def iter_runs(cells: Iterable[GridCell], per_run: int = CELLS_PER_RUN) -> Iterator[list[GridCell]]:
+    """``cells`` cut into runs of at most ``per_run`` consecutive cells of one grid row, as they are iterated."""
     current: list[GridCell] = []
     for cell in cells:
         if current and (cell.row != current[-1].row or len(current) >= per_run):
-            runs.append(current)
+            yield current
             current = []
         current.append(cell)
     if current:
-        runs.append(current)
-    return runs
+        yield current
+
+
+def runs_of(cells: Iterable[GridCell], per_run: int = CELLS_PER_RUN) -> list[list[GridCell]]:
+    """``cells`` cut into runs of at most ``per_run`` consecutive cells of one grid row."""
+    return list(iter_runs(cells, per_run))
+
+
+def run_shape(cells: Sequence[GridCell], per_run: int = CELLS_PER_RUN) -> tuple[int, int]:
+    """``(longest run, number of runs)`` of ``cells`` cut by :func:`iter_runs`.
+
+    Counted from the shape of a grid or strip (whose runs are whole chip rows
+    cut every ``per_run`` cells) without making its cells; other sequences
+    are iterated.
+    """
+    strip = as_strip(cells)
+    if strip is None:
+        lengths = [len(r) for r in iter_runs(cells, per_run)]
+        return max(lengths, default=1), len(lengths)
+    n_rows, n_cols = strip.row_stop - strip.row_start, strip.n_cols
+    if n_rows == 0 or n_cols == 0:
+        return 1, 0
+    return min(per_run, n_cols), n_rows * -(-n_cols // per_run)
 
 
 class _Lease:
@@ -180,9 +200,10 @@ class ProcessFeed:
                  per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int | None = None,
                  hold_chips: int = 0) -> None:
         self.workers = int(workers or default_workers())
-        self.runs = runs_of(cells, per_run)
-        self.per_run = max((len(r) for r in self.runs), default=1)
-        mean_run = len(cells) / max(1, len(self.runs))
+        # The runs are cut as the readers need them (a grid is lazy: listing its
+        # runs would hold a Python object per cell); only their shape is needed here.
+        self.per_run, self.n_runs = run_shape(cells, per_run)
+        mean_run = len(cells) / max(1, self.n_runs)
         hold = -(-int(hold_chips) // max(1, int(mean_run))) + 1 if hold_chips > 0 else 0
         self.n_slots = int(slots or 2 * self.workers + 2 + hold)
         nb, size = len(reader.bands), reader.chip_size
@@ -209,7 +230,7 @@ class ProcessFeed:
             initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
         self._closed = False
         self._pending: dict[Future, tuple[list[GridCell], int, int]] = {}
-        self._todo = iter(self.runs)
+        self._todo = iter_runs(cells, per_run)
         self._first = 0  # index of the next run's first cell
         self._exhausted = False
 

@@ -17,6 +17,13 @@ So, per axis with ``n_full = (L - chip) // stride + 1`` (0 when ``L < chip``)
 and a remainder when the last full chip ends before ``L``, the count is
 ``n_full + 1`` under shift or pad and ``n_full`` under skip.  Footprints are
 always the window actually read.
+
+The grid is lazy: only the per-axis offsets are computed (a few thousand
+numbers, even on a 100 000 px scene), and a :class:`GridCell` is made when
+it is iterated.  ``len()``, :attr:`Grid.shape`, :attr:`Grid.n_skipped` and
+:meth:`Grid.strips` never make the cells, so a grid of billions of chips
+costs the same memory as one of ten (the job refuses such runs by choice,
+``RunOptions.max_chips``, not by running out of memory).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from functools import cached_property
+from typing import Iterator, Sequence, overload
 
+import numpy as np
 from rasterio.windows import Window
 
 
@@ -117,11 +126,13 @@ class Grid:
                 "chips would never be classified"
             )
 
-    @property
+    # The per-axis plans are cheap (one number per chip row or column) and
+    # asked for on every cell, so they are computed once per grid.
+    @cached_property
     def _rows(self) -> AxisPlan:
         return axis_plan(self.height, self.chip, self.stride, self.edge)
 
-    @property
+    @cached_property
     def _cols(self) -> AxisPlan:
         return axis_plan(self.width, self.chip, self.stride, self.edge)
 
@@ -141,18 +152,104 @@ class Grid:
         nr, nc = len(rows.offsets), len(cols.offsets)
         return (nr + rows.n_skipped) * (nc + cols.n_skipped) - nr * nc
 
-    def __iter__(self) -> Iterator[GridCell]:
+    def cell(self, row: int, col: int) -> GridCell:
+        """The cell at chip row ``row``, column ``col``."""
         rows, cols = self._rows, self._cols
-        for r, (y, h) in enumerate(zip(rows.offsets, rows.sizes)):
-            for c, (x, w) in enumerate(zip(cols.offsets, cols.sizes)):
+        return GridCell(row, col, cols.offsets[col], rows.offsets[row], cols.sizes[col], rows.sizes[row])
+
+    def rows(self, start: int, stop: int) -> "GridStrip":
+        """The cells of chip rows ``start`` to ``stop`` (exclusive), lazily."""
+        n_rows = self.shape[0]
+        start, stop = max(0, min(start, n_rows)), max(0, min(stop, n_rows))
+        return GridStrip(self, start, max(start, stop))
+
+    def __iter__(self) -> Iterator[GridCell]:
+        return iter(self.rows(0, self.shape[0]))
+
+    def strips(self, rows_per_strip: int) -> list["GridStrip"]:
+        """The grid cut into strips of ``rows_per_strip`` chip rows; each strip makes its cells when iterated."""
+        per = max(1, rows_per_strip)
+        n_rows = self.shape[0]
+        return [self.rows(r, r + per) for r in range(0, n_rows, per)] if len(self) else []
+
+
+@dataclass(frozen=True)
+class GridStrip(Sequence[GridCell]):
+    """Chip rows ``row_start`` to ``row_stop`` (exclusive) of a grid: a lazy sequence of its cells, in grid order.
+
+    Small whatever its size (the grid and two numbers), so it is what goes to
+    a task; its cells are made as they are iterated.
+    """
+
+    grid: Grid
+    row_start: int
+    row_stop: int
+
+    @property
+    def n_cols(self) -> int:
+        return self.grid.shape[1]
+
+    def __len__(self) -> int:
+        return (self.row_stop - self.row_start) * self.n_cols
+
+    @overload
+    def __getitem__(self, index: int) -> GridCell: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[GridCell]: ...
+
+    def __getitem__(self, index: int | slice) -> GridCell | list[GridCell]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"cell {index} is outside the strip's {n} cells")
+        r, c = divmod(index, self.n_cols)
+        return self.grid.cell(self.row_start + r, c)
+
+    def __iter__(self) -> Iterator[GridCell]:
+        rows, cols = self.grid._rows, self.grid._cols
+        col_plan = list(enumerate(zip(cols.offsets, cols.sizes)))
+        for r in range(self.row_start, self.row_stop):
+            y, h = rows.offsets[r], rows.sizes[r]
+            for c, (x, w) in col_plan:
                 yield GridCell(r, c, x, y, w, h)
 
-    def strips(self, rows_per_strip: int) -> list[list[GridCell]]:
-        """The grid's cells cut into strips of ``rows_per_strip`` chip rows."""
-        cells = list(self)
-        n_cols = self.shape[1]
-        per = max(1, rows_per_strip) * max(1, n_cols)
-        return [cells[i:i + per] for i in range(0, len(cells), per)]
+    def array(self) -> np.ndarray:
+        """The strip's cells as an ``(n, 6)`` int32 array of ``row, col, col_off, row_off, width, height``.
+
+        Made without a :class:`GridCell` per cell, for the readers that keep
+        their cells' positions as arrays.
+        """
+        rows, cols = self.grid._rows, self.grid._cols
+        r = np.arange(self.row_start, self.row_stop, dtype=np.int32)
+        c = np.arange(self.n_cols, dtype=np.int32)
+        rr, cc = np.repeat(r, len(c)), np.tile(c, len(r))
+        y = np.asarray(rows.offsets, np.int32)[rr] if len(rr) else rr
+        h = np.asarray(rows.sizes, np.int32)[rr] if len(rr) else rr
+        x = np.asarray(cols.offsets, np.int32)[cc] if len(cc) else cc
+        w = np.asarray(cols.sizes, np.int32)[cc] if len(cc) else cc
+        return np.stack([rr, cc, x, y, w, h], axis=1).astype(np.int32, copy=False).reshape(-1, 6)
+
+
+def as_strip(cells: Sequence[GridCell]) -> GridStrip | None:
+    """``cells`` as a :class:`GridStrip` when it is a grid or a strip (whose shape is known without
+    iterating it); None for any other sequence of cells."""
+    if isinstance(cells, GridStrip):
+        return cells
+    if isinstance(cells, Grid):
+        return cells.rows(0, cells.shape[0])
+    return None
+
+
+def cell_array(cells: Sequence[GridCell]) -> np.ndarray:
+    """``cells`` as an ``(n, 6)`` int32 array (see :meth:`GridStrip.array`), without making cells of a grid."""
+    strip = as_strip(cells)
+    if strip is not None:
+        return strip.array()
+    return np.array([(c.row, c.col, c.col_off, c.row_off, c.width, c.height) for c in cells],
+                    np.int32).reshape(-1, 6)
 
 
 def chip_grid(

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import click
 
+from scenetag.config import DEFAULT_MAX_CHIPS
 from scenetag.errors import DataError, ScenetagError
 
 
@@ -196,6 +197,9 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      "core less one."),
         click.option("--to-crs", default=None, metavar="CRS",
                      help="Write the vectors in this CRS, e.g. EPSG:4326. Default: the scene's."),
+        click.option("--max-chips", type=click.IntRange(min=1), default=DEFAULT_MAX_CHIPS, show_default=True,
+                     help="Refuse a scene that would classify more chips than this (checked before "
+                     "reading it; a huge count is usually a wrong --stride)."),
         click.option("--raster", is_flag=True,
                      help="Also write <output>_prob.tif: a COG heat map with one band per label "
                      "and one pixel per chip position (NaN where a chip was skipped)."),
@@ -269,7 +273,7 @@ def labelled_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def job_values(values: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~scenetag.jobs.options.RunOptions` keywords among a command's parameters."""
     keys = ("bands", "stride", "overlap", "edge", "min_valid", "resample", "batch_size", "reader", "readers",
-            "to_crs", "raster")
+            "to_crs", "raster", "max_chips")
     return {k: values[k] for k in keys}
 
 
