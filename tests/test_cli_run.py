@@ -283,3 +283,25 @@ def test_precision_option(tiny_model, tmp_path):
     prob = [c for c in chips["fp32"].columns if c.startswith("p_")]
     diff = np.abs(chips["bf16"][prob].to_numpy() - chips["fp32"][prob].to_numpy()).max()
     assert 0 < diff < 0.05, f"bf16 differs from fp32 by {diff}: the precision did not reach the model"
+
+
+def truncated_uint16(tmp_path):
+    """A real uint16 scene cut short: it opens, and its stretch sample meets the missing blocks."""
+    src = real_scene("landsat8_rgb16.tif")
+    return corrupt_copy(src, tmp_path / "landsat8_cut.tif", 0.5)
+
+
+def test_truncated_uint16_scene_fails_in_one_line(tiny_model, tmp_path):
+    scene = truncated_uint16(tmp_path)
+    before = scene.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(scene), "-o", str(out / "c.gpkg"),
+                           "--model", str(tiny_model), "--no-progress", "-q"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "landsat8_cut.tif" in errors[0] and "truncated or corrupt" in errors[0]
+    assert only_files(out) == []
+    assert scene.read_bytes() == before

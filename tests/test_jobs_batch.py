@@ -270,25 +270,33 @@ def test_cli_corrupt_scene_is_recorded_and_the_others_succeed(scenes_dir, tiny_m
     from cli import main
 
     bad = corrupt_copy(make_raster)
+    # A real uint16 scene cut short: its stretch sample meets the missing blocks (a raw GDAL error once).
+    cut = tmp_path / "cut16.tif"
+    data = real_scene("landsat8_rgb16.tif").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
     report_path = tmp_path / "report.json"
     log_file = tmp_path / "batch.log"
-    args = ["batch", str(scenes_dir), str(bad), "--out-dir", str(out), "-m", str(tiny_model),
+    args = ["batch", str(scenes_dir), str(bad), str(cut), "--out-dir", str(out), "-m", str(tiny_model),
             "--workers", "2", "--dashboard-address", ":0", "--chips-per-task", str(CHIPS_PER_TASK),
             "--retries", "1", "--report", str(report_path), "--log-file", str(log_file), "--no-progress"]
     result = CliRunner().invoke(main, args)
 
     assert result.exit_code == 1, result.output
-    assert "1 of 4 scenes failed" in result.output
+    assert "2 of 5 scenes failed" in result.output
     assert "Dask dashboard: http://" in result.output  # stderr, mixed in by CliRunner
     import json
 
     report = json.loads(report_path.read_text())
     by_name = {Path(s["scene"]).name: s for s in report["scenes"]}
-    assert report["counts"] == {"ok": 3, "empty": 0, "skipped": 0, "failed": 1}
-    failed = by_name["corrupt.tif"]
-    assert failed["status"] == "failed" and failed["attempts"] == 2
-    assert "could not be read" in failed["error"] and "corrupt.tif" in failed["error"]
+    assert report["counts"] == {"ok": 3, "empty": 0, "skipped": 0, "failed": 2}
+    for name in ("corrupt.tif", "cut16.tif"):
+        failed = by_name[name]
+        # A corrupt file fails the same way every time: recorded at once, not tried again.
+        assert failed["status"] == "failed" and failed["attempts"] == 1
+        assert "could not be read" in failed["error"] and name in failed["error"]
+        assert "truncated or corrupt" in failed["error"]
+    assert not (out / "cut16.gpkg").exists()
     for name in SCENES:
         assert by_name[name]["status"] == "ok" and by_name[name]["chips"] > 0
         assert len(chips(out / name.replace(".tif", ".gpkg"))) == by_name[name]["chips"]
