@@ -253,6 +253,55 @@ def test_batch_survives_a_killed_worker(scenes_dir, reference, predictor, tmp_pa
     assert not list(out.glob(".*.tmp.gpkg*"))
 
 
+class CrashOnScene(WorkerPlugin):
+    """Makes the classify step of one scene take its worker down (``os._exit``), every time, like a segfault.
+
+    It replaces ``classify_strip`` in the worker's copy of the scene job: the
+    tasks name the function by module, so the workers run this one.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def setup(self, worker):
+        import scenetag.jobs.scene_job as scene_job
+
+        real, name = scene_job.classify_strip, self.name
+
+        def classify_strip(plan, *args, **kwargs):
+            if plan.info.path.endswith(name):
+                os._exit(1)
+            return real(plan, *args, **kwargs)
+
+        scene_job.classify_strip = classify_strip
+
+
+def test_a_scene_that_kills_its_worker_fails_and_the_others_go_on(scenes_dir, reference, predictor, tmp_path):
+    import dask
+
+    crash = tmp_path / "crash.tif"
+    shutil.copy(scenes_dir / SCENES[0], crash)
+    good = [scenes_dir / n for n in SCENES[:2]]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        with Client(c) as client:
+            client.register_plugin(CrashOnScene("crash.tif"), name="crash-on-scene")
+        out = tmp_path / "out"
+        report = run_batch([crash, *good], out, predictor, RunOptions(), scheduler=c.scheduler_address,
+                           chips_per_task=CHIPS_PER_TASK, retries=2)
+    by_name = {Path(s.scene).name: s for s in report.scenes}
+    failed = by_name["crash.tif"]
+    assert failed.status == "failed" and failed.attempts == 1  # Dask tried it twice already: not again
+    assert "its worker died 2 times" in failed.error
+    assert not report.succeeded
+    for path in good:
+        assert by_name[path.name].status == "ok"
+        assert_same_chips(out / path.name.replace(".tif", ".gpkg"), Path(reference[path.name]))
+    assert not (out / "crash.gpkg").exists() and not list(out.glob(".*.tmp.*"))
+    written = json.loads((out / REPORT_NAME).read_text())
+    assert written["counts"]["failed"] == 1 and "worker died" in written["scenes"][0]["error"]
+
+
 # --------------------------------------------------------------------------- the command
 
 
