@@ -107,7 +107,10 @@ def run_batch(
     def write_report() -> None:
         report.finished_at = _now()
         report.seconds = time.perf_counter() - t0
-        report.write(report_path)
+        try:
+            report.write(report_path)
+        except OSError as exc:  # a full disk: the error that stopped the batch matters more than its report
+            log.error("could not write the report %s: %s", report_path, exc)
 
     with OutputLock(out_dir):
         sweep_leftovers(out_dir)

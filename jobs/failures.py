@@ -11,7 +11,8 @@ others go on.
 Only the errors named in :data:`PER_SCENE` are per-scene.  Everything else
 stops the job loudly: option errors, cluster errors, missing dependencies,
 model errors, a full disk (:class:`~scenetag.errors.DiskFullError`: the next
-scene would fail the same way), and bugs.
+scene would fail the same way), each returned as a :class:`JobFailure` that
+the runner raises, and bugs, which are raised where they happen.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ class SceneFailure:
         return str(self.error) or type(self.error).__name__
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """An expected error that stops the job (a full disk, a model error...), returned by a task as a value.
+
+    Returned rather than raised so that it reaches the client whole: Dask
+    sends a raised error with its chain of causes, and where one of those
+    does not travel it delivers a bare ``Exception`` instead, which neither
+    the runner nor the CLI can tell apart from a bug.  The runner raises it.
+    """
+
+    error: ScenetagError
+    stage: str
+
+    def __str__(self) -> str:
+        return str(self.error) or type(self.error).__name__
+
+
 def is_scene_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is about one scene only (:data:`PER_SCENE`, less :data:`NOT_PER_SCENE`)."""
     return isinstance(exc, PER_SCENE) and not isinstance(exc, NOT_PER_SCENE)
@@ -85,13 +103,17 @@ def worker_died(exc: BaseException) -> WorkerDiedError | None:
 
 
 def run_task(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one task of a scene under the policy; a failure among ``args`` is passed on without running ``fn``."""
-    failed = next((a for a in args if isinstance(a, SceneFailure)), None)
+    """Run one task of a scene under the policy; a failure among ``args`` is passed on without running ``fn``.
+
+    Returns ``fn``'s value, a :class:`SceneFailure` or a :class:`JobFailure`;
+    errors that are not scenetag's (bugs) are raised, with their traceback.
+    """
+    failed = next((a for a in args if isinstance(a, (SceneFailure, JobFailure))), None)
     if failed is not None:
         return failed
     try:
         return fn(*args)
     except ScenetagError as exc:
         if not is_scene_failure(exc):
-            raise
+            return JobFailure(exc, stage)
         return SceneFailure(exc, stage, is_retryable(exc))

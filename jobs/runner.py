@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from scenetag.jobs.classify import Progress
 from scenetag.jobs.executors import Executor
-from scenetag.jobs.failures import SceneFailure, run_task, worker_died
+from scenetag.jobs.failures import JobFailure, SceneFailure, run_task, worker_died
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import SceneRecord, Status
@@ -148,6 +148,8 @@ def run_scenes(
                 if died is None:
                     raise
                 value = SceneFailure(died, stage)
+            if isinstance(value, JobFailure):
+                raise value.error  # not about one scene: the job stops (and the others are cancelled)
             if isinstance(value, SceneFailure):
                 fail(state, value)
             elif stage == "prepare" and value.skipped:

@@ -44,6 +44,7 @@ from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.outputs_schema.styles import probability_raster_qml
 from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError
+from scenetag.outputs_schema.write_errors import write_error
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +128,24 @@ def write_probability_raster(
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
         with atomic_path(out) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(data)
-                for i, label in enumerate(labels, start=1):
-                    dst.set_band_description(i, label)
-                    dst.update_tags(i, label=label)
-                dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
-                                scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
-                                **{str(k): str(v) for k, v in (tags or {}).items()})
+            try:
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(data)
+                    for i, label in enumerate(labels, start=1):
+                        dst.set_band_description(i, label)
+                        dst.update_tags(i, label=label)
+                    dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
+                                    scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
+                                    **{str(k): str(v) for k, v in (tags or {}).items()})
+            except (OSError, rasterio.errors.RasterioError) as exc:
+                raise write_error(out, exc, tmp) from exc  # judged while the temporary still takes its room
         if style:
             with atomic_path(qml) as tmp_qml:
                 tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
+    except OutputError:
+        raise
     except (OSError, rasterio.errors.RasterioError) as exc:
-        raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
+        raise write_error(out, exc) from exc
     log.info("wrote %s: %d bands, %dx%d grid, %d of %d positions classified",
              out, len(labels), n_rows, n_cols, len(table), n_rows * n_cols)
     return out

@@ -305,3 +305,26 @@ def test_truncated_uint16_scene_fails_in_one_line(tiny_model, tmp_path):
     assert len(errors) == 1 and "landsat8_cut.tif" in errors[0] and "truncated or corrupt" in errors[0]
     assert only_files(out) == []
     assert scene.read_bytes() == before
+
+
+def fill(folder, leave: int) -> None:
+    """Fill ``folder``'s file system but ``leave`` bytes."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    (folder / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_output(tiny_model, tmp_path, small_tmpfs):
+    disk = small_tmpfs("600k")
+    previous = disk / "o.gpkg"
+    previous.write_bytes(b"last night's output")
+    fill(disk, 40_000)
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(real_scene("landsat8_rgb16.tif")),
+                           "-o", str(previous), "--model", str(tiny_model), "--overwrite", "--no-progress", "-q"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is full" in errors[0] and "o.gpkg" in errors[0], proc.stderr
+    assert previous.read_bytes() == b"last night's output"
+    assert only_files(disk) == ["filler", "o.gpkg"]  # no temporary, no journal left

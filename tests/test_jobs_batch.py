@@ -354,6 +354,28 @@ def test_cli_corrupt_scene_is_recorded_and_the_others_succeed(scenes_dir, tiny_m
     assert "corrupt.tif failed" in log_file.read_text()
 
 
+def test_full_disk_stops_the_batch_cleanly(scenes_dir, tiny_model, tmp_path, small_tmpfs):
+    from cli import main
+
+    out = small_tmpfs("600k")
+    st = os.statvfs(out)
+    (out / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 40_000))
+    report_path = tmp_path / "report.json"
+    args = ["batch", *(str(scenes_dir / n) for n in SCENES), "--out-dir", str(out), "-m", str(tiny_model),
+            "--workers", "1", "--dashboard-address", ":0", "--retries", "2", "--report", str(report_path),
+            "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is full" in errors[0], result.output
+    assert "Traceback" not in result.output
+    report = json.loads(report_path.read_text())
+    # Not a per-scene failure: no scene is recorded as failed for it, none was tried again.
+    assert report["counts"]["failed"] == 0 and report["counts"]["ok"] == 0
+    assert all(s["attempts"] <= 1 for s in report["scenes"])
+    assert sorted(p.name for p in out.iterdir()) == ["filler"]  # no output, no temporary, the lock released
+
+
 def test_two_batches_on_one_folder_one_refuses(scenes_dir, tiny_model, tmp_path):
     from cli import main
 

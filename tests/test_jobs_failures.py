@@ -12,7 +12,7 @@ from scenetag.errors import (BandError, DiskFullError, GeoreferenceError, Missin
                              ScenetagError)
 from scenetag.jobs.cluster import ClusterError
 from scenetag.jobs.executors import InProcessExecutor
-from scenetag.jobs.failures import SceneFailure, WorkerDiedError, run_task
+from scenetag.jobs.failures import JobFailure, SceneFailure, WorkerDiedError, run_task
 from scenetag.jobs.models import LocalModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import SceneRecord
@@ -44,9 +44,10 @@ def test_task_returns_scene_errors_and_raises_the_rest():
     written = []
     assert run_task("write", lambda *tables: written.append(tables), "table", failure) is failure
     assert written == []
-    # Model errors and anything else are not about one scene: raised.
-    with pytest.raises(ModelLoadError):
-        run_task("classify", _raise, ModelLoadError("model changed"))
+    # Model errors and anything else are not about one scene: they stop the job.
+    stop = run_task("classify", _raise, ModelLoadError("model changed"))
+    assert isinstance(stop, JobFailure) and isinstance(stop.error, ModelLoadError)
+    assert run_task("write", lambda *tables: written.append(tables), "table", stop) is stop and written == []
     with pytest.raises(ZeroDivisionError):
         run_task("write", lambda: 1 / 0)
 
@@ -67,8 +68,11 @@ def test_per_scene_failures_are_recorded_and_not_retried(error):
     ModelSpecError("spec"), DiskFullError("disk full"), ScenetagError("something else"), RuntimeError("a bug"),
 ])
 def test_everything_else_stops_the_job(error):
-    with pytest.raises(type(error)):
-        run_task("prepare", _raise, error)
+    if isinstance(error, ScenetagError):  # returned whole, for the runner to raise
+        assert run_task("prepare", _raise, error).error is error
+    else:
+        with pytest.raises(type(error)):  # a bug: raised where it happens, with its traceback
+            run_task("prepare", _raise, error)
 
 
 def test_only_transient_io_is_retried():
