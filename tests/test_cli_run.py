@@ -328,3 +328,82 @@ def test_full_disk_is_one_line_and_keeps_the_previous_output(tiny_model, tmp_pat
     assert len(errors) == 1 and "is full" in errors[0] and "o.gpkg" in errors[0], proc.stderr
     assert previous.read_bytes() == b"last night's output"
     assert only_files(disk) == ["filler", "o.gpkg"]  # no temporary, no journal left
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for status in __import__("pathlib").Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s live children, theirs, and so on (reader processes are the fork server's children)."""
+    found, todo = [], [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` still running (not zombies)."""
+    left = []
+    for p in pids:
+        try:
+            if "State:\tZ" not in open(f"/proc/{p}/status").read():
+                left.append(p)
+        except OSError:
+            pass
+    return left
+
+
+def start_long_run(scene, out, model, *extra):
+    """``cli.py run`` in a process of its own, once it is classifying (its model is loaded)."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(scene), "-o", str(out),
+                             "--model", str(model), "--no-progress", *map(str, extra)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    for line in proc.stderr:  # the model loads after the scene is planned: classification is next
+        if "loaded" in line or time.time() > deadline:
+            break
+    time.sleep(1.5)
+    assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
+    return proc
+
+
+def test_sigterm_stops_run_cleanly(tiny_model, make_raster, tmp_path):
+    import signal
+
+    scene = make_raster("big.tif", width=2400, height=2400)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_long_run(scene, out / "big.gpkg", tiny_model, "--reader", "processes")
+    import time
+    deadline = time.time() + 30
+    # Signal once a reader runs (a child of the fork server): a signal in the middle of their start-up
+    # makes a starting child print multiprocessing's own traceback.
+    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    kids = descendants(proc.pid)
+    assert len(kids) > len(children_of(proc.pid)), "no reader process started"
+    assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
+    os.kill(proc.pid, signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143, rest
+    assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
+    assert only_files(out) == []  # no output, no temporary
+    deadline = time.time() + 10
+    while alive(kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert alive(kids) == []  # its readers and their fork server are gone
