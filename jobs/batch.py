@@ -157,6 +157,7 @@ def run_scene_on_cluster(
     The same steps as :func:`~jobs.runner.run_scene`, so the same refusals:
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
+    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
                            announce=announce) as session:
         record = SceneRecord(str(Path(scene).resolve()), str(out))

@@ -179,12 +179,17 @@ def run_scene(
     """Classify one scene in this process and write its outputs (the path of ``scenetag run``).
 
     The scene job with one scene on an :class:`~jobs.executors.InProcessExecutor`;
-    a per-scene failure is raised.  Existing outputs are refused before any
+    a per-scene failure is raised.  Temporaries that killed writers left in
+    the output's folder are removed first (:func:`~jobs.sweep.sweep_leftovers`).  Existing outputs are refused before any
     work unless ``overwrite``, and an output that appears meanwhile is not replaced.
     """
+    from pathlib import Path
+
     from scenetag.jobs.executors import InProcessExecutor
     from scenetag.jobs.models import LocalModel
+    from scenetag.jobs.sweep import sweep_leftovers
 
+    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
     record = SceneRecord(str(scene), str(out))
     with InProcessExecutor() as executor:
         [result] = run_scenes(executor, [record], LocalModel(predictor), options, overwrite=overwrite,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -407,3 +408,34 @@ def test_sigterm_stops_run_cleanly(tiny_model, make_raster, tmp_path):
     while alive(kids) and time.time() < deadline:
         time.sleep(0.2)
     assert alive(kids) == []  # its readers and their fork server are gone
+
+
+WRITER = """
+import sys, time
+from scenetag.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half-written")
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_run_after_kill_9_removes_dead_writers_temporaries(tiny_model, tmp_path):
+    import signal
+
+    out = tmp_path / "o.gpkg"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / name)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True) for name in ("o.gpkg", "other.gpkg")]
+    try:
+        dead_tmp, live_tmp = (Path(w.stdout.readline().strip()) for w in writers)
+        os.kill(writers[0].pid, signal.SIGKILL)  # kill -9: no clean-up runs
+        writers[0].wait(timeout=10)
+        assert dead_tmp.exists() and live_tmp.exists()
+        res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--no-progress")
+        assert res.exit_code == 0, res.output
+        assert not dead_tmp.exists()  # its writer is dead: removed
+        assert live_tmp.read_bytes() == b"half-written"  # a live writer's is kept
+        assert only_files(tmp_path) == sorted(["o.gpkg", live_tmp.name])
+    finally:
+        for w in writers:
+            w.kill()
