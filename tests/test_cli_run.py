@@ -439,3 +439,28 @@ def test_run_after_kill_9_removes_dead_writers_temporaries(tiny_model, tmp_path)
     finally:
         for w in writers:
             w.kill()
+
+
+def test_kill_9_with_reader_processes_leaves_no_reader_and_no_segment(tiny_model, make_raster, tmp_path):
+    import signal
+    import time
+
+    scene = make_raster("big.tif", width=2400, height=2400)
+    proc = start_long_run(scene, tmp_path / "big.gpkg", tiny_model, "--reader", "processes")
+    deadline = time.time() + 30
+    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    tree = descendants(proc.pid)
+    assert len(tree) > len(children_of(proc.pid)), "no reader process started"
+    assert list(Path("/dev/shm").glob(f"scenetag_{proc.pid}_*"))  # the feed's block, named by its owner
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while alive(tree) and time.time() < deadline:
+        time.sleep(0.1)
+    assert alive(tree) == []  # the readers died with their parent, within seconds
+    small = make_raster("small.tif", width=300, height=300)
+    res = invoke("run", small, "-o", tmp_path / "small.gpkg", "--model", tiny_model, "--reader", "processes",
+                 "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert not list(Path("/dev/shm").glob(f"scenetag_{proc.pid}_*"))  # the next run freed the dead one's block
