@@ -408,3 +408,55 @@ def test_two_batches_on_one_folder_one_refuses(scenes_dir, tiny_model, tmp_path)
     assert first.returncode == 0, stderr
     assert "3 scenes: 3 ok" in stdout
     assert not (out / LOCK_NAME).exists()
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+
+def _read_only(small_tmpfs) -> Path:
+    where = small_tmpfs("64k")
+    if subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount the tmpfs read-only here")
+    return where
+
+
+def _one_error_line(result) -> str:
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_garbage_scheduler_address_is_one_line(scenes_dir, tiny_model, tmp_path, monkeypatch):
+    from cli import main
+
+    monkeypatch.setenv("SCENETAG_SCHEDULER", "::::")
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(tmp_path / "out"),
+                                       "-m", str(tiny_model), "--no-progress"])
+    assert result.exit_code == 1 and not isinstance(result.exception, ValueError), result.output
+    line = _one_error_line(result)
+    assert "'::::'" in line and "SCENETAG_SCHEDULER" in line
+
+
+def test_new_out_dir_on_a_read_only_file_system_is_one_line(scenes_dir, tiny_model, small_tmpfs):
+    from cli import main
+
+    ro = _read_only(small_tmpfs)
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(ro / "new"),
+                                       "-m", str(tiny_model), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "cannot be created" in _one_error_line(result) and str(ro / "new") in result.output
+
+
+def test_unwritable_report_is_refused_before_any_work(scenes_dir, tiny_model, tmp_path, small_tmpfs):
+    from cli import main
+
+    ro = _read_only(small_tmpfs)
+    out = tmp_path / "out"
+    t0 = time.time()
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(out), "-m", str(tiny_model),
+                                       "--report", str(ro / "report.json"), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "--report" in _one_error_line(result) and "cannot be written" in result.output
+    assert "Dask" not in result.output and time.time() - t0 < 10  # no cluster was started: no work done
+    assert not any(p.suffix == ".gpkg" for p in out.iterdir())
