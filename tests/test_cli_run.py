@@ -378,7 +378,7 @@ def start_long_run(scene, out, model, *extra):
     for line in proc.stderr:  # the model loads after the scene is planned: classification is next
         if "loaded" in line or time.time() > deadline:
             break
-    time.sleep(1.5)
+    time.sleep(0.5)
     assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
     return proc
 
@@ -386,7 +386,7 @@ def start_long_run(scene, out, model, *extra):
 def test_sigterm_stops_run_cleanly(tiny_model, make_raster, tmp_path):
     import signal
 
-    scene = make_raster("big.tif", width=2400, height=2400)
+    scene = make_raster("big.tif", width=4800, height=4800)  # reading lasts long enough to signal it
     out = tmp_path / "out"
     out.mkdir()
     proc = start_long_run(scene, out / "big.gpkg", tiny_model, "--reader", "processes")
@@ -445,7 +445,7 @@ def test_kill_9_with_reader_processes_leaves_no_reader_and_no_segment(tiny_model
     import signal
     import time
 
-    scene = make_raster("big.tif", width=2400, height=2400)
+    scene = make_raster("big.tif", width=4800, height=4800)  # reading lasts long enough to signal it
     proc = start_long_run(scene, tmp_path / "big.gpkg", tiny_model, "--reader", "processes")
     deadline = time.time() + 30
     while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
