@@ -62,6 +62,24 @@ def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu
             yield _Session(DaskExecutor(client, chips_per_task), info, model, resources)
 
 
+def _check_writable(report_path: Path) -> None:
+    """Refuse a report that could not be written, before any work: its folder must exist and take files."""
+    folder = report_path.parent
+    if report_path.is_dir():
+        raise OutputError(f"--report {str(report_path)!r} is a folder: give a file name")
+    if not folder.is_dir():
+        raise OutputError(f"--report {str(report_path)!r}: its folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (report_path.exists() and not os.access(report_path, os.W_OK)):
+        raise OutputError(f"--report {str(report_path)!r} cannot be written: choose a writable place")
+    try:  # root passes os.access everywhere, a read-only file system does not: ask the file system
+        probe = folder / f".{report_path.name}.{os.getpid()}.probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"--report {str(report_path)!r} cannot be written ({exc.strerror}): "
+                          "choose a writable place") from exc
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -94,8 +112,13 @@ def run_batch(
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    if not out_dir.exists():
-        out_dir.mkdir(parents=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"--out-dir {str(out_dir)!r} is not a folder") from None
+    except OSError as exc:
+        raise OutputError(f"--out-dir {str(out_dir)!r} cannot be created ({exc.strerror}): "
+                          "choose a writable place") from exc
     if not out_dir.is_dir():
         raise OutputError(f"--out-dir {str(out_dir)!r} is not a folder")
     report = BatchReport(started_at=_now(), out_dir=str(out_dir.resolve()),
@@ -103,11 +126,15 @@ def run_batch(
                                 "sha256": predictor.sha256, "device": device},
                          options=options.to_dict())
     report_path = Path(report_path) if report_path else out_dir / REPORT_NAME
+    _check_writable(report_path)  # before any work, not after the night's
 
     def write_report() -> None:
         report.finished_at = _now()
         report.seconds = time.perf_counter() - t0
-        report.write(report_path)
+        try:
+            report.write(report_path)
+        except OSError as exc:  # a full disk: the error that stopped the batch matters more than its report
+            log.error("could not write the report %s: %s", report_path, exc)
 
     with OutputLock(out_dir):
         sweep_leftovers(out_dir)
@@ -154,6 +181,7 @@ def run_scene_on_cluster(
     The same steps as :func:`~jobs.runner.run_scene`, so the same refusals:
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
+    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
                            announce=announce) as session:
         record = SceneRecord(str(Path(scene).resolve()), str(out))

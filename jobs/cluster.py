@@ -145,7 +145,7 @@ def connect(
                 log.warning("--workers and --threads size a LocalCluster; the cluster at %s keeps its own",
                             address)
             client = Client(address, timeout=timeout)
-    except OSError as exc:  # includes TimeoutError and CommClosedError's bases
+    except (OSError, ValueError) as exc:  # OSError includes TimeoutError; ValueError: an address Dask can't parse
         if cluster is not None:
             cluster.close()
         where = address or "a LocalCluster"

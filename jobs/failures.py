@@ -1,24 +1,67 @@
-"""The failure policy of scene jobs, in one place.
+"""The failure policy of scene jobs, in one place: by inclusion.
 
 A task of a scene either returns its value, or returns a :class:`SceneFailure`
-for an expected per-scene failure (:func:`is_scene_failure`): it comes back
-as a value, so Dask does not log it as a crash, and the scene's later tasks
-pass it on without running.  The scene job (:mod:`jobs.runner`) retries such
-a scene from the start, then records it as failed while the others go on.
-Anything else is raised: it is not about one scene, and stops the job.
+for a failure that is about this one scene (:func:`is_scene_failure`): it
+comes back as a value, so Dask does not log it as a crash, and the scene's
+later tasks pass it on without running.  The scene job (:mod:`jobs.runner`)
+tries such a scene again only when the failure may go away
+(:func:`is_retryable`: transient I/O), then records it as failed while the
+others go on.
+
+Only the errors named in :data:`PER_SCENE` are per-scene.  Everything else
+stops the job loudly: option errors, cluster errors, missing dependencies,
+model errors, a full disk (:class:`~scenetag.errors.DiskFullError`: the next
+scene would fail the same way), each returned as a :class:`JobFailure` that
+the runner raises, and bugs, which are raised where they happen.
 """
 
 from __future__ import annotations
 
+import errno
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from scenetag.errors import ModelError, ScenetagError
+from scenetag.errors import (BandError, DiskFullError, GeoreferenceError, OutputError, SceneError,
+                             SceneReadError, ScenetagError)
+
+
+class WorkerDiedError(SceneError):
+    """The process running a scene's task died (out of memory, a crash in a driver), as often as Dask allows."""
+
+
+#: The errors that are about one scene: the scene cannot be read or used, or its output cannot be written.
+PER_SCENE: tuple[type[ScenetagError], ...] = (SceneReadError, GeoreferenceError, BandError, SceneError,
+                                              OutputError, WorkerDiedError)
+#: Per-scene by class, but about every scene: they stop the job.
+NOT_PER_SCENE: tuple[type[ScenetagError], ...] = (DiskFullError,)
+#: OS error numbers of I/O that may succeed when tried again (a network file system's hiccup, a busy file).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE,
+                              errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 
 @dataclass(frozen=True)
 class SceneFailure:
     """An expected per-scene failure, returned by a task as a value."""
+
+    error: ScenetagError
+    stage: str
+    #: Whether trying the scene again may succeed (decided where the error and its causes are known).
+    retry: bool = False
+
+    def __str__(self) -> str:
+        return str(self.error) or type(self.error).__name__
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """An expected error that stops the job (a full disk, a model error...), returned by a task as a value.
+
+    Returned rather than raised so that it reaches the client whole: Dask
+    sends a raised error with its chain of causes, and where one of those
+    does not travel it delivers a bare ``Exception`` instead, which neither
+    the runner nor the CLI can tell apart from a bug.  The runner raises it.
+    """
 
     error: ScenetagError
     stage: str
@@ -28,21 +71,50 @@ class SceneFailure:
 
 
 def is_scene_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is about one scene (unreadable, corrupt, bad georeference, unwritable output...).
+    """Whether ``exc`` is about one scene only (:data:`PER_SCENE`, less :data:`NOT_PER_SCENE`)."""
+    return isinstance(exc, PER_SCENE) and not isinstance(exc, NOT_PER_SCENE)
 
-    Model errors are about every scene, and errors that are not scenetag's are bugs: neither is.
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a per-scene failure may go away when tried again: an OS error of transient I/O caused it.
+
+    A scene without a geotransform, a corrupt file or bands that don't fit fail
+    the same way every time.  (A scene whose worker died is tried again by the
+    runner: it may have died beside the scene that killed the worker.)
     """
-    return isinstance(exc, ScenetagError) and not isinstance(exc, ModelError)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in TRANSIENT_ERRNOS:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def worker_died(exc: BaseException) -> WorkerDiedError | None:
+    """``exc`` as a :class:`WorkerDiedError` when it is Dask's ``KilledWorker``, else None."""
+    distributed = sys.modules.get("distributed")  # no Dask loaded: no Dask error either
+    if distributed is None or not isinstance(exc, distributed.KilledWorker):
+        return None
+    worker = getattr(exc.last_worker, "address", exc.last_worker)
+    return WorkerDiedError(
+        f"its worker died {exc.allowed_failures + 1} times running it (out of memory, or a crash in a "
+        f"driver); the last was {worker}: see that worker's log, or give the workers more memory")
 
 
 def run_task(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one task of a scene under the policy; a failure among ``args`` is passed on without running ``fn``."""
-    failed = next((a for a in args if isinstance(a, SceneFailure)), None)
+    """Run one task of a scene under the policy; a failure among ``args`` is passed on without running ``fn``.
+
+    Returns ``fn``'s value, a :class:`SceneFailure` or a :class:`JobFailure`;
+    errors that are not scenetag's (bugs) are raised, with their traceback.
+    """
+    failed = next((a for a in args if isinstance(a, (SceneFailure, JobFailure))), None)
     if failed is not None:
         return failed
     try:
         return fn(*args)
     except ScenetagError as exc:
         if not is_scene_failure(exc):
-            raise
-        return SceneFailure(exc, stage)
+            return JobFailure(exc, stage)
+        return SceneFailure(exc, stage, is_retryable(exc))

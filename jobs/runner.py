@@ -11,8 +11,10 @@ Per scene, the tasks are ``prepare`` (:func:`~jobs.scene_job.prepare_scene`),
 not need it first), one ``classify`` per strip (the only tasks that run the
 model; they ask for ``resources``, e.g. ``GPU=1``) and ``write``, the scene's
 single writer.  Failures follow :mod:`jobs.failures`: a per-scene failure is
-retried from the start, up to ``retries`` times, then recorded, and the
-other scenes go on; anything else cancels the job and is raised.
+retried from the start (up to ``retries`` times) when it may go away, then
+recorded, and the other scenes go on; a worker that died running a scene
+(Dask's ``KilledWorker``) is such a failure too; anything else cancels the
+job and is raised.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from scenetag.errors import ScenetagError
 from scenetag.jobs.classify import Progress
 from scenetag.jobs.executors import Executor
-from scenetag.jobs.failures import SceneFailure, run_task
+from scenetag.jobs.failures import JobFailure, SceneFailure, run_task, worker_died
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import SceneRecord, Status
@@ -105,10 +106,11 @@ def run_scenes(
         if on_done:
             on_done(state.record)
 
-    def fail(state: _Scene, exc: ScenetagError) -> None:
+    def fail(state: _Scene, failure: SceneFailure) -> None:
+        exc = failure.error
         executor.cancel(state.futures)
         state.futures.clear()
-        if state.attempt <= retries:
+        if failure.retry and state.attempt <= retries:
             log.warning("%s failed (attempt %d of %d), trying again: %s", state.record.scene, state.attempt,
                         retries + 1, exc)
             start(state)
@@ -139,9 +141,19 @@ def run_scenes(
             state, attempt, stage = owner.pop(fut, (None, 0, ""))
             if state is None or attempt != state.attempt or fut.cancelled():
                 continue
-            value = fut.result()  # anything but a per-scene failure is raised here, with its traceback
+            try:
+                value = fut.result()  # anything but a per-scene failure is raised here, with its traceback
+            except Exception as exc:
+                died = worker_died(exc)  # a worker died running the scene: it fails, the others go on
+                if died is None:
+                    raise
+                # Tried again (within --retries): Dask hands a worker more tasks than it has threads, so
+                # a scene queued beside the one that killed the worker can die with it as a bystander.
+                value = SceneFailure(died, stage, retry=True)
+            if isinstance(value, JobFailure):
+                raise value.error  # not about one scene: the job stops (and the others are cancelled)
             if isinstance(value, SceneFailure):
-                fail(state, value.error)
+                fail(state, value)
             elif stage == "prepare" and value.skipped:
                 state.record.reason = "output up to date (same signature)"
                 finish(state, Status.SKIPPED)
@@ -169,12 +181,17 @@ def run_scene(
     """Classify one scene in this process and write its outputs (the path of ``scenetag run``).
 
     The scene job with one scene on an :class:`~jobs.executors.InProcessExecutor`;
-    a per-scene failure is raised.  Existing outputs are refused before any
+    a per-scene failure is raised.  Temporaries that killed writers left in
+    the output's folder are removed first (:func:`~jobs.sweep.sweep_leftovers`).  Existing outputs are refused before any
     work unless ``overwrite``, and an output that appears meanwhile is not replaced.
     """
+    from pathlib import Path
+
     from scenetag.jobs.executors import InProcessExecutor
     from scenetag.jobs.models import LocalModel
+    from scenetag.jobs.sweep import sweep_leftovers
 
+    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
     record = SceneRecord(str(scene), str(out))
     with InProcessExecutor() as executor:
         [result] = run_scenes(executor, [record], LocalModel(predictor), options, overwrite=overwrite,

@@ -18,6 +18,7 @@ Every way of running scenetag runs these steps, as tasks on an executor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 
 import scenetag
@@ -103,8 +104,37 @@ class SceneResult:
         return read_chips(self.output)
 
 
+@contextlib.contextmanager
+def scene_reads(scene: str | Path, step: str) -> Iterator[None]:
+    """Turn any GDAL error raised while ``step`` reads ``scene`` into a one-line :class:`SceneReadError`.
+
+    A truncated or corrupt file opens, and fails only when a block is read,
+    anywhere: the stretch sample, the mask, a chip.  Whichever step meets it,
+    the scene is unreadable, which is a per-scene failure (:mod:`jobs.failures`).
+    """
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cause = exc.__cause__ or exc.__context__
+        # rasterio's own text says only "see previous exception": GDAL's cause names the block
+        detail = str(cause).splitlines()[0] if cause is not None and str(cause) else first
+        raise SceneReadError(f"scene {str(scene)!r} could not be read ({step}): {detail} "
+                             "(is the file truncated or corrupt?)") from exc
+
+
 def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
-    """Validate the scene against the model and options and lay the grid."""
+    """Validate the scene against the model and options and lay the grid.
+
+    Raises :class:`SceneReadError` for any GDAL error on the way (:func:`scene_reads`).
+    """
+    with scene_reads(scene_path, "planning"):
+        return _plan_scene(scene_path, spec, options)
+
+
+def _plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
     info = open_scene(scene_path)
     bands = select_bands(info, spec, options.bands)
     factor = resolution_factor(info, spec, options.resample)
@@ -224,7 +254,9 @@ def hash_scene(scene: str) -> str:
 def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: SceneModel,
                    progress: Progress | None = None) -> ChipTable:
     """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here."""
-    return classify_cells(plan, model.predictor(), cells=cells, progress=progress)
+    predictor = model.predictor()
+    with scene_reads(plan.info.path, "reading its chips"):
+        return classify_cells(plan, predictor, cells=cells, progress=progress)
 
 
 def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: ChipTable) -> SceneResult:

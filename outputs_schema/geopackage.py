@@ -35,6 +35,7 @@ from scenetag.outputs_schema.schema import (
 )
 from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError
+from scenetag.outputs_schema.write_errors import write_error
 
 log = logging.getLogger(__name__)
 
@@ -145,25 +146,30 @@ def write_geopackage(
         chips = chips.to_crs(wkt)
         label_frames = [f.to_crs(wkt) for f in label_frames]
     t0 = time.perf_counter()
+    writing = (OSError, sqlite3.Error, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+               pyogrio.errors.FieldError)  # a full disk fails in any of them (FeatureError too)
     try:
         with atomic_path(out, replace=replace) as tmp:
-            _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
-            # One SQLite connection to the file after GDAL's first write: the label layers, then
-            # (beside GDAL's write of ``runs``) the styles and metadata.
-            con = sqlite3.connect(str(tmp), isolation_level=None)
             try:
-                _write_label_layers(con, tmp, label_frames, schema.label_layers)
-                # The provenance row is written last, so it can time the layers before it.
-                elapsed = time.perf_counter() - t0
-                run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
-                _write(tmp, runs_frame(run), RUNS_LAYER)
-                _add_styles_and_metadata(con, spec, run)
-            finally:
-                con.close()
+                _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
+                # One SQLite connection to the file after GDAL's first write: the label layers, then
+                # (beside GDAL's write of ``runs``) the styles and metadata.
+                con = sqlite3.connect(str(tmp), isolation_level=None)
+                try:
+                    _write_label_layers(con, tmp, label_frames, schema.label_layers)
+                    # The provenance row is written last, so it can time the layers before it.
+                    elapsed = time.perf_counter() - t0
+                    run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
+                    _write(tmp, runs_frame(run), RUNS_LAYER)
+                    _add_styles_and_metadata(con, spec, run)
+                finally:
+                    con.close()
+            except writing as exc:
+                raise write_error(out, exc, tmp) from exc  # judged while the temporary still takes its room
     except OutputError:
         raise  # already says what happened (an OSError too, so it must not be wrapped below)
-    except (OSError, sqlite3.Error, pyogrio.errors.DataSourceError) as exc:
-        raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
+    except writing as exc:  # the rename
+        raise write_error(out, exc) from exc
     log.info("wrote %s: %d chips, %d label layers", out, len(table), len(schema.label_layers))
     return run
 

@@ -44,6 +44,7 @@ from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.outputs_schema.styles import probability_raster_qml
 from scenetag.atomic import atomic_path
 from scenetag.errors import OutputError, OutputExistsError
+from scenetag.outputs_schema.write_errors import write_error
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,17 @@ def write_probability_raster(
                    crs=CRS.from_user_input(crs), transform=transform, nodata=NODATA, **COG_OPTIONS)
     try:
         with atomic_path(out, replace=replace) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(data)
-                for i, label in enumerate(labels, start=1):
-                    dst.set_band_description(i, label)
-                    dst.update_tags(i, label=label)
-                dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
-                                scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
-                                **{str(k): str(v) for k, v in (tags or {}).items()})
+            try:
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(data)
+                    for i, label in enumerate(labels, start=1):
+                        dst.set_band_description(i, label)
+                        dst.update_tags(i, label=label)
+                    dst.update_tags(scenetag_schema_version=str(SCHEMA_VERSION),
+                                    scenetag_grid="pixel (row, col) = chip at grid row, col; NaN = no chip",
+                                    **{str(k): str(v) for k, v in (tags or {}).items()})
+            except (OSError, rasterio.errors.RasterioError) as exc:
+                raise write_error(out, exc, tmp) from exc  # judged while the temporary still takes its room
         if style:
             try:
                 with atomic_path(qml, replace=replace) as tmp_qml:
@@ -147,7 +151,7 @@ def write_probability_raster(
     except OutputError:
         raise  # already says what happened (an OSError too, so it must not be wrapped below)
     except (OSError, rasterio.errors.RasterioError) as exc:
-        raise OutputError(f"could not write {str(out)!r}: {exc}") from exc
+        raise write_error(out, exc) from exc
     log.info("wrote %s: %d bands, %dx%d grid, %d of %d positions classified",
              out, len(labels), n_rows, n_cols, len(table), n_rows * n_cols)
     return out

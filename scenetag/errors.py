@@ -52,6 +52,10 @@ class OutputError(ScenetagError, OSError):
     """An output cannot be written."""
 
 
+class DiskFullError(OutputError):
+    """The disk (or quota) holding an output is full: no scene can be written until room is made."""
+
+
 class OutputExistsError(OutputError, FileExistsError):
     """The output exists and overwriting was not asked for."""
 

@@ -100,3 +100,32 @@ def tiny_model(tmp_path_factory) -> Path:
     from tests.model_fixtures import export_tiny_model
 
     return export_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """``make(size)``: a folder on a fresh tmpfs of ``size`` (e.g. ``"400k"``), unmounted afterwards.
+
+    Skips, saying why, where the test may not mount one (not root, no mount, a container without the right).
+    """
+    import shutil
+    import subprocess
+
+    mounts = []
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounts)}"
+        where.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: cannot make a small tmpfs for a full disk")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): "
+                        "a full disk needs root (or CAP_SYS_ADMIN)")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -470,3 +471,181 @@ def test_max_chips_sets_the_limit_and_the_count_is_logged(tiny_model, make_raste
     assert "max_chips" not in RunOptions(max_chips=5).result_affecting()
     with pytest.raises(Exception, match="max_chips must be a whole number >= 1, got 0"):
         RunOptions(max_chips=0)
+def truncated_uint16(tmp_path):
+    """A real uint16 scene cut short: it opens, and its stretch sample meets the missing blocks."""
+    src = real_scene("landsat8_rgb16.tif")
+    return corrupt_copy(src, tmp_path / "landsat8_cut.tif", 0.5)
+
+
+def test_truncated_uint16_scene_fails_in_one_line(tiny_model, tmp_path):
+    scene = truncated_uint16(tmp_path)
+    before = scene.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(scene), "-o", str(out / "c.gpkg"),
+                           "--model", str(tiny_model), "--no-progress", "-q"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "landsat8_cut.tif" in errors[0] and "truncated or corrupt" in errors[0]
+    assert only_files(out) == []
+    assert scene.read_bytes() == before
+
+
+def fill(folder, leave: int) -> None:
+    """Fill ``folder``'s file system but ``leave`` bytes."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    (folder / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_output(tiny_model, tmp_path, small_tmpfs):
+    disk = small_tmpfs("600k")
+    previous = disk / "o.gpkg"
+    previous.write_bytes(b"last night's output")
+    fill(disk, 40_000)
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(real_scene("landsat8_rgb16.tif")),
+                           "-o", str(previous), "--model", str(tiny_model), "--overwrite", "--no-progress", "-q"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is full" in errors[0] and "o.gpkg" in errors[0], proc.stderr
+    assert previous.read_bytes() == b"last night's output"
+    assert only_files(disk) == ["filler", "o.gpkg"]  # no temporary, no journal left
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for status in __import__("pathlib").Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s live children, theirs, and so on (reader processes are the fork server's children)."""
+    found, todo = [], [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` still running (not zombies)."""
+    left = []
+    for p in pids:
+        try:
+            if "State:\tZ" not in open(f"/proc/{p}/status").read():
+                left.append(p)
+        except OSError:
+            pass
+    return left
+
+
+def start_long_run(scene, out, model, *extra):
+    """``cli.py run`` in a process of its own, once it is classifying (its model is loaded)."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(scene), "-o", str(out),
+                             "--model", str(model), "--no-progress", *map(str, extra)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    for line in proc.stderr:  # the model loads after the scene is planned: classification is next
+        if "loaded" in line or time.time() > deadline:
+            break
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
+    return proc
+
+
+def test_sigterm_stops_run_cleanly(tiny_model, make_raster, tmp_path):
+    import signal
+
+    scene = make_raster("big.tif", width=4800, height=4800)  # reading lasts long enough to signal it
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_long_run(scene, out / "big.gpkg", tiny_model, "--reader", "processes")
+    import time
+    deadline = time.time() + 30
+    # Signal once a reader runs (a child of the fork server): a signal in the middle of their start-up
+    # makes a starting child print multiprocessing's own traceback.
+    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    kids = descendants(proc.pid)
+    assert len(kids) > len(children_of(proc.pid)), "no reader process started"
+    assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
+    os.kill(proc.pid, signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143, rest
+    assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
+    assert only_files(out) == []  # no output, no temporary
+    deadline = time.time() + 10
+    while alive(kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert alive(kids) == []  # its readers and their fork server are gone
+
+
+WRITER = """
+import sys, time
+from scenetag.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half-written")
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_run_after_kill_9_removes_dead_writers_temporaries(tiny_model, tmp_path):
+    import signal
+
+    out = tmp_path / "o.gpkg"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / name)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True) for name in ("o.gpkg", "other.gpkg")]
+    try:
+        dead_tmp, live_tmp = (Path(w.stdout.readline().strip()) for w in writers)
+        os.kill(writers[0].pid, signal.SIGKILL)  # kill -9: no clean-up runs
+        writers[0].wait(timeout=10)
+        assert dead_tmp.exists() and live_tmp.exists()
+        res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--no-progress")
+        assert res.exit_code == 0, res.output
+        assert not dead_tmp.exists()  # its writer is dead: removed
+        assert live_tmp.read_bytes() == b"half-written"  # a live writer's is kept
+        assert only_files(tmp_path) == sorted(["o.gpkg", live_tmp.name])
+    finally:
+        for w in writers:
+            w.kill()
+
+
+def test_kill_9_with_reader_processes_leaves_no_reader_and_no_segment(tiny_model, make_raster, tmp_path):
+    import signal
+    import time
+
+    scene = make_raster("big.tif", width=4800, height=4800)  # reading lasts long enough to signal it
+    proc = start_long_run(scene, tmp_path / "big.gpkg", tiny_model, "--reader", "processes")
+    deadline = time.time() + 30
+    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    tree = descendants(proc.pid)
+    assert len(tree) > len(children_of(proc.pid)), "no reader process started"
+    assert list(Path("/dev/shm").glob(f"scenetag_{proc.pid}_*"))  # the feed's block, named by its owner
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while alive(tree) and time.time() < deadline:
+        time.sleep(0.1)
+    assert alive(tree) == []  # the readers died with their parent, within seconds
+    small = make_raster("small.tif", width=300, height=300)
+    res = invoke("run", small, "-o", tmp_path / "small.gpkg", "--model", tiny_model, "--reader", "processes",
+                 "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert not list(Path("/dev/shm").glob(f"scenetag_{proc.pid}_*"))  # the next run freed the dead one's block

@@ -344,6 +344,56 @@ def test_batch_survives_a_killed_worker(scenes_dir, reference, predictor, tmp_pa
     assert not list(out.glob(".*.tmp.gpkg*"))
 
 
+class CrashOnScene(WorkerPlugin):
+    """Makes the classify step of one scene take its worker down (``os._exit``), every time, like a segfault.
+
+    It replaces ``classify_strip`` in the worker's copy of the scene job: the
+    tasks name the function by module, so the workers run this one.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def setup(self, worker):
+        import scenetag.jobs.scene_job as scene_job
+
+        real, name = scene_job.classify_strip, self.name
+
+        def classify_strip(plan, *args, **kwargs):
+            if plan.info.path.endswith(name):
+                os._exit(1)
+            return real(plan, *args, **kwargs)
+
+        scene_job.classify_strip = classify_strip
+
+
+def test_a_scene_that_kills_its_worker_fails_and_the_others_go_on(scenes_dir, reference, predictor, tmp_path):
+    import dask
+
+    crash = tmp_path / "crash.tif"
+    shutil.copy(scenes_dir / SCENES[0], crash)
+    good = [scenes_dir / n for n in SCENES[:2]]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        with Client(c) as client:
+            client.register_plugin(CrashOnScene("crash.tif"), name="crash-on-scene")
+        out = tmp_path / "out"
+        report = run_batch([crash, *good], out, predictor, RunOptions(), scheduler=c.scheduler_address,
+                           chips_per_task=CHIPS_PER_TASK, retries=1)
+    by_name = {Path(s.scene).name: s for s in report.scenes}
+    failed = by_name["crash.tif"]
+    # Tried again once (a scene beside the culprit on a dying worker dies with it, and deserves a retry).
+    assert failed.status == "failed" and failed.attempts == 2
+    assert "its worker died 2 times" in failed.error
+    assert not report.succeeded
+    for path in good:
+        assert by_name[path.name].status == "ok", by_name[path.name].error
+        assert_same_chips(out / path.name.replace(".tif", ".gpkg"), Path(reference[path.name]))
+    assert not (out / "crash.gpkg").exists() and not list(out.glob(".*.tmp.*"))
+    written = json.loads((out / REPORT_NAME).read_text())
+    assert written["counts"]["failed"] == 1 and "worker died" in written["scenes"][0]["error"]
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -361,31 +411,61 @@ def test_cli_corrupt_scene_is_recorded_and_the_others_succeed(scenes_dir, tiny_m
     from cli import main
 
     bad = corrupt_copy(make_raster)
+    # A real uint16 scene cut short: its stretch sample meets the missing blocks (a raw GDAL error once).
+    cut = tmp_path / "cut16.tif"
+    data = real_scene("landsat8_rgb16.tif").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
     report_path = tmp_path / "report.json"
     log_file = tmp_path / "batch.log"
-    args = ["batch", str(scenes_dir), str(bad), "--out-dir", str(out), "-m", str(tiny_model),
+    args = ["batch", str(scenes_dir), str(bad), str(cut), "--out-dir", str(out), "-m", str(tiny_model),
             "--workers", "2", "--dashboard-address", ":0", "--chips-per-task", str(CHIPS_PER_TASK),
             "--retries", "1", "--report", str(report_path), "--log-file", str(log_file), "--no-progress"]
     result = CliRunner().invoke(main, args)
 
     assert result.exit_code == 1, result.output
-    assert "1 of 4 scenes failed" in result.output
+    assert "2 of 5 scenes failed" in result.output
     assert "Dask dashboard: http://" in result.output  # stderr, mixed in by CliRunner
     import json
 
     report = json.loads(report_path.read_text())
     by_name = {Path(s["scene"]).name: s for s in report["scenes"]}
-    assert report["counts"] == {"ok": 3, "empty": 0, "skipped": 0, "failed": 1}
-    failed = by_name["corrupt.tif"]
-    assert failed["status"] == "failed" and failed["attempts"] == 2
-    assert "could not be read" in failed["error"] and "corrupt.tif" in failed["error"]
+    assert report["counts"] == {"ok": 3, "empty": 0, "skipped": 0, "failed": 2}
+    for name in ("corrupt.tif", "cut16.tif"):
+        failed = by_name[name]
+        # A corrupt file fails the same way every time: recorded at once, not tried again.
+        assert failed["status"] == "failed" and failed["attempts"] == 1
+        assert "could not be read" in failed["error"] and name in failed["error"]
+        assert "truncated or corrupt" in failed["error"]
+    assert not (out / "cut16.gpkg").exists()
     for name in SCENES:
         assert by_name[name]["status"] == "ok" and by_name[name]["chips"] > 0
         assert len(chips(out / name.replace(".tif", ".gpkg"))) == by_name[name]["chips"]
     assert not (out / "corrupt.gpkg").exists()
     assert sorted(p.name for p in out.iterdir()) == sorted(n.replace(".tif", ".gpkg") for n in SCENES)
     assert "corrupt.tif failed" in log_file.read_text()
+
+
+def test_full_disk_stops_the_batch_cleanly(scenes_dir, tiny_model, tmp_path, small_tmpfs):
+    from cli import main
+
+    out = small_tmpfs("600k")
+    st = os.statvfs(out)
+    (out / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 40_000))
+    report_path = tmp_path / "report.json"
+    args = ["batch", *(str(scenes_dir / n) for n in SCENES), "--out-dir", str(out), "-m", str(tiny_model),
+            "--workers", "1", "--dashboard-address", ":0", "--retries", "2", "--report", str(report_path),
+            "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "is full" in errors[0], result.output
+    assert "Traceback" not in result.output
+    report = json.loads(report_path.read_text())
+    # Not a per-scene failure: no scene is recorded as failed for it, none was tried again.
+    assert report["counts"]["failed"] == 0 and report["counts"]["ok"] == 0
+    assert all(s["attempts"] <= 1 for s in report["scenes"])
+    assert sorted(p.name for p in out.iterdir()) == ["filler"]  # no output, no temporary, the lock released
 
 
 def test_two_batches_on_one_folder_one_refuses(scenes_dir, tiny_model, tmp_path):
@@ -458,3 +538,53 @@ def test_batch_refuses_a_scene_over_the_chip_limit_and_does_the_others(tiny_mode
     assert report["big.tif"]["status"] == "failed"
     assert "would classify 20 chips, more than the limit of 19: pass --max-chips 20" in report["big.tif"]["error"]
     assert sorted(p.name for p in out.iterdir()) == ["fits.gpkg"]
+# --------------------------------------------------------------------------- one-line errors
+
+
+def _read_only(small_tmpfs) -> Path:
+    where = small_tmpfs("64k")
+    if subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount the tmpfs read-only here")
+    return where
+
+
+def _one_error_line(result) -> str:
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_garbage_scheduler_address_is_one_line(scenes_dir, tiny_model, tmp_path, monkeypatch):
+    from cli import main
+
+    monkeypatch.setenv("SCENETAG_SCHEDULER", "::::")
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(tmp_path / "out"),
+                                       "-m", str(tiny_model), "--no-progress"])
+    assert result.exit_code == 1 and not isinstance(result.exception, ValueError), result.output
+    line = _one_error_line(result)
+    assert "'::::'" in line and "SCENETAG_SCHEDULER" in line
+
+
+def test_new_out_dir_on_a_read_only_file_system_is_one_line(scenes_dir, tiny_model, small_tmpfs):
+    from cli import main
+
+    ro = _read_only(small_tmpfs)
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(ro / "new"),
+                                       "-m", str(tiny_model), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "cannot be created" in _one_error_line(result) and str(ro / "new") in result.output
+
+
+def test_unwritable_report_is_refused_before_any_work(scenes_dir, tiny_model, tmp_path, small_tmpfs):
+    from cli import main
+
+    ro = _read_only(small_tmpfs)
+    out = tmp_path / "out"
+    t0 = time.time()
+    result = CliRunner().invoke(main, ["batch", str(scenes_dir), "--out-dir", str(out), "-m", str(tiny_model),
+                                       "--report", str(ro / "report.json"), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "--report" in _one_error_line(result) and "cannot be written" in result.output
+    assert "Dask" not in result.output and time.time() - t0 < 10  # no cluster was started: no work done
+    assert not any(p.suffix == ".gpkg" for p in out.iterdir())

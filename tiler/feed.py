@@ -24,8 +24,11 @@ import enum
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
+import uuid
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
@@ -158,12 +161,76 @@ def _context() -> mp.context.BaseContext:
     return ctx
 
 
+#: Shared-memory blocks of the feeds are named ``scenetag_<owner pid>_<8 hex>``, so a killed
+#: owner's blocks can be found and freed (:func:`sweep_segments`).
+SHM_PREFIX = "scenetag_"
+_SHM_DIR = Path("/dev/shm")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_segments() -> list[str]:
+    """Unlink the feeds' shared-memory blocks whose owner process is dead (a ``kill -9``); their names."""
+    removed = []
+    for path in _SHM_DIR.glob(f"{SHM_PREFIX}*_*") if _SHM_DIR.is_dir() else ():
+        owner = path.name[len(SHM_PREFIX):].split("_", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            try:
+                path.unlink()
+                removed.append(path.name)
+            except OSError:
+                continue
+    if removed:
+        log.warning("freed %d shared-memory block(s) left by killed runs: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+#: How often a reader looks whether its owner is still alive (seconds).
+_OWNER_POLL_S = 0.25
+
+
+def _die_with_owner(owner: int) -> None:
+    """Make this reader process end as soon as ``owner`` (the feed's process) dies, even by ``kill -9``.
+
+    A reader is a child of the fork server, and every child keeps the fork
+    server alive, so neither notices the owner's death until its pipes time
+    out (tens of seconds).  A reader therefore asks the kernel to kill it with
+    its parent (``PR_SET_PDEATHSIG``, Linux) and watches the owner itself; it
+    also looks once at the start, since the owner may be gone already.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+    def watch() -> None:
+        while _alive(owner) and os.getppid() != 1:
+            time.sleep(_OWNER_POLL_S)
+        os._exit(0)  # nothing of a reader's is worth a clean exit: its owner is gone
+
+    if not _alive(owner):
+        os._exit(0)
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
 # --- in the reader processes -------------------------------------------------
 
 _worker: dict = {}
 
 
-def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cachemax_mb: int) -> None:
+def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cachemax_mb: int,
+                 owner: int) -> None:
+    _die_with_owner(owner)
     shm = SharedMemory(name=shm_name)
     _worker["shm"] = shm  # keep the mapping alive
     _worker["slots"] = np.ndarray(shape, np.uint8, buffer=shm.buf)
@@ -219,7 +286,9 @@ class ProcessFeed:
             log.warning("/dev/shm has %.0f MiB free: %d reader slots instead of %d", room / 2**20, fit, self.n_slots)
             self.n_slots = fit
         self._shape = (self.n_slots, self.per_run, nb, size, size)
-        self._shm = SharedMemory(create=True, size=max(1, int(np.prod(self._shape))))
+        sweep_segments()
+        self._shm = SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}", create=True,
+                                 size=max(1, int(np.prod(self._shape))))
         self._slots = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)
         self._free = list(range(self.n_slots))
         self._lock = threading.Lock()
@@ -227,7 +296,7 @@ class ProcessFeed:
         self._t0 = time.perf_counter()
         self._pool = ProcessPoolExecutor(
             self.workers, mp_context=_context(), initializer=_init_worker,
-            initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb)))
+            initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb), os.getpid()))
         self._closed = False
         self._pending: dict[Future, tuple[list[GridCell], int, int]] = {}
         self._todo = iter_runs(cells, per_run)

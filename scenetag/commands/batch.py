@@ -74,7 +74,8 @@ def _progress(enabled: bool):
 @cluster_options
 @click.option("--force", is_flag=True, help="Redo scenes whose output is up to date.")
 @click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Tries again of a scene that fails (unreadable, corrupt...) before recording it.")
+              help="Tries again of a scene whose failure may go away (transient I/O) before recording it; "
+              "a corrupt scene or a missing geotransform is recorded at once.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON run report here. Default: OUT_DIR/batch-report.json.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
@@ -89,7 +90,8 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
     quoted globs ('drop/**/*.tif') or list files (.txt/.lst: one input per
     line).  A scene whose GeoPackage is already there, made from the same
     scene, model and options, is skipped; --force redoes it.  A scene that
-    fails is tried again (--retries), then recorded, and the others go on.
+    fails is recorded and the others go on (a transient I/O failure is tried
+    again first, --retries); a full disk, a model or cluster error stops the batch.
 
     Prints a summary on stdout and writes a JSON report.  Exit codes: 0 all
     scenes done or skipped, 1 some failed (or another error), 3 another

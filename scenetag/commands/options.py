@@ -7,9 +7,12 @@ commands import this module, never each other.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,19 +30,52 @@ class ScenetagClickError(click.ClickException):
         self.exit_code = error.exit_code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``timeout``, cron, systemd): raised where the program is, to stop it as Ctrl-C does.
+
+    A :class:`KeyboardInterrupt`, so every clean-up that Ctrl-C runs (temporary
+    outputs removed, reader processes and the cluster stopped) runs for it too.
+    """
+
+
+#: Exit codes of a stopped command: 128 + the signal, as a shell reports it.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block (in the main thread), SIGTERM raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`ScenetagError` (and interrupts) into one-line CLI errors."""
+    """Turn :class:`ScenetagError`, Ctrl-C and SIGTERM into one-line CLI errors (exit 1..3, 130, 143)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except ScenetagError as exc:
             logging.getLogger("scenetag").debug("error detail", exc_info=True)
             raise ScenetagClickError(exc) from exc
+        except Terminated:
+            click.echo("terminated (SIGTERM): stopped; the output being written was removed", err=True)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("interrupted: no output was written", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 
