@@ -26,7 +26,7 @@ from distributed import Client, LocalCluster, SchedulerPlugin, WorkerPlugin
 from scenetag.jobs.batch import REPORT_NAME, run_batch, run_scene_on_cluster
 from scenetag.jobs.shipping import model_loads
 from scenetag.jobs.cluster import ClusterError
-from scenetag.jobs.lock import LOCK_NAME
+from scenetag.jobs.lock import LOCK_NAME, OutputLock
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
@@ -588,3 +588,42 @@ def test_unwritable_report_is_refused_before_any_work(scenes_dir, tiny_model, tm
     assert "--report" in _one_error_line(result) and "cannot be written" in result.output
     assert "Dask" not in result.output and time.time() - t0 < 10  # no cluster was started: no work done
     assert not any(p.suffix == ".gpkg" for p in out.iterdir())
+
+
+def test_sigterm_stops_a_batch_cleanly(tiny_model, make_raster, tmp_path):
+    """SIGTERM mid-batch: exit 143, no temporary output, the folder's lock free, no worker left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli_run import alive, descendants
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for i in range(2):
+        make_raster(f"drop/s{i}.tif", width=3000, height=3000, seed=i)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "batch", str(drop), "-d", str(out),
+                             "--model", str(tiny_model), "--no-progress", "--workers", "1",
+                             "--dashboard-address", ":0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    for line in proc.stderr:  # the cluster is up and the scenes are submitted right after
+        if "Dask dashboard" in line or "Dask LocalCluster" in line or time.time() > deadline:
+            break
+    time.sleep(3)
+    assert proc.poll() is None, "the batch finished before the signal: the test proved nothing"
+    kids = descendants(proc.pid)
+    assert kids, "no worker process"
+    os.kill(proc.pid, signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=90) == 143, rest
+    assert "SIGTERM" in rest and "Traceback" not in rest
+    assert not list(out.glob(".*.tmp.*"))
+    with OutputLock(out):  # the lock was released
+        pass
+    deadline = time.time() + 20
+    while alive(kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert alive(kids) == []
