@@ -597,7 +597,7 @@ def test_sigterm_stops_a_batch_cleanly(tiny_model, make_raster, tmp_path):
     import sys
     import time
 
-    from tests.test_cli_run import alive, descendants
+    from tests.cli_helpers import alive, descendants
 
     drop = tmp_path / "drop"
     drop.mkdir()
