@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from scenetag.errors import LockedError, OutputError
+from scenetag.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,6 @@ def _holder(path: Path) -> dict:
         return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         return {}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutputLock:
@@ -99,7 +90,7 @@ class OutputLock:
     def _locked_message(self) -> str:
         h = _holder(self.path)
         who = f"pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started_at', '?')}"
-        if h.get("host") == socket.gethostname() and h.get("pid") and not _pid_alive(int(h["pid"])):
+        if h.get("host") == socket.gethostname() and h.get("pid") and not pid_alive(int(h["pid"])):
             who += " (that process is gone; its lock is held by a child it left running)"
         return (f"output folder {str(self.folder)!r} is in use by another batch run ({who}): "
                 f"wait for it to finish, or use another --out-dir. Lock file: {str(self.path)!r}")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from scenetag.atomic import TMP_GLOB, temporary_owner, this_host
-from scenetag.jobs.lock import _pid_alive
+from scenetag.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def is_stale(tmp: Path, min_age_s: float, now: float | None = None) -> bool:
     """
     owner = temporary_owner(tmp)
     if owner is not None and owner[0] == this_host():
-        return not _pid_alive(owner[1])
+        return not pid_alive(owner[1])
     now = time.time() if now is None else now
     return now - tmp.stat().st_mtime >= min_age_s
 

@@ -13,9 +13,15 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    import shutil
+
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    src = tmp_path_factory.mktemp("src") / "scenetag"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "out", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".hypothesis"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True)
+                           "-w", str(out), str(src)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"could not build a wheel here (pip wheel: {proc.stderr.strip().splitlines()[-1:]})")
     [path] = out.glob("scenetag-*.whl")

@@ -28,10 +28,10 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -39,6 +39,7 @@ import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
+from scenetag.processes import pid_alive
 from scenetag.tiler.grid import GridCell, as_strip
 from scenetag.tiler.reader import ChipReader, RunRead
 
@@ -167,22 +168,12 @@ SHM_PREFIX = "scenetag_"
 _SHM_DIR = Path("/dev/shm")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_segments() -> list[str]:
     """Unlink the feeds' shared-memory blocks whose owner process is dead (a ``kill -9``); their names."""
     removed = []
     for path in _SHM_DIR.glob(f"{SHM_PREFIX}*_*") if _SHM_DIR.is_dir() else ():
         owner = path.name[len(SHM_PREFIX):].split("_", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not pid_alive(int(owner)):
             try:
                 path.unlink()
                 removed.append(path.name)
@@ -214,11 +205,11 @@ def _die_with_owner(owner: int) -> None:
         pass
 
     def watch() -> None:
-        while _alive(owner) and os.getppid() != 1:
+        while pid_alive(owner) and os.getppid() != 1:
             time.sleep(_OWNER_POLL_S)
         os._exit(0)  # nothing of a reader's is worth a clean exit: its owner is gone
 
-    if not _alive(owner):
+    if not pid_alive(owner):
         os._exit(0)
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
