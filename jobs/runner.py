@@ -30,7 +30,15 @@ from scenetag.jobs.failures import JobFailure, SceneFailure, run_task, worker_di
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import SceneRecord, Status
-from scenetag.jobs.scene_job import Prepared, SceneResult, classify_strip, hash_scene, prepare_scene, write_scene
+from scenetag.jobs.scene_job import (
+    Prepared,
+    SceneResult,
+    classify_strip,
+    hash_scene,
+    prepare_scene,
+    write_scene,
+)
+from scenetag.outputs_schema.run_record import read_run_record
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +162,14 @@ def run_scenes(
                 raise value.error  # not about one scene: the job stops (and the others are cancelled)
             if isinstance(value, SceneFailure):
                 fail(state, value)
+            elif stage == "prepare" and value.skipped and state.attempt > 1:
+                # An earlier try in this job wrote the outputs, then a worker died before it was told.
+                written = read_run_record(state.record.output)
+                state.record.chips = written.n_chips_classified
+                state.record.chips_total = written.n_chips_total
+                state.record.chips_skipped_nodata = written.n_chips_skipped_nodata
+                state.record.reason = written.reason
+                finish(state, Status(written.status))
             elif stage == "prepare" and value.skipped:
                 state.record.reason = "output up to date (same signature)"
                 finish(state, Status.SKIPPED)

@@ -125,3 +125,31 @@ def test_options_as_keywords_or_object(predictor, tmp_path):
     assert a.n_chips_total == b.n_chips_total > 0
     with pytest.raises(TypeError, match="not both"):
         run_scene(scene, tmp_path / "c.gpkg", model=predictor, options=RunOptions(), edge="skip")
+
+
+def test_a_retry_after_a_worker_died_past_the_write_reports_what_was_written(predictor, tmp_path, monkeypatch):
+    """The outputs were written, then the worker died before saying so: the retry finds them current, and the
+    scene is reported as classified (with its counts), not as skipped."""
+    from distributed import KilledWorker
+
+    from scenetag.jobs.models import LocalModel
+    from scenetag.jobs.report import SceneRecord, Status
+
+    real = runner.write_scene
+    calls = []
+
+    def write_then_die(*args):
+        result = real(*args)
+        calls.append(result)
+        if len(calls) == 1:
+            raise KilledWorker("scenetag-write-x", "tcp://127.0.0.1:1", 1)
+        return result
+
+    monkeypatch.setattr(runner, "write_scene", write_then_die)
+    scene = real_scene("landsat7_rgb_byte.tif")
+    record = SceneRecord(str(scene), str(tmp_path / "o.gpkg"))
+    with InProcessExecutor() as ex:
+        runner.run_scenes(ex, [record], LocalModel(predictor), RunOptions(), skip_current=True, overwrite=True,
+                          retries=1)
+    assert len(calls) == 1 and record.attempts == 2
+    assert record.status == Status.OK and record.chips == calls[0].n_chips_classified > 0
