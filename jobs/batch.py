@@ -27,7 +27,7 @@ from scenetag.jobs.lock import OutputLock
 from scenetag.jobs.models import ShippedModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import BatchReport, SceneRecord
-from scenetag.jobs.runner import run_scenes
+from scenetag.jobs.runner import run_one, run_scenes
 from scenetag.jobs.scene_job import SceneResult, _now
 from scenetag.jobs.shipping import shipped
 from scenetag.jobs.sweep import sweep_leftovers
@@ -119,8 +119,6 @@ def run_batch(
     except OSError as exc:
         raise OutputError(f"--out-dir {str(out_dir)!r} cannot be created ({exc.strerror}): "
                           "choose a writable place") from exc
-    if not out_dir.is_dir():
-        raise OutputError(f"--out-dir {str(out_dir)!r} is not a folder")
     report = BatchReport(started_at=_now(), out_dir=str(out_dir.resolve()),
                          model={"name": predictor.spec.name, "path": str(predictor.path),
                                 "sha256": predictor.sha256, "device": device},
@@ -181,10 +179,7 @@ def run_scene_on_cluster(
     The same steps as :func:`~jobs.runner.run_scene`, so the same refusals:
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
-    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
                            announce=announce) as session:
-        record = SceneRecord(str(Path(scene).resolve()), str(out))
-        [result] = run_scenes(session.executor, [record], session.model, options, overwrite=overwrite,
-                              resources=session.resources, raise_scene_errors=True)
-    return result
+        return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
+                       resources=session.resources)

@@ -21,7 +21,7 @@ import rasterio
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
-from scenetag.model.backends import Predictor, checked_probabilities
+from scenetag.model.backends import Predictor
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipReader, RunRead
@@ -112,7 +112,7 @@ def classify_cells(
         if not batch:
             return
         t0 = time.perf_counter()
-        p = checked_probabilities(predictor.predict(np.stack(batch)), plan.spec, predictor.path)
+        p = predictor.predict(np.stack(batch))
         infer_seconds += time.perf_counter() - t0
         tables.append(ChipTable.from_rows(batch_meta, p))
         if progress:

@@ -76,10 +76,10 @@ class InProcessExecutor:
             if any(isinstance(a, Future) for a in args):
                 raise ValueError(f"a side task ({stage}) takes no futures")
             fut = self._side.submit(fn, *args)
+            fut.add_done_callback(self._finished.put)  # wakes completed() when only side tasks run
         else:
             fut = Future()
             self._tasks.append((fut, fn, args))
-        fut.add_done_callback(self._finished.put)
         return fut
 
     def watch(self, future: Future) -> None:

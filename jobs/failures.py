@@ -22,17 +22,16 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from scenetag.errors import (BandError, DiskFullError, GeoreferenceError, OutputError, SceneError,
-                             SceneReadError, ScenetagError)
+from scenetag.errors import DiskFullError, OutputError, SceneError, ScenetagError, chain
 
 
 class WorkerDiedError(SceneError):
     """The process running a scene's task died (out of memory, a crash in a driver), as often as Dask allows."""
 
 
-#: The errors that are about one scene: the scene cannot be read or used, or its output cannot be written.
-PER_SCENE: tuple[type[ScenetagError], ...] = (SceneReadError, GeoreferenceError, BandError, SceneError,
-                                              OutputError, WorkerDiedError)
+#: The errors that are about one scene: the scene cannot be read or used (SceneError: unreadable, corrupt, no
+#: georeference, bands that don't fit, over the chip limit, its worker died), or its output cannot be written.
+PER_SCENE: tuple[type[ScenetagError], ...] = (SceneError, OutputError)
 #: Per-scene by class, but about every scene: they stop the job.
 NOT_PER_SCENE: tuple[type[ScenetagError], ...] = (DiskFullError,)
 #: OS error numbers of I/O that may succeed when tried again (a network file system's hiccup, a busy file).
@@ -82,14 +81,7 @@ def is_retryable(exc: BaseException) -> bool:
     the same way every time.  (A scene whose worker died is tried again by the
     runner: it may have died beside the scene that killed the worker.)
     """
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in TRANSIENT_ERRNOS:
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any(isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS for e in chain(exc))
 
 
 def worker_died(exc: BaseException) -> WorkerDiedError | None:

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter, checked_probabilities
+from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.feed import ProcessFeed, Run
 from scenetag.tiler.grid import GridCell, cell_array
@@ -78,7 +78,7 @@ def classify_with_feed(
     def collect_one() -> None:
         index, pending = in_flight.popleft()
         t0 = time.perf_counter()
-        p = checked_probabilities(pending.result(), predictor.spec, predictor.path)
+        p = pending.result()
         t["wait_infer"] += time.perf_counter() - t0
         batches.append(ChipTable(*grid[index].T, valid[index], p.astype(np.float32, copy=False)))
         if progress:
@@ -89,7 +89,7 @@ def classify_with_feed(
         while len(uploading) > keep:
             runs, pending = uploading.popleft()
             t0 = time.perf_counter()
-            submitter.wait_uploaded(pending)
+            pending.uploaded()
             t["wait_upload"] += time.perf_counter() - t0
             for r in runs:
                 r.release()

@@ -20,8 +20,10 @@ job and is raised.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from scenetag.jobs.classify import Progress
@@ -165,10 +167,7 @@ def run_scenes(
             elif stage == "prepare" and value.skipped and state.attempt > 1:
                 # An earlier try in this job wrote the outputs, then a worker died before it was told.
                 written = read_run_record(state.record.output)
-                state.record.chips = written.n_chips_classified
-                state.record.chips_total = written.n_chips_total
-                state.record.chips_skipped_nodata = written.n_chips_skipped_nodata
-                state.record.reason = written.reason
+                state.record.update_from(written)
                 finish(state, Status(written.status))
             elif stage == "prepare" and value.skipped:
                 state.record.reason = "output up to date (same signature)"
@@ -185,6 +184,25 @@ def run_scenes(
     return [s.result for s in states]
 
 
+def run_one(executor: Executor, scene: str | os.PathLike, out: str | os.PathLike, model: SceneModel,
+            options: RunOptions, *, overwrite: bool = False, resources: dict | None = None,
+            progress: ProgressFactory | None = None) -> SceneResult:
+    """One scene, as ``run`` classifies it, on ``executor``: its failure is raised.
+
+    Temporaries that killed writers left in the output's folder are removed
+    first (:func:`~jobs.sweep.sweep_leftovers`).  Existing outputs are refused
+    before any work unless ``overwrite``, and an output that appears meanwhile
+    is not replaced.
+    """
+    from scenetag.jobs.sweep import sweep_leftovers
+
+    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
+    record = SceneRecord(str(Path(scene).resolve()), str(out))
+    [result] = run_scenes(executor, [record], model, options, overwrite=overwrite, resources=resources,
+                          progress=progress, raise_scene_errors=True)
+    return result
+
+
 def run_scene(
     scene: str,
     out: str,
@@ -196,20 +214,11 @@ def run_scene(
 ) -> SceneResult:
     """Classify one scene in this process and write its outputs (the path of ``scenetag run``).
 
-    The scene job with one scene on an :class:`~jobs.executors.InProcessExecutor`;
-    a per-scene failure is raised.  Temporaries that killed writers left in
-    the output's folder are removed first (:func:`~jobs.sweep.sweep_leftovers`).  Existing outputs are refused before any
-    work unless ``overwrite``, and an output that appears meanwhile is not replaced.
+    :func:`run_one` on an :class:`~jobs.executors.InProcessExecutor`, with the predictor loaded here.
     """
-    from pathlib import Path
-
     from scenetag.jobs.executors import InProcessExecutor
     from scenetag.jobs.models import LocalModel
-    from scenetag.jobs.sweep import sweep_leftovers
 
-    sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
-    record = SceneRecord(str(scene), str(out))
     with InProcessExecutor() as executor:
-        [result] = run_scenes(executor, [record], LocalModel(predictor), options, overwrite=overwrite,
-                              progress=progress, raise_scene_errors=True)
-    return result
+        return run_one(executor, scene, out, LocalModel(predictor), options, overwrite=overwrite,
+                       progress=progress)

@@ -40,7 +40,7 @@ from scenetag.jobs.report import Status
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
-from scenetag.outputs_schema.run_record import RunRecord
+from scenetag.outputs_schema.run_record import RunRecord, read_run_record
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
 from scenetag.tiler.reader import ChipReader
@@ -233,11 +233,15 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
         if not Path(scene).is_file():
             raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
                                  else f"scene {scene!r} is not a file")
-        scene_sha = hash_scene(scene)
-        if outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options)):
-            return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
-        # The batch replaces its own out-of-date outputs, never another scene's (--force skips this check).
-        outputs.check_source(scene, scene_sha)
+        # Without an output there is nothing to compare: the checksum is then computed beside the
+        # classification (the runner's hash task), not before it.
+        record = read_run_record(outputs.gpkg)
+        if record is not None:
+            scene_sha = hash_scene(scene)
+            if outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options), record=record):
+                return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+            # The batch replaces its own out-of-date outputs, never another scene's (--force skips this).
+            outputs.check_source(scene, scene_sha, record=record)
     outputs.check(overwrite)
     plan = plan_scene(scene, model.spec, options)
     return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)

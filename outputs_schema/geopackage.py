@@ -33,7 +33,7 @@ from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
-from scenetag.atomic import atomic_path
+from scenetag.atomic import SIDECARS, atomic_path
 from scenetag.errors import OutputError
 from scenetag.outputs_schema.write_errors import write_error
 
@@ -204,7 +204,7 @@ def _write_label_layers(con: sqlite3.Connection, path: Path, frames: Sequence[gp
     finally:
         if con.in_transaction:
             con.execute("ROLLBACK")
-        for leftover in (one, Path(str(one) + "-journal"), Path(str(one) + "-wal"), Path(str(one) + "-shm")):
+        for leftover in (one, *(Path(str(one) + s) for s in SIDECARS)):
             leftover.unlink(missing_ok=True)
 
 

@@ -59,6 +59,9 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+#: Default of the ``record`` arguments: read the GeoPackage's record here.
+_UNREAD = object()
+
 @dataclass(frozen=True)
 class SceneFrame:
     """Where a scene's chips lie: the scene's georeference and its chip grid.
@@ -131,27 +134,30 @@ class SceneOutputs:
                 raise OutputError(f"output {str(path)!r} is the scene {str(scene)!r} itself, and writing it would "
                                   "destroy the input: choose another output (-o, or --out-dir in batch)")
 
-    def check_source(self, scene: str | os.PathLike, scene_sha256: str) -> None:
+    def check_source(self, scene: str | os.PathLike, scene_sha256: str, *,
+                     record: RunRecord | None | object = _UNREAD) -> None:
         """Refuse an existing GeoPackage that was made from another scene (``batch`` without ``--force``).
 
         A scene is the one recorded when it is the same file (its path, or a
         link to it) or has the same checksum (a moved copy).  A scene of the
         same name from another folder or a later night is not: its output
         would silently replace that one.  Raises :class:`OutputExistsError`.
+        ``record`` is the GeoPackage's, where the caller has read it already.
         """
-        record = read_run_record(self.gpkg)
+        record = read_run_record(self.gpkg) if record is _UNREAD else record
         if record is None or record.scene_sha256 == scene_sha256 or _same_file(record.scene_path, scene):
             return
         raise OutputExistsError(f"output {str(self.gpkg)!r} was made from scene {record.scene_path!r}, not "
                                 f"{str(Path(scene).resolve())!r}: use another --out-dir, or --force to replace it")
 
-    def up_to_date(self, signature: str) -> bool:
+    def up_to_date(self, signature: str, *, record: RunRecord | None | object = _UNREAD) -> bool:
         """Whether the GeoPackage records ``signature`` and every other output exists.
 
         Raises :class:`OutputExistsError` when the GeoPackage exists but is no
-        scenetag GeoPackage.
+        scenetag GeoPackage.  ``record`` is the GeoPackage's, where the caller
+        has read it already.
         """
-        record = read_run_record(self.gpkg)
+        record = read_run_record(self.gpkg) if record is _UNREAD else record
         if record is None or record.signature != signature:
             return False
         missing = [p for p in self.paths[1:] if not p.is_file()]
@@ -183,12 +189,12 @@ class SceneOutputs:
                                transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs,
                                replace=overwrite)
         if self.raster:
-            from scenetag.outputs_schema.raster import grid_transform, style_path, write_probability_raster
+            from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
 
             write_probability_raster(
                 self.raster_path, table, spec.labels, *frame.grid_shape,
                 grid_transform(frame.transform, frame.stride, frame.chip), frame.crs,
                 tags={"scenetag_run_id": run.run_id, "scenetag_signature": run.signature},
-                style=overwrite or not style_path(self.raster_path).exists(), replace=overwrite,
+                replace=overwrite,
             )
         return run

@@ -147,7 +147,7 @@ def write_probability_raster(
                 with atomic_path(qml, replace=replace) as tmp_qml:
                     tmp_qml.write_text(probability_raster_qml(labels[0], band=1), encoding="utf-8")
             except OutputExistsError:  # a style is a sidecar, perhaps the user's: keep it, the raster is written
-                log.info("kept the QGIS style %s that appeared while this run worked", qml)
+                log.info("kept the QGIS style %s that is there (--overwrite replaces it)", qml)
     except OutputError:
         raise  # already says what happened (an OSError too, so it must not be wrapped below)
     except (OSError, rasterio.errors.RasterioError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from scenetag.errors import DiskFullError, OutputError
+from scenetag.errors import DiskFullError, OutputError, chain
 
 #: OS error numbers of a full disk or an exhausted quota.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -23,16 +23,8 @@ _FULL_TEXTS = ("disk is full", "no space left", "disk quota exceeded")
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or one of its causes) says that the disk or the quota is full."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in _FULL_ERRNOS:
-            return True
-        if any(text in str(cur).lower() for text in _FULL_TEXTS):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any((isinstance(e, OSError) and e.errno in _FULL_ERRNOS)
+               or any(text in str(e).lower() for text in _FULL_TEXTS) for e in chain(exc))
 
 
 def _nearly_full(path: str | os.PathLike) -> bool:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from scenetag.jobs.scene_job import SceneResult
 
 PathLike = str | os.PathLike
+#: "Not given": the dashboard address may be None (no dashboard), so None can't mean the default.
+_DEFAULT = object()
 
 
 def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, backend: str = "auto",
@@ -115,29 +117,39 @@ def run_batch(
     scheduler: str | None = None,
     force: bool = False,
     retries: int = 1,
-    **kwargs: Any,
+    workers: int | None = None,
+    threads: int | None = None,
+    gpu: bool | None = None,
+    chips_per_task: int | None = None,
+    report_path: PathLike | None = None,
+    dashboard_address: str | None | object = _DEFAULT,
+    forward_logs: bool = False,
+    announce: Callable[[Any], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    **option_values: Any,
 ) -> "BatchReport":
     """Classify every scene of ``inputs`` (files, folders, globs, list files) into ``out_dir`` on Dask.
 
     Scenes whose outputs are up to date are skipped unless ``force``; a scene
     that fails is tried ``retries`` more times, then recorded in the report.
-    Keywords of :func:`scenetag.jobs.batch.run_batch` (``workers``, ``threads``,
-    ``gpu``, ``chips_per_task``, ``report_path``, ``dashboard_address``,
-    ``on_done``...) pass through; the rest are job options as in :func:`run_scene`.
+    ``workers`` ... ``on_done`` are those of :func:`scenetag.jobs.batch.run_batch`
+    (the cluster, the task size, the report, callbacks); the other keywords
+    are job options as in :func:`run_scene`.
     Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
     """
-    import inspect
-
     from scenetag.jobs.batch import run_batch as batch
+    from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
 
-    batch_keys = set(inspect.signature(batch).parameters)
-    passed = {k: kwargs.pop(k) for k in list(kwargs) if k in batch_keys}
     # The workers load the model on ``device``; here it is only read.
     predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
                                                               precision=precision)
-    opts = _options(predictor, options, kwargs)
+    opts = _options(predictor, options, option_values)
     return batch(inputs, Path(out_dir), predictor, opts, device=device, scheduler=scheduler, force=force,
-                 retries=retries, **passed)
+                 retries=retries, workers=workers, threads=threads, gpu=gpu,
+                 chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
+                 dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
+                 forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done)
 
 
 def read_chips(gpkg: PathLike) -> "geopandas.GeoDataFrame":

@@ -30,11 +30,6 @@ TMP_GLOB = ".*.tmp.*"
 _OWNER = re.compile(r"\.(?P<pid>\d+)@(?P<host>[^/@]+)\.[0-9a-f]{8}\.tmp")
 
 
-def _host() -> str:
-    # Dots would blur the name's fields; the host is only compared, never resolved.
-    return socket.gethostname().replace(".", "_").replace("/", "_") or "unknown"
-
-
 def temporary_owner(tmp: str | os.PathLike) -> tuple[str, int] | None:
     """``(host, pid)`` of the process that made the temporary ``tmp`` (or its sidecar); None for other names."""
     m = _OWNER.search(Path(tmp).name)
@@ -43,9 +38,10 @@ def temporary_owner(tmp: str | os.PathLike) -> tuple[str, int] | None:
 
 def this_host() -> str:
     """This machine as :func:`temporary_owner` names it."""
-    return _host()
+    # Dots would blur the name's fields; the host is only compared, never resolved.
+    return socket.gethostname().replace(".", "_").replace("/", "_") or "unknown"
 #: Sidecars GDAL and SQLite may leave beside a file.
-_SIDECARS = ("-journal", "-wal", "-shm", ".aux.xml")
+SIDECARS = ("-journal", "-wal", "-shm", ".aux.xml")
 
 
 def temporary_name(out: Path) -> Path:
@@ -54,7 +50,7 @@ def temporary_name(out: Path) -> Path:
     It names the writer (pid and host), so that the next run can tell a dead
     writer's leftover from a live writer's file (:func:`temporary_owner`).
     """
-    return out.with_name(f".{out.name}.{os.getpid()}@{_host()}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
+    return out.with_name(f".{out.name}.{os.getpid()}@{this_host()}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
 
 
 #: ``renameat2`` flag: fail with EEXIST rather than replace the target (Linux 3.15+, glibc 2.28+).
@@ -132,6 +128,6 @@ def atomic_path(out: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         yield tmp
         publish(tmp, out, replace)
     finally:
-        for leftover in (tmp, *(Path(str(tmp) + s) for s in _SIDECARS)):
+        for leftover in (tmp, *(Path(str(tmp) + s) for s in SIDECARS)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()

@@ -78,6 +78,16 @@ class MissingDependencyError(ScenetagError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+def chain(exc: BaseException):
+    """``exc`` and the errors that caused it (``__cause__``, else ``__context__``), each once, nearest first."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
 def require(module: str, *extras: str):
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extras that bring it."""
     import importlib

@@ -56,3 +56,18 @@ def corrupt_copy(src, dst, keep):
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * keep)])
     return dst
+
+
+def wait_for_readers(proc, timeout: float = 30.0) -> list[int]:
+    """Wait until ``proc`` runs reader processes (children of its fork server); returns its process tree.
+
+    A signal sent while the readers start makes a starting child print multiprocessing's own traceback.
+    """
+    import time
+
+    deadline = time.time() + timeout
+    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    tree = descendants(proc.pid)
+    assert len(tree) > len(children_of(proc.pid)), "no reader process started"
+    return tree

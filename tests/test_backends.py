@@ -143,7 +143,7 @@ def test_the_submitter_runs_a_sync_predictor_on_a_thread(tmp_path):
     x = np.zeros((3, 3, 64, 64), np.uint8)
     with Submitter(pred) as sub, sub.uploading_from(x) as direct:
         pending = sub.submit([x[:1], x[1:]])
-        Submitter.wait_uploaded(pending)
+        pending.uploaded()
         assert direct is False and pending.result().shape == (3, 5)
 
 
@@ -157,13 +157,10 @@ def test_the_submitter_uses_an_async_predictor_s_own_submit_on_a_gpu(tmp_path):
     assert direct is True and pred.submitted == [False, True]
 
 
-def test_the_submitter_runs_an_async_predictor_off_the_gpu_on_a_thread(tmp_path):
+def test_the_submitter_runs_an_async_predictor_off_the_gpu_on_a_thread(tmp_path, monkeypatch):
     pred = FakeGpu(tmp_path / "m")
-    FakeGpu.on_gpu = property(lambda self: False)  # the same class, now off the GPU
-    try:
-        x = np.zeros((2, 3, 64, 64), np.uint8)
-        with Submitter(pred) as sub, sub.uploading_from(x) as direct:
-            assert sub.submit([x]).result().shape == (2, 5)
-        assert direct is False and pred.submitted == []
-    finally:
-        FakeGpu.on_gpu = property(lambda self: True)
+    monkeypatch.setattr(FakeGpu, "on_gpu", property(lambda self: False))  # the same class, now off the GPU
+    x = np.zeros((2, 3, 64, 64), np.uint8)
+    with Submitter(pred) as sub, sub.uploading_from(x) as direct:
+        assert sub.submit([x]).result().shape == (2, 5)
+    assert direct is False and pred.submitted == []

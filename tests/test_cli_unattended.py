@@ -16,14 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.cli_helpers import (
-    alive,
-    children_of,
-    corrupt_copy,
-    descendants,
-    invoke,
-    only_files,
-)
+from tests.cli_helpers import alive, corrupt_copy, invoke, only_files, wait_for_readers
 from tests.conftest import ROOT, real_scene
 
 
@@ -281,13 +274,8 @@ def test_sigterm_stops_run_cleanly(tiny_model, make_raster, tmp_path):
     out.mkdir()
     proc = start_long_run(scene, out / "big.gpkg", tiny_model, "--reader", "processes")
     import time
-    deadline = time.time() + 30
-    # Signal once a reader runs (a child of the fork server): a signal in the middle of their start-up
-    # makes a starting child print multiprocessing's own traceback.
-    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
-        time.sleep(0.1)
-    kids = descendants(proc.pid)
-    assert len(kids) > len(children_of(proc.pid)), "no reader process started"
+
+    kids = wait_for_readers(proc)  # signal once a reader runs
     assert proc.poll() is None, "the run finished before the signal: the test proved nothing"
     os.kill(proc.pid, signal.SIGTERM)
     rest = proc.stderr.read()
@@ -337,11 +325,7 @@ def test_kill_9_with_reader_processes_leaves_no_reader_and_no_segment(tiny_model
 
     scene = make_raster("big.tif", width=4800, height=4800)  # reading lasts long enough to signal it
     proc = start_long_run(scene, tmp_path / "big.gpkg", tiny_model, "--reader", "processes")
-    deadline = time.time() + 30
-    while len(descendants(proc.pid)) <= len(children_of(proc.pid)) and time.time() < deadline:
-        time.sleep(0.1)
-    tree = descendants(proc.pid)
-    assert len(tree) > len(children_of(proc.pid)), "no reader process started"
+    tree = wait_for_readers(proc)
     assert list(Path("/dev/shm").glob(f"scenetag_{proc.pid}_*"))  # the feed's block, named by its owner
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)

@@ -18,12 +18,12 @@ from scenetag.outputs_schema.run_record import read_run_record
 from tests.qgis_fixtures import fake_run, synthetic_table
 
 SPEC = ModelSpec.create("m", "a", ["water", "road"], 0.5)
+TABLE = synthetic_table(3, 4, SPEC.n_labels)
 FRAME = SceneFrame("s", Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0), CRS.from_epsg(32633), (3, 4), 64, 64)
 
 
 def write(outputs: SceneOutputs, signature: str = "sig", overwrite: bool = False):
-    table = synthetic_table(3, 4, SPEC.n_labels)
-    return outputs.write(table, SPEC, FRAME, fake_run(signature=signature), overwrite=overwrite)
+    return outputs.write(TABLE, SPEC, FRAME, fake_run(signature=signature), overwrite=overwrite)
 
 
 def test_paths_are_every_file_written(tmp_path):
@@ -82,7 +82,8 @@ def test_write_writes_every_output_with_the_same_run(tmp_path):
     with rasterio.open(outputs.raster_path) as src:
         assert src.tags()["scenetag_signature"] == "sig-1" and src.tags()["scenetag_run_id"] == run.run_id
         assert src.crs == FRAME.crs and (src.height, src.width) == FRAME.grid_shape
-        assert np.isfinite(src.read(1)).any()
+        for band, label_probs in enumerate(TABLE.probs.T, start=1):  # each chip's probability at its cell
+            np.testing.assert_allclose(src.read(band)[TABLE.row, TABLE.col], label_probs, rtol=0, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gpkg", "a_prob.qml", "a_prob.tif"]
 
 

@@ -168,6 +168,20 @@ SHM_PREFIX = "scenetag_"
 _SHM_DIR = Path("/dev/shm")
 
 
+_swept = False
+
+
+def _sweep_segments_once() -> None:
+    """:func:`sweep_segments`, the first time a feed starts in this process (not for every scene or strip).
+
+    Not at batch start: each Dask host has its own /dev/shm.
+    """
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_segments()
+
+
 def sweep_segments() -> list[str]:
     """Unlink the feeds' shared-memory blocks whose owner process is dead (a ``kill -9``); their names."""
     removed = []
@@ -277,7 +291,7 @@ class ProcessFeed:
             log.warning("/dev/shm has %.0f MiB free: %d reader slots instead of %d", room / 2**20, fit, self.n_slots)
             self.n_slots = fit
         self._shape = (self.n_slots, self.per_run, nb, size, size)
-        sweep_segments()
+        _sweep_segments_once()
         self._shm = SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}", create=True,
                                  size=max(1, int(np.prod(self._shape))))
         self._slots = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)

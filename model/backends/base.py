@@ -124,7 +124,7 @@ class Submitter:
     Inside :meth:`uploading_from` an asynchronous predictor that can page-lock
     the caller's memory uploads parts straight from it; :attr:`direct` is then
     True and the caller may reuse a part's memory only after
-    :meth:`wait_uploaded` on its batch.
+    :meth:`Pending.uploaded` on its batch.
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -160,11 +160,6 @@ class Submitter:
             return self._own.submit(parts, direct=self.direct)
         return _Threaded(self._pool.submit(self.predictor.predict, np.concatenate(parts)))  # a copy, even of one part
 
-    @staticmethod
-    def wait_uploaded(pending: Pending) -> None:
-        """Wait until the parts of ``pending``'s batch may be reused (at once unless :attr:`direct`)."""
-        pending.uploaded()
-
     def close(self) -> None:
         """Wait for the worker thread, if any."""
         if self._pool is not None:
@@ -180,8 +175,9 @@ class Submitter:
 def checked_probabilities(probs: np.ndarray, spec: ModelSpec, model: str) -> np.ndarray:
     """``probs`` as float32 ``(N, L)`` if every value is a finite probability in [0, 1]; else a :class:`ModelError`.
 
-    The one check every backend's output passes on its way back to the job
-    (:mod:`jobs.classify`, :mod:`jobs.pipeline`): a NaN would be written as
+    Every backend passes its output through it before returning it, so
+    ``run``, ``batch``, ``evaluate`` and ``calibrate`` all see checked
+    probabilities: a NaN would be written as
     NULL and thresholded as "no", logits would be thresholded as if they were
     probabilities, and either would be recorded as a good result.
     ``model`` names the model in the message.

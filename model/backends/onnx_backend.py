@@ -20,7 +20,7 @@ import numpy as np
 
 from scenetag.errors import ModelLoadError, ModelSpecError, OptionError, require
 from scenetag.hashing import file_sha256
-from scenetag.model.backends.base import device_id
+from scenetag.model.backends.base import checked_probabilities, device_id, is_gpu_device
 from scenetag.model.preprocess import normalize
 from scenetag.model.spec import METADATA_KEY, ModelSpec
 
@@ -139,12 +139,13 @@ class OnnxPredictor:
                        else file_sha256(self.path))
         self.providers = self.session.get_providers()
         on_gpu = self.providers[0] in GPU_PROVIDERS
+        gpu = device_id(device)
         #: "cuda:N" where the session runs on a GPU provider, else "cpu".
-        self.device = f"cuda:{device_id(device)}" if on_gpu else "cpu"
+        self.device = f"cuda:{gpu}" if on_gpu else "cpu"
         self.batch_size = BATCH_SIZE["gpu" if on_gpu else "cpu"]
         self.io_binding = on_gpu if io_binding is None else bool(io_binding)
         # Where the bound input and output live: the GPU the session runs on, else host memory.
-        self._bind_device = ("cuda", device_id(device)) if on_gpu else ("cpu", 0)
+        self._bind_device = ("cuda", gpu) if on_gpu else ("cpu", 0)
         self._binding = self.session.io_binding() if self.io_binding else None
         self._bound_input = None  # OrtValue of the last batch shape, re-made when it changes
         # Predictors are shared between a process's threads (jobs.batch); session.run is
@@ -156,7 +157,7 @@ class OnnxPredictor:
     @property
     def on_gpu(self) -> bool:
         """Whether the session runs on a CUDA or TensorRT provider."""
-        return self.device.startswith("cuda")
+        return is_gpu_device(self.device)
 
     def predict(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` → float32 probabilities ``(N, L)``."""
@@ -168,7 +169,7 @@ class OnnxPredictor:
                 probs = self._run_bound(x)
         else:
             (probs,) = self.session.run([self._output], {self._input: x})
-        return np.asarray(probs, dtype=np.float32)
+        return checked_probabilities(probs, self.spec, self.path)
 
     def _run_bound(self, x: np.ndarray) -> np.ndarray:
         """Run ``x`` through the IO binding: copy it into the bound input, run, copy the output back."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from scenetag.errors import ModelError, ModelLoadError, OptionError, require
 from scenetag.hashing import file_sha256
-from scenetag.model.backends.base import Done, check_device, is_gpu_device
+from scenetag.model.backends.base import Done, check_device, checked_probabilities, is_gpu_device
 from scenetag.model.preprocess import scale_offset
 from scenetag.model.spec import ModelSpec
 
@@ -244,7 +244,7 @@ class TorchPredictor:
         with torch.inference_mode():
             for start in range(0, len(host), self.batch_size):
                 out.append(self._run(host[start:start + self.batch_size]))
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
+        return checked_probabilities(torch.cat(out).numpy(), self.spec, self.path)
 
     def register_host(self, array: np.ndarray) -> bool:
         """Page-lock ``array``'s memory so that chips in it upload without a host copy.
@@ -379,5 +379,5 @@ class _CudaPending:
         if self._probs is None:
             self._done.synchronize()
             self._owner.gpu_seconds += self._start.elapsed_time(self._end) / 1000.0
-            self._probs = self._out.numpy().copy()
+            self._probs = checked_probabilities(self._out.numpy().copy(), self._owner.spec, self._owner.path)
         return self._probs

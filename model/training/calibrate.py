@@ -202,14 +202,14 @@ class CalibratedModel:
     spec: ModelSpec
     #: The report (thresholds, reasons, before/after, cross-fitted estimate, split...), JSON-ready.
     record: dict
-    #: The torch network, where the source is a checkpoint (it is saved with the new spec).
+    #: The torch network, where the model ran on the torch backend (it is saved with the new spec).
     network: Any = None
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the model with the calibrated spec to ``path``, in the source's format, atomically."""
         path = Path(path)
         check_output(self.source, path, overwrite)
-        if backend_for(self.source) == "torch":
+        if self.network is not None:
             from scenetag.model.training.checkpoint import save_checkpoint
 
             save_checkpoint(path, self.network, self.spec, replace=overwrite)
@@ -252,5 +252,6 @@ def calibrate_model(
     spec = predictor.spec.with_thresholds(list(cal.thresholds))
     spec = replace(spec, extra={**spec.extra, "calibration": {k: record[k] for k in SPEC_RECORD_KEYS}})
     source = Path(predictor.path)
-    network = predictor.model if backend_for(source) == "torch" else None  # a TorchPredictor's network
+    # The torch backend's network, whatever the checkpoint's suffix (an ONNX predictor has none).
+    network = getattr(predictor, "model", None)
     return CalibratedModel(source, cal, spec, record, network)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, out_dir_option, progress_option,
+from scenetag.commands.options import (announce_cluster, handle_errors, job_options, out_dir_option, progress_option,
                                        quiet_third_party, scheduler_option, show_progress, tqdm_progress)
 from scenetag.errors import ScenetagError
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
@@ -109,7 +109,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
                            workers=workers, threads=threads, gpu=gpu, chips_per_task=chips_per_task,
                            report_path=report_path, dashboard_address=dashboard_address,
                            forward_logs=bool(log_file), announce=announce_cluster, on_start=on_start,
-                           on_done=on_done, **job_values(job))
+                           on_done=on_done, **job)
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)

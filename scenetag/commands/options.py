@@ -306,13 +306,6 @@ def labelled_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def job_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`~scenetag.jobs.options.RunOptions` keywords among a command's parameters."""
-    keys = ("bands", "stride", "overlap", "edge", "min_valid", "resample", "batch_size", "reader", "readers",
-            "to_crs", "raster", "max_chips")
-    return {k: values[k] for k in keys}
-
-
 def tqdm_progress(desc: str, enabled: bool, unit: str = "chip"):
     """A factory of progress callbacks drawing a tqdm bar on stderr: ``factory(total)`` → ``update(n)``."""
     def factory(total: int):
@@ -331,6 +324,7 @@ def tqdm_progress(desc: str, enabled: bool, unit: str = "chip"):
 
 def announce_cluster(info: Any) -> None:
     """Print the Dask cluster and its dashboard link on stderr (``announce`` of :func:`jobs.cluster.connect`)."""
+    quiet_third_party()  # again: importing distributed set its own levels
     where = "LocalCluster" if info.local else f"cluster at {info.scheduler}"
     click.echo(f"Dask {where}: {info.n_workers} workers, {info.n_threads} threads", err=True)
     if info.dashboard:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, job_values, output_file_option, overwrite_option,
-                                       progress_option, quiet_third_party, scheduler_option, show_progress,
+from scenetag.commands.options import (announce_cluster, handle_errors, job_options, output_file_option, overwrite_option,
+                                       progress_option, scheduler_option, show_progress,
                                        tqdm_progress)
 
 
@@ -36,7 +36,7 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
     result = run_scene(scene, output, model=model_path, spec=spec_path, backend=backend, device=device,
                        precision=precision, overwrite=overwrite, scheduler=scheduler,
                        progress=tqdm_progress(Path(scene).name, show_progress(progress)),
-                       announce=_announce, **job_values(job))
+                       announce=announce_cluster, **job)
     click.echo(
         f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
@@ -44,11 +44,6 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
         + (f"; {result.reason}" if result.reason else "")
         + "".join(f"; warning: {w}" for w in result.warnings)
     )
-
-
-def _announce(info: object) -> None:
-    quiet_third_party()  # again: importing distributed set its own levels
-    announce_cluster(info)
 
 
 def _n(count: int, noun: str) -> str:
