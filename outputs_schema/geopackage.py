@@ -27,6 +27,7 @@ from rasterio.crs import CRS
 
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema import metadata, styles
+from scenetag.outputs_schema.area import area_m2
 from scenetag.outputs_schema.dissolve import dissolve_windows
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.run_record import RunRecord
@@ -95,17 +96,17 @@ def label_frame(label: str, mask: np.ndarray, probs: np.ndarray, table: ChipTabl
     ``mask`` selects the label's chips of ``table`` and ``probs`` is the
     label's probability per chip; the windows are dissolved exactly (see
     :func:`outputs_schema.dissolve.dissolve_windows`) in the scene's CRS,
-    where ``area`` is measured.
+    where ``area_m2`` is measured (:func:`~scenetag.outputs_schema.area.area_m2`).
     """
+    wkt = crs.to_wkt()
     if not mask.any():
         data, geoms = {}, []
     else:
         union = dissolve_windows(table.x_off[mask], table.y_off[mask], table.width[mask],
                                  table.height[mask], transform)
-        data = {"label": [label], "n_chips": [mask.sum()], "area": [union.area],
+        data = {"label": [label], "n_chips": [mask.sum()], "area_m2": [area_m2(union, wkt)],
                 "mean_prob": [probs[mask].mean()]}
         geoms = [union]
-    wkt = crs.to_wkt()
     return gpd.GeoDataFrame(_typed(data, LABEL_FIELDS), geometry=gpd.GeoSeries(geoms, crs=wkt), crs=wkt)
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
-SCHEMA_VERSION = 2  # 2: runs.warnings
+SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, the stored QGIS project
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -74,7 +74,8 @@ CHIP_FIELDS: tuple[Field, ...] = (
 LABEL_FIELDS: tuple[Field, ...] = (
     Field("label", "str", "label name as the model gives it"),
     Field("n_chips", "int32", "chips tagged with the label"),
-    Field("area", "float64", "area of the dissolved footprint in the scene CRS's units squared (also with --to-crs)"),
+    Field("area_m2", "float64", "area of the dissolved footprint in m², measured in the scene's CRS (planar in "
+          "a projected CRS, geodesic on the ellipsoid in a geographic one), whatever --to-crs says", since=3),
     Field("mean_prob", "float32", "mean probability of the label over those chips"),
 )
 

@@ -209,7 +209,7 @@ def label_layer_qml(label: str) -> str:
     tip = ('<b>[% "label" %]</b><br/>\n'
            'chips: [% "n_chips" %]<br/>\n'
            'mean probability: [% format_number("mean_prob", 3) %]<br/>\n'
-           'area: [% "area" %] (layer CRS units squared)')
+           'area: [% format_number("area_m2" / 10000, 2) %] ha')
     return _finish(root, map_tip=tip, preview='"label"')
 
 

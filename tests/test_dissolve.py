@@ -206,7 +206,7 @@ def test_label_frame_dissolves_20k_chips_through_the_lattice(monkeypatch):
     union = frame.geometry.iloc[0]
     # A checkerboard: every chip its own part, touching its neighbours at corners only.
     assert union.geom_type == "MultiPolygon" and len(union.geoms) == mask.sum()
-    assert frame["area"].iloc[0] == pytest.approx(mask.sum() * (256 * 3.0) ** 2, rel=1e-12)
+    assert frame["area_m2"].iloc[0] == pytest.approx(mask.sum() * (256 * 3.0) ** 2, rel=1e-12)
 
 
 def test_label_frame_keeps_its_schema():
@@ -222,7 +222,7 @@ def test_label_frame_keeps_its_schema():
     assert frame.geometry.iloc[0].geom_type == "MultiPolygon"
     want = shapely.union_all(footprints(table, NORTH_UP)[mask])
     assert shapely.equals(frame.geometry.iloc[0], want)
-    assert frame["area"].iloc[0] == pytest.approx(want.area, rel=1e-12)
+    assert frame["area_m2"].iloc[0] == pytest.approx(want.area, rel=1e-12)
     assert frame["mean_prob"].iloc[0] == pytest.approx(float(probs[mask].mean()))
     empty = label_frame("cloudy", np.zeros(len(table), bool), probs, table, NORTH_UP, crs)
     assert len(empty) == 0 and list(empty.columns) == list(frame.columns)
