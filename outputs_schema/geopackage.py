@@ -66,10 +66,33 @@ def _typed(data: Mapping[str, Any], fields: tuple[Field, ...],
     return frame.astype({f.name: f.storage_dtype for f in fields if f.storage_dtype != "str"})
 
 
+def grid_stride(table: ChipTable) -> int | None:
+    """The stride of the grid ``table``'s chips lie on, from the chips themselves (None for one chip).
+
+    A chip on the grid starts at ``index * stride``; a chip shifted back onto
+    the scene's edge starts before that, and a padded one exactly there, so the
+    largest ``offset / index`` is the stride wherever one chip beyond the first
+    row or column is on the grid.
+    """
+    ratios = [table.x_off[table.col > 0] / table.col[table.col > 0],
+              table.y_off[table.row > 0] / table.row[table.row > 0]]
+    ratios = np.concatenate(ratios)
+    return int(round(float(ratios.max()))) if len(ratios) else None
+
+
+def shifted_chips(table: ChipTable, stride: int | None = None) -> np.ndarray:
+    """Which chips were moved back from their grid position (``--edge shift``); ``stride`` in scene
+    pixels, by default :func:`grid_stride` of the table."""
+    stride = grid_stride(table) if stride is None else stride
+    if stride is None:
+        return np.zeros(len(table), bool)
+    return (table.x_off != table.col * stride) | (table.y_off != table.row * stride)
+
+
 def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scene_id: str,
-                transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
+                transform: Affine, crs: CRS, stride: int | None = None) -> gpd.GeoDataFrame:
     """The ``chips`` layer as a GeoDataFrame with the declared columns; ``tagged`` is
-    :meth:`ModelSpec.tags` of the table."""
+    :meth:`ModelSpec.tags` of the table, ``stride`` the grid's (see :func:`shifted_chips`)."""
     probs = table.probs
     # " w1 w2" per chip (a space before each tag word), so the row sums join the words.
     spaced = np.where(tagged, " " + np.asarray(tag_names(schema.labels), dtype=object), "")
@@ -77,7 +100,7 @@ def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scen
     data: dict[str, Any] = {
         "scene_id": np.full(len(table), scene_id, dtype=object),
         "row": table.row, "col": table.col, "x_off": table.x_off, "y_off": table.y_off,
-        "width": table.width, "height": table.height,
+        "width": table.width, "height": table.height, "shifted": shifted_chips(table, stride),
         "valid_fraction": table.valid_fraction,
         "tags": np.asarray([t[1:] for t in spaced.sum(axis=1)], dtype=object),
         "n_tags": tagged.sum(axis=1),
@@ -126,6 +149,7 @@ def write_geopackage(
     run: RunRecord,
     to_crs: CRS | None = None,
     replace: bool = False,
+    stride: int | None = None,
 ) -> RunRecord:
     """Write ``chips``, one ``label_<name>`` layer per label and ``runs`` to ``out``, atomically.
 
@@ -133,12 +157,13 @@ def write_geopackage(
     exists when the write ends is kept and :class:`OutputExistsError` raised
     (:func:`~scenetag.atomic.atomic_path`).  Returns the record written: ``run`` with
     ``seconds_write`` set to the time of this write, which is also added to
-    ``seconds_total``.  Tags are ``spec``'s (:meth:`ModelSpec.tags`).
+    ``seconds_total``.  Tags are ``spec``'s (:meth:`ModelSpec.tags`).  ``stride`` is the
+    grid's, in scene pixels, which marks the shifted chips (default: found from the chips).
     """
     out = Path(out)
     schema = OutputSchema(spec.labels)
     tagged = spec.tags(table.probs)
-    chips = chips_frame(table, schema, tagged, scene_id, transform, crs)
+    chips = chips_frame(table, schema, tagged, scene_id, transform, crs, stride)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
     label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)
                     for i, label in enumerate(spec.labels)]

@@ -187,7 +187,7 @@ class SceneOutputs:
         to_crs = CRS.from_user_input(self.to_crs) if self.to_crs else None
         run = write_geopackage(self.gpkg, table=table, spec=spec, scene_id=frame.scene_id,
                                transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs,
-                               replace=overwrite)
+                               replace=overwrite, stride=frame.stride)
         if self.raster:
             from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
 

@@ -63,6 +63,8 @@ CHIP_FIELDS: tuple[Field, ...] = (
     Field("y_off", "int32", "pixel row of the window read"),
     Field("width", "int32", "window width in scene pixels"),
     Field("height", "int32", "window height in scene pixels"),
+    Field("shifted", "bool", "the window was moved back to end on the scene's edge (--edge shift), so it "
+          "overlaps its neighbours; the styles draw it beneath them", since=3),
     Field("valid_fraction", "float32", "share of the chip's pixels inside the scene that are valid per GDAL's mask"),
     Field("tags", "str", "space-separated tags, as in Kaggle (see tag_names)"),
     Field("n_tags", "int32", "number of tags"),

@@ -13,7 +13,8 @@ Styles written (QML, QGIS 3.22 syntax, which later releases read too):
 
 ``chips``
     Default: categorised by ``top_label``, one category per label in the label's
-    colour (:mod:`outputs_schema.colors`), semi-transparent.  Besides, one
+    colour (:mod:`outputs_schema.colors`), the layer semi-transparent and
+    each place drawn once (shifted edge chips beneath, :func:`_chips_drawn_once`).  Besides, one
     non-default style per label, ``prob_<label>``, graduated by that label's
     probability column with a class break at the label's threshold.  Map tips
     show the tags and every label's probability; the probability columns get
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from scenetag.model.spec import ModelSpec
-from scenetag.outputs_schema.colors import Color, label_color
+from scenetag.outputs_schema.colors import Color, label_color, label_colors
 from scenetag.outputs_schema.db import connect_read_only
 from scenetag.outputs_schema.qml import QML_VERSION, add_props, fill_symbol, qml_text, xml_safe
 from scenetag.outputs_schema.schema import CHIPS_LAYER, OutputSchema, sanitize_names
@@ -71,9 +72,12 @@ LAYER_STYLES_DDL = f"""CREATE TABLE "{STYLE_TABLE}" (
 #: Widest style name the table declares (GDAL warns when reading longer ones).
 MAX_STYLE_NAME = 30
 
-#: Fill opacity of chips (categorised) and of label footprints.
+#: Opacity of the ``chips`` layer (its fills are opaque: see :func:`_chips_drawn_once`) and fill
+#: opacity of label footprints.
 CHIP_FILL_ALPHA = 0.45
 LABEL_FILL_ALPHA = 0.40
+#: Opacity of the ``chips`` layer under a graduated ``prob_<label>`` style.
+CHIP_GRADUATED_OPACITY = 0.7
 #: Name of the default ``chips`` style and prefix of the per-label graduated styles.
 CHIPS_DEFAULT_STYLE = "top_label"
 PROB_STYLE_PREFIX = "prob_"
@@ -99,15 +103,32 @@ def _qgis_root() -> ET.Element:
                       styleCategories="Symbology|Fields|MapTips|Rendering|AttributeTable")
 
 
+def _chips_drawn_once(renderer: ET.Element) -> None:
+    """Draw ``chips`` so that no place is painted twice: shifted chips beneath, fills opaque.
+
+    Under ``--edge shift`` the last row and column of chips are moved back to
+    end on the scene's edge, so they overlap their neighbours (footprints are
+    the windows read).  Semi-transparent fills would paint each overlap twice:
+    a darker stripe along the edges.  Instead the fills are opaque and the
+    layer as a whole is drawn at :data:`CHIP_FILL_ALPHA` (QGIS composes a layer
+    with opacity below 1 off screen, then blends it once), and the features
+    are ordered by ``shifted`` so that a shifted chip lies beneath its
+    neighbours and shows only where it adds to them.
+    """
+    renderer.set("enableorderby", "1")
+    orderby = ET.SubElement(renderer, "orderby")
+    ET.SubElement(orderby, "orderByClause", asc="0", nullsFirst="0").text = '"shifted"'
+
+
 def _finish(root: ET.Element, *, map_tip: str, preview: str,
-            aliases: Mapping[str, str] | None = None) -> str:
+            aliases: Mapping[str, str] | None = None, opacity: float = 1.0) -> str:
     if aliases:
         al = ET.SubElement(root, "aliases")
         for i, (field, alias) in enumerate(aliases.items()):
             ET.SubElement(al, "alias", field=field, index=str(i), name=alias)
     ET.SubElement(root, "blendMode").text = "0"
     ET.SubElement(root, "featureBlendMode").text = "0"
-    ET.SubElement(root, "layerOpacity").text = "1"
+    ET.SubElement(root, "layerOpacity").text = f"{opacity:g}"
     ET.SubElement(root, "previewExpression").text = preview
     ET.SubElement(root, "mapTip").text = map_tip
     ET.SubElement(root, "layerGeometryType").text = _POLYGON
@@ -139,17 +160,17 @@ def chips_categorized_qml(schema: OutputSchema) -> str:
                       symbollevels="0", forceraster="0", enableorderby="0")
     cats = ET.SubElement(r, "categories")
     syms = ET.SubElement(r, "symbols")
-    for i, label in enumerate(schema.labels):
-        c = label_color(label)
+    for i, (label, c) in enumerate(zip(schema.labels, label_colors(schema.labels))):
         ET.SubElement(cats, "category", render="true", symbol=str(i), value=xml_safe(label),
                       label=xml_safe(label))
-        syms.append(fill_symbol(str(i), c.qgis(CHIP_FILL_ALPHA), c.darker().qgis(0.9), 0.2))
+        syms.append(fill_symbol(str(i), c.qgis(1.0), c.darker().qgis(1.0), 0.2))
     src = ET.SubElement(r, "source-symbol")
-    src.append(fill_symbol("0", Color(200, 200, 200).qgis(CHIP_FILL_ALPHA), "35,35,35,230", 0.2))
+    src.append(fill_symbol("0", Color(200, 200, 200).qgis(1.0), "35,35,35,255", 0.2))
     ET.SubElement(r, "rotation")
     ET.SubElement(r, "sizescale")
+    _chips_drawn_once(r)
     return _finish(root, map_tip=_chips_map_tip(schema), preview='"top_label"',
-                   aliases=_prob_aliases(schema))
+                   aliases=_prob_aliases(schema), opacity=CHIP_FILL_ALPHA)
 
 
 def probability_breaks(threshold: float) -> tuple[float, ...]:
@@ -159,12 +180,17 @@ def probability_breaks(threshold: float) -> tuple[float, ...]:
 
 
 def chips_graduated_qml(schema: OutputSchema, label_index: int, threshold: float) -> str:
-    """``chips`` graduated by one label's probability, classes split at its threshold."""
-    label = schema.labels[label_index]
+    """``chips`` graduated by one label's probability, classes split at its threshold.
+
+    The lowest class (below half the threshold) is outlined only, so the scene
+    shows; the others are filled, opaque, from pale to the label's colour, and
+    the layer is drawn at :data:`CHIP_GRADUATED_OPACITY` (overlaps once, as in
+    :func:`_chips_drawn_once`).
+    """
     col = schema.prob_columns[label_index]
-    c = label_color(label)
+    c = label_colors(schema.labels)[label_index]
     breaks = probability_breaks(threshold)
-    alphas = (0.05, 0.2, 0.55, 0.8)
+    alphas = (0.0, 1.0, 1.0, 1.0)
     root = _qgis_root()
     r = ET.SubElement(root, "renderer-v2", type="graduatedSymbol", attr=col,
                       graduatedMethod="GraduatedColor", symbollevels="0", forceraster="0",
@@ -192,13 +218,14 @@ def chips_graduated_qml(schema: OutputSchema, label_index: int, threshold: float
     ET.SubElement(method, "extraInformation")
     ET.SubElement(r, "rotation")
     ET.SubElement(r, "sizescale")
+    _chips_drawn_once(r)
     return _finish(root, map_tip=_chips_map_tip(schema), preview=f'"{col}"',
-                   aliases=_prob_aliases(schema))
+                   aliases=_prob_aliases(schema), opacity=CHIP_GRADUATED_OPACITY)
 
 
-def label_layer_qml(label: str) -> str:
-    """A ``label_<name>`` layer: one semi-transparent fill in the label's colour."""
-    c = label_color(label)
+def label_layer_qml(label: str, color: Color | None = None) -> str:
+    """A ``label_<name>`` layer: one semi-transparent fill in ``color`` (default: the label's own)."""
+    c = color or label_color(label)
     root = _qgis_root()
     r = ET.SubElement(root, "renderer-v2", type="singleSymbol", symbollevels="0", forceraster="0",
                       enableorderby="0")
@@ -269,8 +296,8 @@ def build_styles(spec: ModelSpec, geometry_columns: Mapping[str, str]) -> list[L
         out.append(LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), name,
                               chips_graduated_qml(schema, i, spec.thresholds[i]), False,
                               f"scenetag: chips graduated by p({label}), threshold {spec.thresholds[i]:g}"))
-    for label, layer in zip(schema.labels, schema.label_layers):
-        out.append(LayerStyle(layer, geom.get(layer, "geom"), "label_fill", label_layer_qml(label), True,
+    for label, layer, color in zip(schema.labels, schema.label_layers, label_colors(schema.labels)):
+        out.append(LayerStyle(layer, geom.get(layer, "geom"), "label_fill", label_layer_qml(label, color), True,
                               f"scenetag: footprint of {label}, filled in its colour"))
     return out
 

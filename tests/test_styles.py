@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from scenetag.model.spec import PLANET_LABELS, ModelSpec
 from scenetag.outputs_schema import metadata, qml, styles
-from scenetag.outputs_schema.colors import PLANET_PALETTE, Color, hashed_color, label_color, label_key
+from scenetag.outputs_schema.colors import PALETTE, PLANET_PALETTE, Color, label_color, label_colors, label_key
 from scenetag.outputs_schema.schema import CHIPS_LAYER, RUNS_LAYER, SCHEMA_VERSION, OutputSchema
 from tests.model_fixtures import TINY_LABELS, tiny_spec
 from tests.qgis_fixtures import fake_run, write_synthetic_gpkg
@@ -68,10 +68,14 @@ def styles_by(gpkg_path) -> dict[tuple[str, str], dict]:
 
 # -- colours -------------------------------------------------------------------
 def test_planet_palette_covers_every_planet_label_with_distinct_colours():
+    import colorcet
+
     assert set(PLANET_PALETTE) == set(PLANET_LABELS)
     assert len({c.hex for c in PLANET_PALETTE.values()}) == len(PLANET_LABELS)
-    assert label_color("water").hex == "#1f78b4"
-    assert label_color("primary").hex == "#1b7837"
+    # colorcet's palette, pinned: a label's colour must not move between releases.
+    assert [c.hex for c in PALETTE] == colorcet.palette["glasbey_category10"]
+    assert label_color("water").hex == "#1f77b3"
+    assert label_color("primary").hex == "#2ba02b"
 
 
 def test_label_lookup_ignores_case_spaces_and_hyphens():
@@ -81,10 +85,19 @@ def test_label_lookup_ignores_case_spaces_and_hyphens():
 
 def test_unknown_labels_hash_to_a_fixed_colour():
     # Pinned: a salted hash() or a changed derivation would move every user's colours.
-    assert hashed_color("mangrove").hex == "#29c543"
+    assert label_color("mangrove").hex == "#6469cf"
     assert label_color("mangrove") == label_color("Mangrove") == label_color(" mangrove ")
     assert label_color("slash_burn") == label_color("Slash-Burn") == label_color("slash burn")
     assert label_color("mangrove") != label_color("mangroves")
+    assert label_color("mangrove") not in PLANET_PALETTE.values()
+
+
+def test_one_models_labels_never_share_a_colour():
+    labels = [f"class {i}" for i in range(200)] + list(PLANET_LABELS)
+    colours = label_colors(labels)
+    assert len(set(colours)) == len(labels)
+    assert colours[-len(PLANET_LABELS):] == tuple(PLANET_PALETTE[k] for k in PLANET_LABELS)
+    assert label_colors(labels) == colours  # stable
 
 
 @given(st.text(min_size=1, max_size=40))
@@ -92,11 +105,45 @@ def test_unknown_labels_hash_to_a_fixed_colour():
 def test_any_label_gets_a_valid_stable_colour(label):
     c = label_color(label)
     assert c == label_color(f"  {label} ")  # looked up by its key: outer spaces don't count
-    assert all(0 <= v <= 255 for v in (c.r, c.g, c.b))
+    assert c in PALETTE
     assert c.qgis(0.5).count(",") == 3
-    if label_key(label) not in PLANET_PALETTE:  # hashed: saturated, mid-bright, never grey
-        hi, lo = max(c.r, c.g, c.b), min(c.r, c.g, c.b)
-        assert (hi - lo) / hi >= 0.54 and 0.69 <= hi / 255 <= 0.96, c
+
+
+#: What the chips are drawn over: white (no scene), black (nodata), grey, and Amazon forest.
+BACKGROUNDS = ((255, 255, 255), (0, 0, 0), (128, 128, 128), (46, 74, 43))
+#: Least CIEDE2000 difference between two labels as drawn (5 was the old clear/partly_cloudy pair,
+#: which could not be told apart at a glance; ~2 is a just-noticeable difference).
+MIN_DELTA_E = 8.0
+
+
+def drawn_label_colours(qml_text: str) -> dict[str, tuple[float, ...]]:
+    """Label -> (r, g, b, opacity) of its chips as the style draws them: fill alpha times layer opacity."""
+    root = qml_root(qml_text)
+    layer_opacity = float(root.find("layerOpacity").text)
+    r = root.find("renderer-v2")
+    out = {}
+    for cat in r.findall("categories/category"):
+        rgba = [int(v) for v in fill_color(r.find(f"symbols/symbol[@name='{cat.get('symbol')}']")).split(",")]
+        out[cat.get("value")] = (*rgba[:3], rgba[3] / 255 * layer_opacity)
+    return out
+
+
+def test_planet_label_colours_stay_distinct_as_drawn_over_any_background():
+    import itertools
+
+    import numpy as np
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    drawn = drawn_label_colours(styles.chips_categorized_qml(OutputSchema(PLANET_LABELS)))
+    assert set(drawn) == set(PLANET_LABELS)
+    worst = (np.inf, None)
+    for bg in BACKGROUNDS:
+        over = {k: [a * c + (1 - a) * b for c, b in zip(v[:3], bg)] for k, v in drawn.items() for a in [v[3]]}
+        assert all(0.3 <= v[3] <= 0.7 for v in drawn.values())  # the scene still shows through
+        lab = {k: rgb2lab(np.asarray(v, float)[None, None] / 255)[0, 0] for k, v in over.items()}
+        for x, y in itertools.combinations(lab, 2):
+            worst = min(worst, (float(deltaE_ciede2000(lab[x], lab[y])), (x, y, bg)))
+    assert worst[0] >= MIN_DELTA_E, f"{worst[1][0]} and {worst[1][1]} are {worst[0]:.1f} apart over {worst[1][2]}"
 
 
 def test_colour_notations():
@@ -161,8 +208,13 @@ def test_chips_default_is_categorised_by_top_label_in_label_colours(gpkg, spec):
     symbols = {s.get("name"): s for s in r.findall("symbols/symbol")}
     for cat, label in zip(cats, spec.labels):
         color = fill_color(symbols[cat.get("symbol")])
-        assert color == label_color(label).qgis(styles.CHIP_FILL_ALPHA)
-        assert int(color.split(",")[3]) < 255  # semi-transparent over the imagery
+        assert color == label_colors(spec.labels)[list(spec.labels).index(label)].qgis(1.0)
+    # Opaque fills in a semi-transparent layer: the imagery shows, an overlap is painted once,
+    # and shifted chips are drawn first, beneath their neighbours.
+    assert 0 < float(root.find("layerOpacity").text) < 1
+    assert r.get("enableorderby") == "1"
+    [clause] = r.findall("orderby/orderByClause")
+    assert clause.text == '"shifted"' and clause.get("asc") == "0"
 
 
 def test_chips_map_tip_shows_tags_and_every_probability(gpkg, spec):
