@@ -300,7 +300,8 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_write=0.0,
         warnings=list(plan.warnings),
     )
-    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
+    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip,
+                       (info.height, info.width))
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
         scene=info.path, output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,

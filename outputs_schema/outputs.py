@@ -67,7 +67,8 @@ class SceneFrame:
     """Where a scene's chips lie: the scene's georeference and its chip grid.
 
     ``grid_shape`` is ``(rows, cols)`` of the grid; ``stride`` and ``chip`` are
-    in scene pixels (``ScenePlan.grid``).
+    in scene pixels (``ScenePlan.grid``); ``scene_shape`` is ``(rows, cols)`` of the
+    scene, without which the probability raster has one pixel per grid position.
     """
 
     scene_id: str
@@ -76,6 +77,7 @@ class SceneFrame:
     grid_shape: tuple[int, int]
     stride: int
     chip: int
+    scene_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,12 +191,14 @@ class SceneOutputs:
                                transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs,
                                replace=overwrite, stride=frame.stride)
         if self.raster:
-            from scenetag.outputs_schema.raster import grid_transform, write_probability_raster
+            from scenetag.outputs_schema.raster import grid_transform, scene_layout, write_probability_raster
 
+            layout = None if frame.scene_shape is None else scene_layout(
+                frame.transform, frame.scene_shape, frame.grid_shape, frame.stride, frame.chip)
             write_probability_raster(
                 self.raster_path, table, spec.labels, *frame.grid_shape,
                 grid_transform(frame.transform, frame.stride, frame.chip), frame.crs,
                 tags={"scenetag_run_id": run.run_id, "scenetag_signature": run.signature},
-                replace=overwrite,
+                replace=overwrite, layout=layout,
             )
         return run

@@ -178,3 +178,89 @@ def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
         assert (src.width * stride, src.height * stride) == (sc.width, sc.height)
         valid = np.isfinite(src.read(1))
     assert 0 < valid.sum() == len(table) < n_rows * n_cols  # Borneo is 27 % valid: skipped chips are NaN
+
+
+# -- the raster over the scene (what the job writes) ----------------------------------
+@pytest.mark.parametrize("length, n, stride, chip, want", [
+    (512, 8, 64, 64, [0, 64, 128, 192, 256, 320, 384, 448, 512]),  # the grid fits: cells are chips
+    (266, 5, 64, 64, [0, 64, 128, 192, 256, 266]),  # shift/pad: the last chip owns the strip past 256
+    (266, 4, 64, 64, [0, 64, 128, 192, 256]),  # skip: nothing past the last chip read
+    (1000, 7, 128, 256, [0, 192, 320, 448, 576, 704, 832, 1000]),  # overlap: middle strides
+])
+def test_cell_edges(length, n, stride, chip, want):
+    from scenetag.outputs_schema.raster import cell_edges
+
+    assert cell_edges(length, n, stride, chip).tolist() == want
+
+
+def job_raster(tmp_path, scene, model, **options):
+    """``scene`` through the scene job with ``--raster``: (plan, table, raster path)."""
+    from scenetag.jobs.classify import classify_cells
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.model.backends import create_predictor
+    from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
+    from tests.qgis_fixtures import fake_run
+
+    predictor = create_predictor(model)
+    plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1), **options))
+    table = classify_cells(plan, predictor)
+    info = plan.info
+    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride,
+                       plan.grid.chip, (info.height, info.width))
+    outputs = SceneOutputs(tmp_path / "out.gpkg", raster=True)
+    outputs.write(table, predictor.spec, frame, fake_run())
+    return plan, table, outputs.raster_path
+
+
+@pytest.mark.parametrize("edge", ["shift", "pad", "skip"])
+def test_raster_of_a_scene_not_a_multiple_of_the_chip_ends_on_its_edge(tmp_path, tiny_model, edge):
+    """The real 266 x 227 px PlanetScope scene in 64 px chips: the raster is the scene's extent, and
+    every pixel shows the chip whose cell it lies in (a shifted chip only past its neighbour)."""
+    scene = real_scene("planetscope_3m_epsg4326.tif")
+    plan, table, raster = job_raster(tmp_path, scene, tiny_model, edge=edge)
+    with rasterio.open(raster) as src, rasterio.open(scene) as sc:
+        data = src.read()
+        assert src.crs == sc.crs
+        # 266 = 2 x 133 and 227 is prime: no common divisor, so pixels of ceil(64 / 8) = 8 scene pixels.
+        assert src.res == pytest.approx((sc.res[0] * 8, sc.res[1] * 8))
+        assert (src.bounds.left, src.bounds.top) == (sc.bounds.left, sc.bounds.top)
+        assert sc.bounds.left < src.bounds.right <= sc.bounds.right
+        assert sc.bounds.bottom <= src.bounds.bottom < sc.bounds.top
+        assert (src.width, src.height) == (266 // 8, 227 // 8)
+        transform = src.transform
+    probs = {(int(r), int(c)): table.probs[i] for i, (r, c) in enumerate(zip(table.row, table.col))}
+    # Each pixel's centre in scene pixels, and the chip that owns it: its window holds the centre,
+    # and no chip of a later grid position whose window also holds it is unshifted (cells are ordered).
+    n_rows, n_cols = plan.grid.shape
+    for i in range(src.height):
+        for j in range(src.width):
+            x, y = ~plan.info.transform @ (transform @ (j + 0.5, i + 0.5))
+            col = min(int(x // 64), n_cols - 1)
+            row = min(int(y // 64), n_rows - 1)
+            if edge == "skip" and (x >= n_cols * 64 or y >= n_rows * 64):
+                row = col = None
+            want = probs.get((row, col))
+            got = data[:, i, j]
+            if want is None:
+                assert np.isnan(got).all(), (i, j)
+            else:
+                np.testing.assert_array_equal(got, want)
+    if edge != "skip":  # the edge chips show: their strip is not NaN where they were classified
+        last = [(r, c) for (r, c) in probs if c == n_cols - 1]
+        assert last and any(np.isfinite(data[0, :, -1]))
+
+
+def test_a_grid_that_fits_gives_one_pixel_per_chip():
+    from scenetag.outputs_schema.raster import scene_layout
+
+    layout = scene_layout(SCENE_TRANSFORM, (512, 512), (8, 8), 64, 64)
+    assert layout.shape == (8, 8) and layout.transform == SCENE_TRANSFORM @ Affine.scale(64)
+    assert layout.row_of.tolist() == list(range(8)) == layout.col_of.tolist()
+    # 992 x 736 in 256 px chips: edges at 256, 512, 768 and 992, 736: pixels of 32, the scene's extent.
+    wide = scene_layout(SCENE_TRANSFORM, (736, 992), (3, 4), 256, 256)
+    assert wide.shape == (23, 31) and wide.transform.a == 10.0 * 32
+    assert wide.col_of[-7:].tolist() == [3] * 7 and wide.col_of[-8] == 2  # 224 px past 768: 7 pixels
+    # 1000 x 744: a common divisor of 8 only, finer than 256 / 8: pixels of 32, ending inside the scene.
+    fine = scene_layout(SCENE_TRANSFORM, (744, 1000), (3, 4), 256, 256)
+    assert fine.shape == (744 // 32, 1000 // 32) and fine.transform.a == 10.0 * 32
