@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from scenetag.model.spec import ModelSpec
-from scenetag.outputs_schema import metadata, styles
+from scenetag.outputs_schema import metadata, project, styles
 from scenetag.outputs_schema.area import area_m2
 from scenetag.outputs_schema.dissolve import dissolve_windows
 from scenetag.outputs_schema.records import ChipTable
@@ -188,6 +188,8 @@ def write_geopackage(
                     run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
                     _write(tmp, runs_frame(run), RUNS_LAYER)
                     _add_styles_and_metadata(con, spec, run)
+                    extent = tuple(chips.total_bounds) if len(chips) else None
+                    project.add_project(con, out, spec, run, crs, to_crs or crs, extent)
                 finally:
                     con.close()
             except writing as exc:

@@ -285,6 +285,7 @@ def render(png: str, vectors: list[QgsVectorLayer], scene: QgsRasterLayer | None
         draw_legend(image, entries, "top label")
     image.save(png, "PNG")
     return {"path": png, "width": image.width(), "height": image.height(), **image_stats(image),
+            "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
             "errors": [f"{e.layerID}: {e.message}" for e in job.errors()]}
 
 
@@ -299,6 +300,76 @@ def image_stats(image: QImage, step: int = 3) -> dict:
             total += 1
             non_bg += rgb != 0xFFFFFF
     return {"non_background_fraction": round(non_bg / max(1, total), 4), "distinct_colors": len(seen)}
+
+
+def tree_info(node) -> dict:
+    """A layer-tree node as QGIS holds it: group or layer, name, checked, expanded, children."""
+    from qgis.core import QgsLayerTreeGroup
+
+    if isinstance(node, QgsLayerTreeGroup):
+        return {"group": node.name(), "checked": node.itemVisibilityChecked(), "expanded": node.isExpanded(),
+                "children": [tree_info(c) for c in node.children()]}
+    return {"layer": node.name(), "checked": node.itemVisibilityChecked(), "expanded": node.isExpanded()}
+
+
+def project_report(uri: str) -> tuple[dict, QgsProject]:
+    """What QGIS makes of the project at ``uri``: its layers (valid, provider, source, renderer), tree, CRS."""
+    project = QgsProject.instance()
+    ok = project.read(uri)
+    info: dict = {"uri": uri, "read": ok, "crs": project.crs().authid(), "title": project.title()}
+    info["layers"] = {}
+    for layer in project.mapLayers().values():
+        entry = {"valid": layer.isValid(), "provider": layer.providerType(), "source": layer.source(),
+                 "crs": layer.crs().authid(), "opacity": layer.opacity()}
+        if isinstance(layer, QgsVectorLayer):
+            entry["renderer"] = renderer_info(layer.renderer())
+            entry["feature_count"] = layer.featureCount()
+            entry["map_tip"] = layer.mapTipTemplate()
+            if layer.renderer() is not None:
+                entry["order_by"] = [f"{c.expression().expression()} {'ASC' if c.ascending() else 'DESC'}"
+                                     for c in layer.renderer().orderBy().list()] \
+                    if layer.renderer().orderByEnabled() else []
+        elif isinstance(layer, QgsRasterLayer):
+            r = layer.renderer()
+            entry["renderer"] = {"type": r.type() if r else None}
+            if r is not None and r.type() == "multibandcolor":
+                entry["renderer"]["bands"] = [r.redBand(), r.greenBand(), r.blueBand()]
+                ce = r.redContrastEnhancement()
+                entry["renderer"]["red_range"] = [ce.minimumValue(), ce.maximumValue()] if ce else None
+        info["layers"][layer.name()] = entry
+    info["tree"] = tree_info(project.layerTreeRoot())
+    return info, project
+
+
+def render_project(png: str, project: QgsProject, width: int, only: list[str] | None) -> dict:
+    """Render the project's checked layers in their tree order (or only the layers named ``only``),
+    over the extent of its scene and chips, as :func:`render` frames a map."""
+    checked = project.layerTreeRoot().checkedLayers()
+    layers = [lyr for lyr in checked if only is None or lyr.name() in only]
+    dest = project.crs()
+    extent = QgsRectangle()
+    extent.setMinimal()
+    for lyr in checked:  # the frame is the whole map's, whatever is drawn
+        if lyr.name() == "scene" or (isinstance(lyr, QgsVectorLayer) and lyr.featureCount()):
+            tr = QgsCoordinateTransform(lyr.crs(), dest, project)
+            extent.combineExtentWith(tr.transformBoundingBox(lyr.extent()))
+    extent.scale(1.03)
+    height = max(1, round(width * extent.height() / extent.width())) if extent.width() > 0 else width
+    settings = QgsMapSettings()
+    settings.setDestinationCrs(dest)
+    settings.setTransformContext(project.transformContext())
+    settings.setLayers(layers)
+    settings.setExtent(extent)
+    settings.setOutputSize(QSize(width, height))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    image.save(png, "PNG")
+    return {"path": png, "width": image.width(), "height": image.height(), "layers": [lyr.name() for lyr in layers],
+            "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+            **image_stats(image), "errors": [f"{e.layerID}: {e.message}" for e in job.errors()]}
 
 
 def gpkg_info(path: str) -> dict:
@@ -362,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=900)
     ap.add_argument("--legend", action="store_true", help="draw a legend of the top labels")
     ap.add_argument("--raster", help="probability GeoTIFF (--raster output) to open too")
+    ap.add_argument("--project", help="also open the project of this name stored in the GeoPackage; with "
+                                      "--png, render it instead of the layers")
+    ap.add_argument("--project-layers", help="comma-separated layers of the project to render (default: "
+                                             "those checked in its layer tree)")
     ap.add_argument("--json", help="write the report here instead of stdout")
     ap.add_argument("--strict", action="store_true", help="exit 2 when the report lists problems")
     args = ap.parse_args(argv)
@@ -385,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         report["layers"][name], layers[name] = layer_report(path, name)
     if args.raster:
         report["raster"] = raster_report(args.raster)
-    if args.png:
+    if args.project:
+        report["project"], project = project_report(f"geopackage:{path}?projectName={args.project}")
+        if args.png:
+            only = None if args.project_layers is None else [n for n in args.project_layers.split(",") if n]
+            report["png"] = render_project(args.png, project, args.width, only)
+    elif args.png:
         wanted = ([n for n in names if report["layers"][n].get("spatial")] if args.layers == "all"
                   else [n.strip() for n in args.layers.split(",") if n.strip()])
         vectors = [layers[n] for n in wanted if n in layers]
