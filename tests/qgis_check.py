@@ -168,6 +168,7 @@ def layer_report(path: str, name: str) -> tuple[dict, QgsVectorLayer]:
         info.update({
             "extent": [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum()],
             "renderer": renderer_info(layer.renderer()),
+            "opacity": layer.opacity(),
             "map_tip": layer.mapTipTemplate(),
             "map_tip_sample": map_tip_sample(layer),
         })

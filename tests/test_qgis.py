@@ -114,9 +114,11 @@ def test_default_styles_from_the_geopackage_were_applied(borneo):
     chips = report["layers"][CHIPS_LAYER]["renderer"]
     assert chips["type"] == "categorizedSymbol" and chips["attribute"] == "top_label"
     assert [c["value"] for c in chips["categories"]] == list(spec.labels)
+    # Opaque fills in a semi-transparent layer (an overlap is painted once): the imagery shows.
+    assert 0 < report["layers"][CHIPS_LAYER]["opacity"] < 1
     for cat in chips["categories"]:
         assert cat["hex"] == label_color(cat["value"]).hex
-        assert 0 < cat["fill_opacity"] < 1
+        assert cat["fill_opacity"] == 1
     for label, layer in zip(spec.labels, schema.label_layers):
         r = report["layers"][layer]["renderer"]
         assert r["type"] == "singleSymbol", layer
@@ -224,3 +226,129 @@ def test_gdal_validator_accepts_the_geopackage(borneo):
     proc = subprocess.run([QGIS_PYTHON, str(validator), str(borneo["gpkg"])], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the project stored in the GeoPackage ---------------------------------------------
+def read_png(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read()[:3].astype(int)
+
+
+@pytest.fixture(scope="module")
+def borneo_project(borneo):
+    """QGIS's report on the project stored in the Borneo GeoPackage, with a rendering of it as it opens
+    and one of its scene alone (same frame, same scene style)."""
+    from scenetag.outputs_schema.project import read_project
+
+    name, _ = read_project(borneo["gpkg"])
+    png = borneo["png"].with_name("borneo_project.png")
+    report = run_qgis_check(borneo["gpkg"], "--project", name, "--png", str(png))
+    alone = borneo["png"].with_name("borneo_project_scene_only.png")
+    scene_only = run_qgis_check(borneo["gpkg"], "--project", name, "--png", str(alone), "--project-layers", "scene")
+    return {"name": name, "report": report, "png": png, "scene_only": scene_only, "alone": alone}
+
+
+def test_project_opens_with_the_scene_chips_and_a_collapsed_label_group(borneo, borneo_project):
+    from scenetag.outputs_schema.run_record import read_run_record
+
+    spec, schema = borneo["spec"], OutputSchema(borneo["spec"].labels)
+    project = borneo_project["report"]["project"]
+    assert borneo_project["name"] == "planetscope_borneo_3m_analytic"
+    assert project["read"] and project["crs"] == "EPSG:32649"
+    layers = project["layers"]
+    assert set(layers) == {CHIPS_LAYER, *schema.label_layers, "scene"}
+    assert all(info["valid"] for info in layers.values()), {k: v["source"] for k, v in layers.items()}
+    # The GeoPackage's layers, found relative to the project's GeoPackage, in their stored default styles.
+    for name in (CHIPS_LAYER, *schema.label_layers):
+        assert layers[name]["source"] == f"{borneo['gpkg']}|layername={name}"
+        assert layers[name]["renderer"] == borneo["report"]["layers"][name]["renderer"], name
+    assert layers[CHIPS_LAYER]["feature_count"] == len(borneo["chips"])
+    assert layers[CHIPS_LAYER]["order_by"] == ['"shifted" DESC']
+    assert layers[CHIPS_LAYER]["opacity"] == pytest.approx(styles.CHIP_FILL_ALPHA)
+    assert "tags: " in layers[CHIPS_LAYER]["map_tip"]
+    # The scene beneath, by its path, in the bands and stretch the model read.
+    run = read_run_record(borneo["gpkg"])
+    scene = layers["scene"]
+    assert scene["provider"] == "gdal" and Path(scene["source"]) == Path(borneo["scene"]).resolve()
+    assert scene["renderer"]["type"] == "multibandcolor" and scene["renderer"]["bands"] == [3, 2, 1]
+    stretch = run.options["stretch"]
+    assert scene["renderer"]["red_range"] == [stretch["low"][0], stretch["high"][0]]
+    # Chips on top, the label layers in a group of their own, collapsed and hidden, the scene last.
+    tree = project["tree"]["children"]
+    assert [c.get("layer", c.get("group")) for c in tree] == [CHIPS_LAYER, "labels", "scene"]
+    group = tree[1]
+    assert group["expanded"] is False and group["checked"] is False
+    assert [c["layer"] for c in group["children"]] == list(schema.label_layers)
+    assert tree[0]["checked"] and tree[2]["checked"]
+
+
+def test_project_renders_the_chips_over_the_scene(borneo_project):
+    png = borneo_project["report"]["png"]
+    alone = borneo_project["scene_only"]["png"]
+    assert png["errors"] == [] and alone["errors"] == []
+    assert png["layers"] == [CHIPS_LAYER, "scene"] and alone["layers"] == ["scene"]
+    assert png["extent"] == alone["extent"]
+    rgb, scene = read_png(borneo_project["png"]), read_png(borneo_project["alone"])
+    assert rgb.shape == scene.shape
+    packed = (scene[0] << 16) | (scene[1] << 8) | scene[2]
+    assert len(np.unique(packed)) > 500  # the scene, stretched: imagery, not a flat fill
+    assert (scene < 250).any(axis=0).mean() > 0.15
+    changed = (np.abs(rgb - scene).max(axis=0) > 12).mean()
+    assert changed > 0.15, f"only {changed:.1%} of the pixels changed: the chips were not drawn"
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory, tiny_model):
+    """The real 266 x 227 px PlanetScope scene (EPSG:4326) in 64 px chips under --edge shift: the last row
+    and column are shifted back and overlap their neighbours.  Its chips rendered alone, on white."""
+    from scenetag.jobs.options import RunOptions
+    from scenetag.jobs.runner import run_scene
+    from scenetag.model.backends import create_predictor
+
+    scene = real_scene("planetscope_3m_epsg4326.tif")
+    folder = tmp_path_factory.mktemp("qgis_shift")
+    out = folder / "shifted.gpkg"
+    run_scene(scene, out, create_predictor(tiny_model), RunOptions(bands=(3, 2, 1), min_valid=0.0))
+    png = folder / "shifted_chips.png"
+    report = run_qgis_check(out, "--png", str(png), "--width", "1064")
+    return {"gpkg": out, "png": png, "report": report, "scene": scene,
+            "chips": pyogrio.read_dataframe(out, layer=CHIPS_LAYER)}
+
+
+def test_shifted_edge_chips_are_drawn_once_beneath_their_neighbours(shifted):
+    """Each place of the map is painted once: where a shifted chip overlaps its neighbour, the pixel
+    is the neighbour's colour at the layer's opacity over white, exactly as where it does not overlap."""
+    chips = shifted["chips"]
+    assert chips["shifted"].sum() > 0 and (~chips["shifted"]).sum() > 0
+    rgb = read_png(shifted["png"])
+    x0, y0, x1, y1 = shifted["report"]["png"]["extent"]
+    height, width = rgb.shape[1:]
+
+    def pixel(lon: float, lat: float) -> np.ndarray:
+        return rgb[:, int((y1 - lat) / (y1 - y0) * height), int((lon - x0) / (x1 - x0) * width)]
+
+    def drawn(label: str) -> np.ndarray:  # the label's colour at the layer opacity, over white
+        c = label_color(label)
+        a = styles.CHIP_FILL_ALPHA
+        return np.array([a * v + (1 - a) * 255 for v in (c.r, c.g, c.b)])
+
+    checked = 0
+    by_pos = {(int(r.row), int(r.col)): r for r in chips.itertuples()}
+    for (row, col), chip in by_pos.items():
+        right = by_pos.get((row, col + 1))
+        if chip.shifted or right is None or not right.shifted:
+            continue
+        # The overlap: the right neighbour's window begins inside this chip's.
+        box, nbox = chip.geometry.bounds, right.geometry.bounds
+        assert nbox[0] < box[2]
+        lat = (box[1] + box[3]) / 2
+        inside = pixel((box[0] + nbox[0]) / 2, lat)
+        overlap = pixel((nbox[0] + box[2]) / 2, lat)
+        beyond = pixel((box[2] + nbox[2]) / 2, lat)
+        np.testing.assert_allclose(inside, drawn(chip.top_label), atol=3)
+        np.testing.assert_allclose(overlap, drawn(chip.top_label), atol=3)  # once, and the neighbour beneath
+        np.testing.assert_allclose(beyond, drawn(right.top_label), atol=3)
+        checked += 1
+    assert checked >= 2
