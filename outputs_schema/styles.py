@@ -76,6 +76,8 @@ MAX_STYLE_NAME = 30
 #: opacity of label footprints.
 CHIP_FILL_ALPHA = 0.45
 LABEL_FILL_ALPHA = 0.40
+#: Fields the chips are drawn in order of, each descending: the first drawn lies beneath.
+CHIPS_ORDER_BY = ("shifted", "row", "col")
 #: Opacity of the ``chips`` layer under a graduated ``prob_<label>`` style.
 CHIP_GRADUATED_OPACITY = 0.7
 #: Name of the default ``chips`` style and prefix of the per-label graduated styles.
@@ -112,12 +114,16 @@ def _chips_drawn_once(renderer: ET.Element) -> None:
     a darker stripe along the edges.  Instead the fills are opaque and the
     layer as a whole is drawn at :data:`CHIP_FILL_ALPHA` (QGIS composes a layer
     with opacity below 1 off screen, then blends it once), and the features
-    are ordered by ``shifted`` so that a shifted chip lies beneath its
-    neighbours and shows only where it adds to them.
+    are ordered by ``shifted`` (then row and column, :data:`CHIPS_ORDER_BY`)
+    so that a shifted chip lies beneath its neighbours and shows only where
+    it adds to them.
     """
     renderer.set("enableorderby", "1")
     orderby = ET.SubElement(renderer, "orderby")
-    ET.SubElement(orderby, "orderByClause", asc="0", nullsFirst="0").text = '"shifted"'
+    # Among shifted chips, later rows and columns beneath: a chip shifted along both axes (the
+    # corner) lies under those shifted along one, as the probability raster's cells lie.
+    for field in CHIPS_ORDER_BY:
+        ET.SubElement(orderby, "orderByClause", asc="0", nullsFirst="0").text = f'"{field}"'
 
 
 def _finish(root: ET.Element, *, map_tip: str, preview: str,

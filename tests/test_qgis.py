@@ -265,7 +265,7 @@ def test_project_opens_with_the_scene_chips_and_a_collapsed_label_group(borneo, 
         assert layers[name]["source"] == f"{borneo['gpkg']}|layername={name}"
         assert layers[name]["renderer"] == borneo["report"]["layers"][name]["renderer"], name
     assert layers[CHIPS_LAYER]["feature_count"] == len(borneo["chips"])
-    assert layers[CHIPS_LAYER]["order_by"] == ['"shifted" DESC']
+    assert layers[CHIPS_LAYER]["order_by"] == ['"shifted" DESC', '"row" DESC', '"col" DESC']
     assert layers[CHIPS_LAYER]["opacity"] == pytest.approx(styles.CHIP_FILL_ALPHA)
     assert "tags: " in layers[CHIPS_LAYER]["map_tip"]
     # The scene beneath, by its path, in the bands and stretch the model read.
@@ -336,19 +336,31 @@ def test_shifted_edge_chips_are_drawn_once_beneath_their_neighbours(shifted):
 
     checked = 0
     by_pos = {(int(r.row), int(r.col)): r for r in chips.itertuples()}
+
+    def key(chip) -> tuple:  # the style's drawing order: the larger is drawn first, beneath
+        return tuple(getattr(chip, f) for f in styles.CHIPS_ORDER_BY)
+
     for (row, col), chip in by_pos.items():
-        right = by_pos.get((row, col + 1))
-        if chip.shifted or right is None or not right.shifted:
-            continue
-        # The overlap: the right neighbour's window begins inside this chip's.
-        box, nbox = chip.geometry.bounds, right.geometry.bounds
-        assert nbox[0] < box[2]
-        lat = (box[1] + box[3]) / 2
-        inside = pixel((box[0] + nbox[0]) / 2, lat)
-        overlap = pixel((nbox[0] + box[2]) / 2, lat)
-        beyond = pixel((box[2] + nbox[2]) / 2, lat)
-        np.testing.assert_allclose(inside, drawn(chip.top_label), atol=3)
-        np.testing.assert_allclose(overlap, drawn(chip.top_label), atol=3)  # once, and the neighbour beneath
-        np.testing.assert_allclose(beyond, drawn(right.top_label), atol=3)
-        checked += 1
-    assert checked >= 2
+        for step in ((0, 1), (1, 0)):  # the right and the lower neighbour
+            other = by_pos.get((row + step[0], col + step[1]))
+            if other is None:
+                continue
+            box, obox = chip.geometry.bounds, other.geometry.bounds
+            overlaps = obox[0] < box[2] if step == (0, 1) else obox[3] > box[1]
+            if not overlaps:
+                continue
+            top, under = (chip, other) if key(chip) < key(other) else (other, chip)
+            assert under.shifted  # only shifted chips overlap (no --overlap)
+            if step == (0, 1):  # across the overlap at mid-height of the chip: chip | overlap | neighbour
+                y = (box[1] + box[3]) / 2
+                xs = ((box[0] + obox[0]) / 2, (obox[0] + box[2]) / 2, (box[2] + obox[2]) / 2)
+                inside, overlap, beyond = (pixel(x, y) for x in xs)
+            else:  # down the overlap at mid-width (latitudes fall downwards)
+                x = (box[0] + box[2]) / 2
+                ys = ((box[3] + obox[3]) / 2, (obox[3] + box[1]) / 2, (box[1] + obox[1]) / 2)
+                inside, overlap, beyond = (pixel(x, y) for y in ys)
+            np.testing.assert_allclose(inside, drawn(chip.top_label), atol=3)
+            np.testing.assert_allclose(overlap, drawn(top.top_label), atol=3)  # once, the other beneath
+            np.testing.assert_allclose(beyond, drawn(other.top_label), atol=3)
+            checked += 1
+    assert checked >= 4

@@ -213,8 +213,9 @@ def test_chips_default_is_categorised_by_top_label_in_label_colours(gpkg, spec):
     # and shifted chips are drawn first, beneath their neighbours.
     assert 0 < float(root.find("layerOpacity").text) < 1
     assert r.get("enableorderby") == "1"
-    [clause] = r.findall("orderby/orderByClause")
-    assert clause.text == '"shifted"' and clause.get("asc") == "0"
+    clauses = r.findall("orderby/orderByClause")
+    assert [c.text for c in clauses] == ['"shifted"', '"row"', '"col"']
+    assert all(c.get("asc") == "0" for c in clauses)
 
 
 def test_chips_map_tip_shows_tags_and_every_probability(gpkg, spec):
