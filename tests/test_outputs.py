@@ -14,6 +14,7 @@ from rasterio.crs import CRS
 from scenetag.errors import OutputError, OutputExistsError
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
+from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.run_record import read_run_record
 from tests.qgis_fixtures import fake_run, synthetic_table
 
@@ -147,3 +148,18 @@ def test_writing_many_labels_opens_no_file_with_many_layers_per_label(tmp_path, 
     one = pyogrio.read_dataframe(out, layer="label_label_7")
     assert len(one) <= 1 and one.crs == FRAME.crs
     assert not [p.name for p in tmp_path.iterdir() if p.name != "many.gpkg"]  # no temporaries left
+
+
+@pytest.mark.parametrize("edge, want", [("shift", {(0, 4), (1, 4), (2, 4), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)}),
+                                        ("pad", set()), ("skip", set())])
+def test_shifted_marks_the_chips_moved_back_onto_the_edge(edge, want):
+    from scenetag.outputs_schema.geopackage import grid_stride, shifted_chips
+    from scenetag.tiler.grid import Grid
+
+    cells = list(Grid(266, 227, 64, 64, edge))
+    table = ChipTable.from_rows([(c.row, c.col, c.col_off, c.row_off, c.width, c.height, 1.0) for c in cells],
+                                np.zeros((len(cells), 1), np.float32))
+    marked = {(int(r), int(c)) for r, c, s in zip(table.row, table.col, shifted_chips(table, 64)) if s}
+    assert marked == want
+    assert grid_stride(table) == 64 and shifted_chips(table).tolist() == shifted_chips(table, 64).tolist()
+    assert not shifted_chips(ChipTable.from_rows([(0, 0, 0, 0, 64, 64, 1.0)], np.zeros((1, 1), np.float32))).any()

@@ -217,6 +217,13 @@ def test_to_crs_output_opens_in_the_target_crs(borneo, tiny_model, tmp_path):
     assert 110 < west < east < 115 and 0 < south < north < 2  # Borneo, in degrees
     assert report["layers"][CHIPS_LAYER]["renderer"]["type"] == "categorizedSymbol"
     assert report["png"]["non_background_fraction"] > 0.15
+    # Its project is in the output CRS, the scene (in its own) reprojected beneath the chips.
+    from scenetag.outputs_schema.project import read_project
+
+    project = run_qgis_check(out, "--project", read_project(out)[0])["project"]
+    assert project["read"] and project["crs"] == "EPSG:4326"
+    assert project["layers"]["scene"]["crs"] == "EPSG:32649" and project["layers"][CHIPS_LAYER]["crs"] == "EPSG:4326"
+    assert all(info["valid"] for info in project["layers"].values())
 
 
 def test_gdal_validator_accepts_the_geopackage(borneo):
