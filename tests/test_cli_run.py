@@ -212,13 +212,24 @@ def test_raster_and_to_crs(tiny_model, tmp_path):
     chips = pyogrio.read_dataframe(out, layer="chips")
     assert chips.crs.to_epsg() == 4326
     tif = tmp_path / "l7_prob.tif"
+    with rasterio.open(real_scene("landsat7_rgb_byte.tif")) as sc:
+        scene_bounds, scene_crs = sc.bounds, sc.crs
     with rasterio.open(tif) as src:
         assert src.count == len(TINY_LABELS)
         assert src.descriptions == TINY_LABELS
-        assert (src.height, src.width) == (12, 13)  # the 64-px grid over 791x718
+        assert src.crs == scene_crs  # the raster stays in the scene's CRS
+        # The 12 x 13 grid of 64-px chips over 791x718 px, drawn over the scene only: 718 and 791 share
+        # no divisor, so pixels of 64 / 8 scene pixels, ending less than one short of the edges.
+        assert (src.height, src.width) == (718 // 8, 791 // 8)
+        assert (src.bounds.left, src.bounds.top) == (scene_bounds.left, scene_bounds.top)
+        assert src.bounds.right <= scene_bounds.right and src.bounds.bottom >= scene_bounds.bottom
         probs = src.read()
-    np.testing.assert_allclose(probs[0, chips.row, chips.col], chips.p_clear, rtol=1e-6)
-    assert np.isnan(probs[0]).sum() == 12 * 13 - len(chips)  # skipped chips are nodata
+    # Each chip over its cell (8 x 8 raster pixels, the last row and column's fewer), NaN where skipped.
+    grid = np.full((12 + 1, 13 + 1), np.nan, np.float32)
+    grid[chips.row, chips.col] = chips.p_clear
+    rows = np.minimum(np.arange(718 // 8) // 8, 11)
+    cols = np.minimum(np.arange(791 // 8) // 8, 12)
+    np.testing.assert_allclose(probs[0], grid[rows[:, None], cols[None, :]], rtol=1e-6)
     # An existing raster is refused like an existing GeoPackage.
     out.unlink()
     res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", out, "--model", tiny_model, "--raster")
