@@ -237,8 +237,8 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Refuse a scene that would classify more chips than this (checked before "
                      "reading it; a huge count is usually a wrong --stride)."),
         click.option("--raster", is_flag=True,
-                     help="Also write <output>_prob.tif: a COG heat map with one band per label "
-                     "and one pixel per chip position (NaN where a chip was skipped)."),
+                     help="Also write <output>_prob.tif: a COG heat map over the scene with one band "
+                     "per label, each chip's probabilities over its cell (NaN where a chip was skipped)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
