@@ -116,6 +116,8 @@ class ModelSpec:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not isinstance(self.structure, LabelStructure):
             object.__setattr__(self, "structure", LabelStructure.from_dict(self.structure))
+        if (self.structure or self.tta != "none") and self.spec_version < 2:
+            object.__setattr__(self, "spec_version", 2)  # what a version-1 reader cannot apply
         self._validate()
 
     def _validate(self) -> None:

@@ -76,6 +76,8 @@ CHIP_FILL_ALPHA = 0.45
 LABEL_FILL_ALPHA = 0.40
 #: Name of the default ``chips`` style and prefix of the per-label graduated styles.
 CHIPS_DEFAULT_STYLE = "top_label"
+#: Name of the alternative ``chips`` style by the ``weather`` field.
+CHIPS_WEATHER_STYLE = "weather"
 PROB_STYLE_PREFIX = "prob_"
 
 _POLYGON = "2"  # QgsWkbTypes::PolygonGeometry
@@ -150,6 +152,31 @@ def chips_categorized_qml(schema: OutputSchema) -> str:
     ET.SubElement(r, "sizescale")
     return _finish(root, map_tip=_chips_map_tip(schema), preview='"top_label"',
                    aliases=_prob_aliases(schema))
+
+
+def chips_weather_qml(schema: OutputSchema, weather: Sequence[str]) -> str:
+    """``chips`` categorised by ``weather``: one category per weather label, in its colour (an alternative style)."""
+    root = _qgis_root()
+    r = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr="weather",
+                      symbollevels="0", forceraster="0", enableorderby="0")
+    cats = ET.SubElement(r, "categories")
+    syms = ET.SubElement(r, "symbols")
+    for i, label in enumerate(weather):
+        c = label_color(label)
+        ET.SubElement(cats, "category", render="true", symbol=str(i), value=xml_safe(label), label=xml_safe(label))
+        syms.append(fill_symbol(str(i), c.qgis(CHIP_FILL_ALPHA), c.darker().qgis(0.9), 0.2))
+    src = ET.SubElement(r, "source-symbol")
+    src.append(fill_symbol("0", Color(200, 200, 200).qgis(CHIP_FILL_ALPHA), "35,35,35,230", 0.2))
+    return _finish(root, map_tip=_chips_map_tip(schema), preview='"weather"', aliases=_prob_aliases(schema))
+
+
+def weather_style(spec: ModelSpec, geometry_column: str) -> list[LayerStyle]:
+    """The stored alternative ``chips`` style by weather, where the spec has a weather group ([] otherwise)."""
+    if not spec.weather_labels:
+        return []
+    return [LayerStyle(CHIPS_LAYER, geometry_column, CHIPS_WEATHER_STYLE,
+                       chips_weather_qml(OutputSchema(spec.labels), spec.weather_labels), False,
+                       "scenetag: chips categorised by weather")]
 
 
 def probability_breaks(threshold: float) -> tuple[float, ...]:
@@ -265,6 +292,7 @@ def build_styles(spec: ModelSpec, geometry_columns: Mapping[str, str]) -> list[L
     out = [LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), CHIPS_DEFAULT_STYLE,
                       chips_categorized_qml(schema), True,
                       "scenetag: chips categorised by top label")]
+    out += weather_style(spec, geom.get(CHIPS_LAYER, "geom"))
     for i, (label, name) in enumerate(zip(schema.labels, prob_style_names(schema.labels))):
         out.append(LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), name,
                               chips_graduated_qml(schema, i, spec.thresholds[i]), False,
