@@ -50,10 +50,11 @@ def describe(spec) -> str:
     cal = spec.extra.get("calibration", {}) if isinstance(spec.extra, dict) else {}
     if cal.get("chosen"):
         cf = cal.get("crossfit", {})
+        honest = cal.get("samples_f2_cross_fitted", cf.get(cal["chosen"] if cal["chosen"] == "global" else
+                                                            "calibrated", {}).get("samples"))
         lines.append(f"calibration {cal['chosen']} thresholds, {cal.get('metric')} on the {cal.get('split')} split "
-                     f"({cal.get('n_images')} chips); cross-fitted samples-{cal.get('metric')} "
-                     f"{cf.get('global', {}).get('samples', float('nan')):.4f} at {cal.get('global_threshold')} vs "
-                     f"{cf.get('calibrated', {}).get('samples', float('nan')):.4f} per-class")
+                     f"({cal.get('n_images')} chips, TTA {cal.get('tta', 'none')}"
+                     + (f"; cross-fitted samples-{cal.get('metric')} {honest:.4f})" if honest is not None else ")"))
     lines.append("thresholds")
     lines += [f"  {lab:<{width}} {thr:.2f}" for lab, thr in zip(spec.labels, spec.thresholds)]
     return "\n".join(lines)
