@@ -74,13 +74,16 @@ def evaluate(
     labels: Sequence[str],
     min_support: int = 5,
     structure: "LabelStructure | None" = None,
+    groups: "dict[str, Sequence[str]] | None" = None,
 ) -> dict:
     """All metrics of probabilities at thresholds, as a JSON-ready dict.
 
     ``macro_f1_supported`` is macro-F1 over labels with at least
     ``min_support`` positives in ``y_true``.  With a ``structure`` the tags are
     those of the spec (thresholds, then the structure), and the result also
-    counts chips whose exclusive groups do not hold exactly one tag.
+    counts chips whose exclusive groups do not hold exactly one tag (``groups``:
+    the groups to count without applying them; default the structure's, else
+    Planet's weather where the labels have it).
     """
     probs = np.asarray(probs, dtype=np.float32)
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (probs.shape[1],))
@@ -103,7 +106,8 @@ def evaluate(
         "macro_f1_supported": float(pc["f1"][supported].mean()) if supported.any() else 0.0,
         "supported_labels": [lab for lab, s in zip(labels, supported) if s],
         "structured": bool(structure),
-        "groups_not_one": _groups_not_one(y_pred, labels, structure),
+        "groups_not_one": _groups_not_one(y_pred, labels, groups if groups is not None else
+                                          (structure.exclusive if structure else None)),
         "per_class": {
             lab: {k: (int(v[j]) if k in ("support", "predicted") else float(v[j])) for k, v in pc.items()}
             for j, lab in enumerate(labels)
@@ -112,12 +116,11 @@ def evaluate(
     return out
 
 
-def _groups_not_one(y_pred: np.ndarray, labels: Sequence[str], structure: "LabelStructure | None") -> dict:
+def _groups_not_one(y_pred: np.ndarray, labels: Sequence[str], groups: "dict | None") -> dict:
     """Per exclusive group (Planet's weather by default), chips tagged with no label or more than one of it."""
     from scenetag.model.structure import PLANET_WEATHER
 
-    groups = dict(structure.exclusive) if structure and structure.exclusive else (
-        {"weather": PLANET_WEATHER} if set(PLANET_WEATHER) <= set(labels) else {})
+    groups = dict(groups) if groups else ({"weather": PLANET_WEATHER} if set(PLANET_WEATHER) <= set(labels) else {})
     index = {lab: j for j, lab in enumerate(labels)}
     return {name: int((y_pred[:, [index[lab] for lab in group]].sum(1) != 1).sum()) for name, group in groups.items()}
 

@@ -44,7 +44,8 @@ def command(model_path, data, spec_path, labels_csv, split, split_file, backend,
     result.update({"model": str(model_path), "model_sha256": predictor.sha256, "split": split,
                    "split_source": scored.source, "tta": spec.tta})
     if spec.structure:
-        plain = evaluate(scored.table.targets, scored.probs, spec.thresholds, spec.labels, min_support=min_support)
+        plain = evaluate(scored.table.targets, scored.probs, spec.thresholds, spec.labels, min_support=min_support,
+                         groups=spec.structure.exclusive)
         result["without_structure"] = {k: plain[k] for k in (*SUMMARY_KEYS, "groups_not_one")}
     if output:
         write_result(result, output, overwrite)
