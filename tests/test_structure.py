@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,41 @@ def test_top_label_is_land_cover_and_weather_is_the_weather_tag():
 def test_structure_is_a_value():
     s = LabelStructure.from_dict(planet_structure(PLANET_LABELS).to_dict())
     assert s == planet_structure(PLANET_LABELS) and bool(s) and not LabelStructure()
+
+
+def test_a_bad_structure_in_onnx_metadata_is_refused_when_the_model_is_read(tmp_path):
+    import onnx
+
+    from scenetag.model.backends.onnx_backend import read_onnx_spec
+    from scenetag.model.spec import METADATA_KEY
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    path = export_constant_model(tmp_path / "m.onnx", [0.5] * 5)
+    proto = onnx.load(str(path))
+    data = tiny_spec().to_dict() | {"structure": {"exclusive": {"w": ["clear", "cloudy"], "v": ["cloudy", "water"]}}}
+    for p in proto.metadata_props:
+        if p.key == METADATA_KEY:
+            p.value = json.dumps(data)  # as another tool might write it: never validated by us
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelSpecError, match="'cloudy'"):
+        read_onnx_spec(path)
+
+
+def test_the_geopackage_has_one_weather_tag_per_chip_and_a_weather_style(tmp_path, make_raster):
+    import scenetag
+    from scenetag.model.backends import create_predictor
+    from scenetag.outputs_schema.styles import read_styles
+    from tests.model_fixtures import export_constant_model, tiny_spec
+
+    spec = tiny_spec().with_structure({"exclusive": {"weather": ["clear", "cloudy"]},
+                                       "suppresses": {"cloudy": ["primary"]}})
+    # Both weather labels and primary above their thresholds; cloudy the more probable.
+    model = export_constant_model(tmp_path / "m.onnx", [0.6, 0.9, 0.8, 0.7, 0.1], spec)
+    out = tmp_path / "o.gpkg"
+    scenetag.run_scene(make_raster(width=128, height=128), out, model=create_predictor(model))
+    chips = scenetag.read_chips(out)
+    assert (chips["weather"] == "cloudy").all() and (chips["tags"] == "cloudy water").all()
+    assert (chips["top_label"] == "primary").all()  # land cover by probability, not weather
+    styles = {row["styleName"]: row for row in read_styles(out) if row["f_table_name"] == "chips"}
+    assert "weather" in styles and not styles["weather"]["useAsDefault"]
+    assert 'attr="weather"' in styles["weather"]["styleQML"]
