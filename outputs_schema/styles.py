@@ -167,6 +167,8 @@ def chips_weather_qml(schema: OutputSchema, weather: Sequence[str]) -> str:
         syms.append(fill_symbol(str(i), c.qgis(CHIP_FILL_ALPHA), c.darker().qgis(0.9), 0.2))
     src = ET.SubElement(r, "source-symbol")
     src.append(fill_symbol("0", Color(200, 200, 200).qgis(CHIP_FILL_ALPHA), "35,35,35,230", 0.2))
+    ET.SubElement(r, "rotation")
+    ET.SubElement(r, "sizescale")
     return _finish(root, map_tip=_chips_map_tip(schema), preview='"weather"', aliases=_prob_aliases(schema))
 
 
