@@ -67,8 +67,11 @@ def worker_predictor(model: ShippedModel) -> Any:
         from scenetag.model.backends.onnx_backend import OnnxPredictor
 
         # One ONNX Runtime thread per task: tasks run side by side on a worker.
-        predictor = OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1,
-                                  model_bytes=data)
+        from scenetag.model.backends.tta import with_tta
+
+        # spec.tta is the TTA the caller chose (the spec's own, or --tta): the wrapper applies it.
+        predictor = with_tta(OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1,
+                                           model_bytes=data))
         if predictor.sha256 != model.sha256:
             raise ModelLoadError(f"model {model.path!r} changed during the batch "
                                  f"(sha256 {predictor.sha256[:12]}, expected {model.sha256[:12]})")

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from scenetag.errors import ModelSpecError
+from scenetag.model.structure import LabelStructure
+from scenetag.model.tta import TTA_MODES
 
 if TYPE_CHECKING:
     import numpy as np
 
 #: Key of the spec in the ONNX ``metadata_props``.
 METADATA_KEY = "scenetag.spec"
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: structure (exclusive groups, suppression rules) and tta
 
 #: The 17 labels of Planet's "Understanding the Amazon from Space", sorted.
 PLANET_LABELS: tuple[str, ...] = (
@@ -81,6 +83,11 @@ class ModelSpec:
         std: Per-band standard deviation in [0, 1] units.
         chip_size: Chip side in pixels.
         resolution_m: Ground resolution the model was trained at, metres/pixel.
+        structure: Exclusive label groups and suppression rules applied to the tags
+            (:class:`~scenetag.model.structure.LabelStructure`; JSON
+            ``{"exclusive": {group: [labels]}, "suppresses": {label: [labels]}}``).
+        tta: Test-time augmentation the thresholds were calibrated with, and the one
+            ``run`` uses by default: "none", "flips" (2 views) or "d4" (8 views).
     """
 
     name: str
@@ -95,6 +102,8 @@ class ModelSpec:
     std: tuple[float, ...] = IMAGENET_STD
     chip_size: int = 256
     resolution_m: float = 3.0
+    structure: LabelStructure = field(default_factory=LabelStructure)
+    tta: str = "none"
     extra: Mapping[str, Any] = field(default_factory=dict)
     spec_version: int = SPEC_VERSION
 
@@ -105,6 +114,10 @@ class ModelSpec:
         if self.fixed_range is not None:
             object.__setattr__(self, "fixed_range", tuple(self.fixed_range))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if not isinstance(self.structure, LabelStructure):
+            object.__setattr__(self, "structure", LabelStructure.from_dict(self.structure))
+        if (self.structure or self.tta != "none") and self.spec_version < 2:
+            object.__setattr__(self, "spec_version", 2)  # what a version-1 reader cannot apply
         self._validate()
 
     def _validate(self) -> None:
@@ -170,6 +183,9 @@ class ModelSpec:
             raise ModelSpecError(f"model spec chip_size must be an integer >= 8, got {self.chip_size!r}")
         if not (self.resolution_m > 0):
             raise ModelSpecError(f"model spec resolution_m must be positive, got {self.resolution_m!r}")
+        self.structure.validate(self.labels)
+        if self.tta not in TTA_MODES:
+            raise ModelSpecError(f"model spec tta {self.tta!r} is unknown: use one of {', '.join(TTA_MODES)}")
         if self.spec_version > SPEC_VERSION:
             raise ModelSpecError(
                 f"model spec version {self.spec_version} is newer than this scenetag "
@@ -233,6 +249,7 @@ class ModelSpec:
         """JSON-ready dict of the spec."""
         d = asdict(self)
         d["extra"] = dict(self.extra)
+        d["structure"] = self.structure.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -243,14 +260,37 @@ class ModelSpec:
         """A copy of the spec with other thresholds."""
         return replace(self, thresholds=expand_thresholds(thresholds, self.labels))
 
-    def tags(self, probs: "np.ndarray") -> "np.ndarray":
-        """Boolean ``(N, L)`` tags of ``(N, L)`` probabilities: each label at or above its threshold.
+    def with_structure(self, structure: LabelStructure | Mapping[str, Any] | None) -> "ModelSpec":
+        """A copy of the spec with another label structure (None: none)."""
+        return replace(self, structure=structure if structure is not None else LabelStructure())
 
-        The one place tags are made: the writer, evaluation and calibration all call it.
+    def tags(self, probs: "np.ndarray", structured: bool = True) -> "np.ndarray":
+        """Boolean ``(N, L)`` tags of ``(N, L)`` probabilities.
+
+        Each label at or above its threshold, then (unless ``structured`` is
+        False) the spec's label structure enforced: one label per exclusive
+        group, suppressed labels removed.  The one place tags are made: the
+        writer, evaluation and calibration all call it.
         """
         import numpy as np
 
-        return np.asarray(probs) >= np.asarray(self.thresholds, dtype=np.float32)[None, :]
+        probs = np.asarray(probs)
+        tagged = probs >= np.asarray(self.thresholds, dtype=np.float32)[None, :]
+        if structured and self.structure:
+            tagged = self.structure.apply(tagged, probs, self.labels)
+        return tagged
+
+    @property
+    def weather_labels(self) -> tuple[str, ...]:
+        """Labels of the exclusive group named "weather" (the GeoPackage's ``weather`` field); () without one."""
+        from scenetag.model.structure import WEATHER_GROUP
+
+        return tuple(self.structure.exclusive.get(WEATHER_GROUP, ()))
+
+    @property
+    def grouped_labels(self) -> frozenset[str]:
+        """Labels in some exclusive group (weather-like, not land cover)."""
+        return frozenset(lab for group in self.structure.exclusive.values() for lab in group)
 
     @property
     def n_labels(self) -> int:

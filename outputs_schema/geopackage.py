@@ -29,7 +29,7 @@ from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema import metadata, project, styles
 from scenetag.outputs_schema.area import area_m2
 from scenetag.outputs_schema.dissolve import dissolve_windows
-from scenetag.outputs_schema.records import ChipTable
+from scenetag.outputs_schema.records import ChipTable, top_and_weather
 from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
@@ -90,13 +90,16 @@ def shifted_chips(table: ChipTable, stride: int | None = None) -> np.ndarray:
 
 
 def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scene_id: str,
-                transform: Affine, crs: CRS, stride: int | None = None) -> gpd.GeoDataFrame:
+                transform: Affine, crs: CRS, stride: int | None = None,
+                spec: ModelSpec | None = None) -> gpd.GeoDataFrame:
     """The ``chips`` layer as a GeoDataFrame with the declared columns; ``tagged`` is
-    :meth:`ModelSpec.tags` of the table, ``stride`` the grid's (see :func:`shifted_chips`)."""
+    :meth:`ModelSpec.tags` of the table, ``stride`` the grid's (see :func:`shifted_chips`);
+    ``spec``'s groups say which labels are weather."""
     probs = table.probs
     # " w1 w2" per chip (a space before each tag word), so the row sums join the words.
     spaced = np.where(tagged, " " + np.asarray(tag_names(schema.labels), dtype=object), "")
-    top = probs.argmax(axis=1)
+    top_label, top_prob, weather = top_and_weather(
+        probs, tagged, schema.labels, spec.weather_labels if spec else (), spec.grouped_labels if spec else ())
     data: dict[str, Any] = {
         "scene_id": np.full(len(table), scene_id, dtype=object),
         "row": table.row, "col": table.col, "x_off": table.x_off, "y_off": table.y_off,
@@ -104,8 +107,9 @@ def chips_frame(table: ChipTable, schema: OutputSchema, tagged: np.ndarray, scen
         "valid_fraction": table.valid_fraction,
         "tags": np.asarray([t[1:] for t in spaced.sum(axis=1)], dtype=object),
         "n_tags": tagged.sum(axis=1),
-        "top_label": np.asarray(schema.labels, dtype=object)[top],
-        "top_prob": probs[np.arange(len(probs)), top],
+        "top_label": top_label,
+        "top_prob": top_prob,
+        "weather": weather,
         **dict(zip(schema.prob_columns, probs.T)),
     }
     return gpd.GeoDataFrame(_typed(data, CHIP_FIELDS, schema.chip_columns),
@@ -163,7 +167,7 @@ def write_geopackage(
     out = Path(out)
     schema = OutputSchema(spec.labels)
     tagged = spec.tags(table.probs)
-    chips = chips_frame(table, schema, tagged, scene_id, transform, crs, stride)
+    chips = chips_frame(table, schema, tagged, scene_id, transform, crs, stride, spec)
     # Label layers are dissolved (and their areas measured) in the scene's CRS.
     label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)
                     for i, label in enumerate(spec.labels)]

@@ -74,3 +74,29 @@ class ChipTable:
                   seconds_read=sum(t.seconds_read for t in tables),
                   seconds_infer=sum(t.seconds_infer for t in tables))
         return out
+
+
+def top_and_weather(probs: np.ndarray, tagged: np.ndarray, labels: Sequence[str],
+                    weather: Sequence[str] = (), grouped: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray,
+                                                                                        np.ndarray]:
+    """Per chip: the top land-cover label and its probability, and the weather tag.
+
+    The top label is the most probable label outside the spec's exclusive
+    groups (``grouped``), so the map is coloured by what is on the ground, not
+    by the weather; with no groups it is the most probable of all labels.  The
+    weather is the tagged label of ``weather`` (the spec's "weather" group:
+    exactly one per chip), None where there is no such group.
+    """
+    labels = list(labels)
+    grouped = set(grouped)
+    land = [j for j, lab in enumerate(labels) if lab not in grouped] or list(range(len(labels)))
+    names = np.asarray(labels, dtype=object)
+    rows = np.arange(len(probs))
+    top = np.asarray(land)[probs[:, land].argmax(axis=1)] if len(probs) else np.zeros(0, int)
+    if weather:
+        cols = np.asarray([labels.index(lab) for lab in weather])
+        hit = tagged[:, cols]
+        sky = np.where(hit.any(axis=1), names[cols][hit.argmax(axis=1)], None)
+    else:
+        sky = np.full(len(probs), None, dtype=object)
+    return names[top], probs[rows, top], sky.astype(object)

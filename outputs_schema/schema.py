@@ -24,7 +24,8 @@ from typing import Sequence
 
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
-SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, the stored QGIS project
+SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, chips.weather,
+# top_label is the top land-cover label, the stored QGIS project
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -68,8 +69,11 @@ CHIP_FIELDS: tuple[Field, ...] = (
     Field("valid_fraction", "float32", "share of the chip's pixels inside the scene that are valid per GDAL's mask"),
     Field("tags", "str", "space-separated tags, as in Kaggle (see tag_names)"),
     Field("n_tags", "int32", "number of tags"),
-    Field("top_label", "str", "label with the highest probability"),
-    Field("top_prob", "float32", "highest probability"),
+    Field("top_label", "str", "land-cover label with the highest probability (labels outside the spec's "
+          "exclusive groups, e.g. not weather; every label when the spec has no groups)"),
+    Field("top_prob", "float32", "probability of top_label"),
+    Field("weather", "str", "the chip's tag of the spec's exclusive group 'weather' (exactly one per chip); "
+          "NULL when the spec has no such group", since=3),
 )
 
 #: Fields of each ``label_<name>`` layer.

@@ -82,6 +82,8 @@ CHIPS_ORDER_BY = ("shifted", "row", "col")
 CHIP_GRADUATED_OPACITY = 0.7
 #: Name of the default ``chips`` style and prefix of the per-label graduated styles.
 CHIPS_DEFAULT_STYLE = "top_label"
+#: Name of the alternative ``chips`` style by the ``weather`` field.
+CHIPS_WEATHER_STYLE = "weather"
 PROB_STYLE_PREFIX = "prob_"
 
 _POLYGON = "2"  # QgsWkbTypes::PolygonGeometry
@@ -159,14 +161,17 @@ def _prob_aliases(schema: OutputSchema) -> dict[str, str]:
     return {col: f"p({xml_safe(label)})" for label, col in zip(schema.labels, schema.prob_columns)}
 
 
-def chips_categorized_qml(schema: OutputSchema) -> str:
-    """``chips`` categorised by ``top_label``: one category per label, in its colour."""
+def _chips_by_label_qml(schema: OutputSchema, attr: str, labels: Sequence[str]) -> str:
+    """``chips`` categorised by the label in field ``attr``: one category per label of ``labels``,
+    in the colour that label has among all of the schema's labels."""
+    colors = dict(zip(schema.labels, label_colors(schema.labels)))
     root = _qgis_root()
-    r = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr="top_label",
+    r = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=attr,
                       symbollevels="0", forceraster="0", enableorderby="0")
     cats = ET.SubElement(r, "categories")
     syms = ET.SubElement(r, "symbols")
-    for i, (label, c) in enumerate(zip(schema.labels, label_colors(schema.labels))):
+    for i, label in enumerate(labels):
+        c = colors[label]
         ET.SubElement(cats, "category", render="true", symbol=str(i), value=xml_safe(label),
                       label=xml_safe(label))
         syms.append(fill_symbol(str(i), c.qgis(1.0), c.darker().qgis(1.0), 0.2))
@@ -175,8 +180,27 @@ def chips_categorized_qml(schema: OutputSchema) -> str:
     ET.SubElement(r, "rotation")
     ET.SubElement(r, "sizescale")
     _chips_drawn_once(r)
-    return _finish(root, map_tip=_chips_map_tip(schema), preview='"top_label"',
+    return _finish(root, map_tip=_chips_map_tip(schema), preview=f'"{attr}"',
                    aliases=_prob_aliases(schema), opacity=CHIP_FILL_ALPHA)
+
+
+def chips_categorized_qml(schema: OutputSchema) -> str:
+    """``chips`` categorised by ``top_label``: one category per label, in its colour."""
+    return _chips_by_label_qml(schema, "top_label", schema.labels)
+
+
+def chips_weather_qml(schema: OutputSchema, weather: Sequence[str]) -> str:
+    """``chips`` categorised by ``weather``: one category per weather label, in its colour (an alternative style)."""
+    return _chips_by_label_qml(schema, "weather", weather)
+
+
+def weather_style(spec: ModelSpec, geometry_column: str) -> list[LayerStyle]:
+    """The stored alternative ``chips`` style by weather, where the spec has a weather group ([] otherwise)."""
+    if not spec.weather_labels:
+        return []
+    return [LayerStyle(CHIPS_LAYER, geometry_column, CHIPS_WEATHER_STYLE,
+                       chips_weather_qml(OutputSchema(spec.labels), spec.weather_labels), False,
+                       "scenetag: chips categorised by weather")]
 
 
 def probability_breaks(threshold: float) -> tuple[float, ...]:
@@ -298,6 +322,7 @@ def build_styles(spec: ModelSpec, geometry_columns: Mapping[str, str]) -> list[L
     out = [LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), CHIPS_DEFAULT_STYLE,
                       chips_categorized_qml(schema), True,
                       "scenetag: chips categorised by top label")]
+    out += weather_style(spec, geom.get(CHIPS_LAYER, "geom"))
     for i, (label, name) in enumerate(zip(schema.labels, prob_style_names(schema.labels))):
         out.append(LayerStyle(CHIPS_LAYER, geom.get(CHIPS_LAYER, "geom"), name,
                               chips_graduated_qml(schema, i, spec.thresholds[i]), False,

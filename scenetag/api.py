@@ -32,15 +32,25 @@ _DEFAULT = object()
 
 
 def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, backend: str = "auto",
-               device: str = "auto", precision: str = "fp32") -> Any:
-    """The predictor for ``model`` (default: the shipped model), with the spec of the ``spec`` JSON if given."""
+               device: str = "auto", precision: str = "fp32", tta: str | None = None,
+               thresholds: Any = None) -> Any:
+    """The predictor for ``model`` (default: the shipped model), with the spec of the ``spec`` JSON if given.
+
+    ``tta`` ("none", "flips", "d4") replaces the spec's test-time augmentation
+    (a warning says when it is not the one the thresholds were fitted with);
+    ``thresholds`` (one value, a list, or a label→value map) replace the spec's
+    for this predictor only.
+    """
     from scenetag.model.backends import create_predictor
     from scenetag.model.default import default_model_path
     from scenetag.model.spec import ModelSpec
 
     spec_value = ModelSpec.from_file(spec) if spec else None
-    return create_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
-                          precision=precision)
+    predictor = create_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
+                                 precision=precision, tta=tta)
+    if thresholds is not None:
+        predictor.spec = predictor.spec.with_thresholds(thresholds)
+    return predictor
 
 
 def _options(predictor: Any, options: "RunOptions | None", values: dict) -> "RunOptions":
@@ -62,6 +72,8 @@ def run_scene(
     backend: str = "auto",
     device: str = "auto",
     precision: str = "fp32",
+    tta: str | None = None,
+    thresholds: Any = None,
     options: "RunOptions | None" = None,
     overwrite: bool = False,
     scheduler: str | None = None,
@@ -77,6 +89,8 @@ def run_scene(
         model: A model file, or a predictor already loaded; default: the shipped model.
         spec: A spec JSON for a model that carries none.
         backend, device, precision: How the model runs (see ``scenetag run --help``).
+        tta, thresholds: Test-time augmentation and thresholds for this run instead of the
+            spec's (see :func:`load_model`).
         options: The job's :class:`~scenetag.jobs.options.RunOptions`; or give them as keywords
             (``bands=(3, 2, 1)``, ``overlap=0.5``, ``edge="pad"``, ``raster=True``...).
         scheduler: A Dask scheduler address: run the scene on that cluster instead of here
@@ -92,7 +106,8 @@ def run_scene(
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on ``device``; here it is only read.
     predictor = model if _is_predictor(model) else load_model(
-        model, spec, backend=backend, device="cpu" if on_cluster else device, precision=precision)
+        model, spec, backend=backend, device="cpu" if on_cluster else device, precision=precision, tta=tta,
+        thresholds=thresholds)
     opts = _options(predictor, options, option_values)
     if on_cluster:
         from scenetag.jobs.batch import run_scene_on_cluster
@@ -113,6 +128,8 @@ def run_batch(
     backend: str = "auto",
     device: str = "auto",
     precision: str = "fp32",
+    tta: str | None = None,
+    thresholds: Any = None,
     options: "RunOptions | None" = None,
     scheduler: str | None = None,
     force: bool = False,
@@ -135,7 +152,7 @@ def run_batch(
     that fails is tried ``retries`` more times, then recorded in the report.
     ``workers`` ... ``on_done`` are those of :func:`scenetag.jobs.batch.run_batch`
     (the cluster, the task size, the report, callbacks); the other keywords
-    are job options as in :func:`run_scene`.
+    are job options as in :func:`run_scene` (``tta`` and ``thresholds`` too).
     Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
     """
     from scenetag.jobs.batch import run_batch as batch
@@ -143,7 +160,7 @@ def run_batch(
 
     # The workers load the model on ``device``; here it is only read.
     predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
-                                                              precision=precision)
+                                                              precision=precision, tta=tta, thresholds=thresholds)
     opts = _options(predictor, options, option_values)
     return batch(inputs, Path(out_dir), predictor, opts, device=device, scheduler=scheduler, force=force,
                  retries=retries, workers=workers, threads=threads, gpu=gpu,

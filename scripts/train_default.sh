@@ -3,8 +3,10 @@
 #
 #     bash scripts/train_default.sh [WORKDIR]        (default WORKDIR: out/default)
 #
-# train -> calibrate (per-class F2 thresholds on the validation split) -> export (ONNX,
-# verified against torch on random and real chips) -> evaluate.  Needs the Planet chips
+# train -> calibrate (per-class F2 thresholds on the validation split, kept only where
+# cross-fitting says they beat the global one) -> export (ONNX, verified against torch on
+# random and real chips) -> tags study (TTA x weather structure x thresholds on the
+# validation split; writes the chosen d4 TTA, structure and threshold into the spec) -> evaluate.  Needs the Planet chips
 # at ../shared/data/chips/planet_amazon and the [torch] extra.  CPU only; about 35 min
 # on 2 free cores (10 epochs at ~5 chips/s), longer on a shared machine.
 set -euo pipefail
@@ -28,6 +30,10 @@ export MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184
 
 "$PY" cli.py -v export "$WORK/calibrated.pt" -o "$OUT" --overwrite \
     --check-chips "$DATA/images" --n-check 32 > "$WORK/export.json"
+
+"$PY" scripts/tags_study.py probs "$OUT" -o "$WORK/tags_study"
+"$PY" scripts/tags_study.py table -o "$WORK/tags_study" > "$WORK/tags_study/table.md"
+"$PY" scripts/tags_study.py ship "$OUT" -o "$WORK/tags_study"
 
 "$PY" cli.py evaluate "$OUT" "$DATA/images" --labels "$DATA/labels.csv" --split val \
     -o "$WORK/eval_val.json" --overwrite --device cpu

@@ -238,3 +238,61 @@ def test_calibrate_model_records_the_calibration_in_the_new_spec(tiny_model):
     stored = result.spec.extra["calibration"]
     assert stored["split"] == "val" and stored["n_images"] == n and set(stored) >= {"before", "after", "reasons"}
     assert result.record["split_source"] == "test" and "crossfit" in result.record
+
+
+# -- cross-fitting: what calibration is worth on chips it was not fitted on ---------------------------
+
+
+def test_crossfit_says_per_class_helps_where_the_best_thresholds_are_known():
+    truth = [0.3, 0.55, 0.8, 0.07]
+    y, p = separable(truth, n=400)
+    cf = crossfit(y, p, "f2", 0.2, 5)
+    assert cf["per_class_helps"] and cf["samples_diff"] > 0.02
+    assert cf["calibrated"]["samples"] > 0.99 > cf["global"]["samples"]
+
+
+def test_crossfit_says_per_class_only_overfits_noise_and_calibrate_model_keeps_the_global_threshold(tmp_path):
+    from types import SimpleNamespace
+
+    from scenetag.model.spec import ModelSpec
+    from scenetag.model.training.calibrate import calibrate_model
+    from scenetag.model.training.data import LabelTable
+
+    from scenetag.model.training.calibrate import best_threshold
+
+    labels = ("a", "b", "c", "d", "e", "f")
+
+    def draw(n, rng):  # every label alike: one threshold is the best for all of them
+        y = rng.random((n, len(labels))) < 0.3
+        return y, np.clip(0.35 * y + rng.normal(0.3, 0.15, y.shape), 0.01, 0.99)
+    big_y, big_p = draw(20000, np.random.default_rng(99))
+    best, _ = best_threshold(big_y.ravel(), big_p.ravel(), 2.0, grid_within())  # the population's best
+    y, p = draw(80, np.random.default_rng(0))  # a small validation set: per-class thresholds fit its noise
+    cal = calibrate(y, p, "f2", best, 5)
+    cf = crossfit(y, p, "f2", best, 5)
+    assert cal.after["samples"] > cal.before["samples"]  # in sample, it looks like a gain...
+    assert not cf["per_class_helps"] and cf["samples_diff"] < 0  # ...that is not one
+    predictor = SimpleNamespace(spec=ModelSpec.create("m", "a", labels, 0.2), path=str(tmp_path / "m.onnx"))
+    table = LabelTable([f"i{i}" for i in range(len(y))], labels, y.astype(np.float32))
+    auto = calibrate_model(predictor, table, p, "val", "test", global_threshold=best)
+    assert auto.record["chosen"] == "global" and auto.spec.thresholds == (best,) * len(labels)
+    forced = calibrate_model(predictor, table, p, "val", "test", global_threshold=best, choose="per-class")
+    assert forced.record["chosen"] == "per-class" and forced.spec.thresholds == tuple(cal.thresholds)
+
+
+def test_with_the_structure_exclusive_labels_keep_the_global_threshold_and_scores_are_structured():
+    from scenetag.model.spec import PLANET_LABELS
+    from scenetag.model.structure import planet_structure
+
+    s = planet_structure(PLANET_LABELS)
+    rng = np.random.default_rng(4)
+    y = rng.random((200, 17)) < 0.2
+    p = np.clip(0.5 * y + rng.random(y.shape) * 0.5, 0.01, 0.99)
+    cal = calibrate(y, p, "f2", 0.2, 5, structure=s, labels=PLANET_LABELS)
+    for lab in ("clear", "partly_cloudy", "haze", "cloudy"):
+        j = PLANET_LABELS.index(lab)
+        assert cal.reasons[j] == "exclusive" and cal.thresholds[j] == 0.2
+    weather = [PLANET_LABELS.index(w) for w in ("clear", "partly_cloudy", "haze", "cloudy")]
+    tags = s.apply(p >= cal.thresholds, p, PLANET_LABELS)
+    assert (tags[:, weather].sum(1) == 1).all()
+    assert cal.after["samples"] == pytest.approx(fbeta(y, tags, 2.0, "samples"))

@@ -151,13 +151,17 @@ def test_cli_exports_our_checkpoint_with_real_chip_check(tmp_path):
 
 
 def test_default_model_is_shipped_and_runs():
-    """The committed default model: Planet labels, 256 px RGB, calibrated thresholds, and it tags real chips."""
+    """The committed default model: Planet labels, 256 px RGB, its tagging from the study, and it tags real chips."""
     assert DEFAULT_MODEL.is_file(), f"{DEFAULT_MODEL} is missing: rebuild it with `make default-model`"
     spec = read_onnx_spec(DEFAULT_MODEL)
     assert spec.labels == PLANET_LABELS
     assert spec.bands == ("red", "green", "blue") and spec.chip_size == 256 and spec.scaling == "percentile"
     assert spec.arch == "tf_efficientnet_lite0"
-    assert len(set(spec.thresholds)) > 1, "thresholds are not calibrated per class"
+    # Issue 14: one global threshold (cross-fitting found per-class thresholds no better), d4, Planet's structure.
+    calibration = spec.extra["calibration"]
+    assert calibration["chosen"] == "global" and set(spec.thresholds) == {calibration["global_threshold"]}
+    assert calibration["samples_f2_cross_fitted"] < calibration["samples_f2_in_sample"]
+    assert spec.tta == "d4" and spec.weather_labels == ("clear", "partly_cloudy", "haze", "cloudy")
     assert DEFAULT_MODEL.stat().st_size < 30e6
     chips = real_chips(8)
     probs = onnx_probs(DEFAULT_MODEL, chips)
@@ -165,6 +169,7 @@ def test_default_model_is_shipped_and_runs():
     # Every Planet chip has a weather tag; the model should find one on real chips.
     weather = [PLANET_LABELS.index(w) for w in ("clear", "cloudy", "haze", "partly_cloudy")]
     assert (probs[:, weather].max(1) > 0.5).mean() >= 0.75
+    assert (spec.tags(probs)[:, weather].sum(1) == 1).all()  # exactly one weather tag per chip
 
 
 @pytest.mark.slow

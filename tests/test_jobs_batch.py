@@ -259,6 +259,21 @@ def test_run_on_a_cluster_matches_run(scenes_dir, reference, predictor, cluster,
     assert_same_chips(out, Path(reference["drone_rgba_alpha.tif"]))
 
 
+def test_tta_on_a_cluster_matches_tta_here(scenes_dir, tiny_model, cluster, tmp_path):
+    """The workers build their predictor from the shipped spec, whose TTA they apply as run does."""
+    d4 = create_predictor(tiny_model, tta="d4")
+    scene = scenes_dir / "drone_rgba_alpha.tif"
+    here = run_scene(scene, tmp_path / "here.gpkg", d4).output
+    out = tmp_path / "cluster.gpkg"
+    run_scene_on_cluster(scene, out, d4, RunOptions(), scheduler=cluster.scheduler_address,
+                         chips_per_task=CHIPS_PER_TASK)
+    assert_same_chips(out, Path(here))
+    plain = run_scene(scene, tmp_path / "plain.gpkg", create_predictor(tiny_model)).output
+    probs = [c for c in chips(out).columns if c.startswith("p_")]
+    assert np.abs(chips(out)[probs].to_numpy() - chips(Path(plain))[probs].to_numpy()).max() > 1e-4
+    assert json.loads(runs(out)["model_spec"][0])["tta"] == "d4"
+
+
 def test_gpu_asked_of_a_cluster_without_gpus_is_refused(scenes_dir, predictor, cluster, tmp_path):
     with pytest.raises(ClusterError, match="declares a GPU"):
         _batch(scenes_dir, tmp_path, predictor, cluster, gpu=True)

