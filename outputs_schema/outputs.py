@@ -94,7 +94,8 @@ class SceneOutputs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpkg", Path(self.gpkg))
         if self.gpkg.suffix.lower() != GPKG_SUFFIX:
-            raise OutputError(f"output {str(self.gpkg)!r} must end in .gpkg")
+            raise OutputError(f"output {str(self.gpkg)!r} must end in .gpkg: scenetag writes GeoPackages "
+                              "(ogr2ogr converts one to GeoJSON, Shapefile...)")
 
     @property
     def raster_path(self) -> Path:

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 import click
 
-from scenetag.config import DEFAULT_MAX_CHIPS
+from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import DataError, ScenetagError
+from scenetag.gdal_messages import route_gdal_messages
 
 
 class ScenetagClickError(click.ClickException):
@@ -94,6 +95,7 @@ def configure_logging(verbose: int, quiet: int) -> None:
         force=True,
     )
     quiet_third_party()
+    route_gdal_messages()
 
 
 def quiet_third_party() -> None:
@@ -221,7 +223,13 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Skip chips with a smaller share of valid pixels (GDAL mask: "
                      "nodata, alpha or mask band) without running the model."),
         click.option("--resample", is_flag=True,
-                     help="Read chips at the model's ground resolution instead of the scene's."),
+                     help="Read chips at the model's ground resolution instead of the scene's "
+                     "(the resolution warning and --dry-run say how many chips that makes)."),
+        click.option("--resample-max-factor", type=click.FloatRange(min=1), default=DEFAULT_RESAMPLE_MAX_FACTOR,
+                     show_default=True, metavar="N",
+                     help="With --resample, refuse a scene more than N times coarser than the model "
+                     "(N times coarser is N² times the chips): raise N to the factor the refusal "
+                     "names to confirm the work."),
         batch_size_option,
         click.option("--reader", type=click.Choice(["auto", "threads", "processes"]), default="auto",
                      show_default=True,

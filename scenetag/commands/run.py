@@ -41,6 +41,7 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
         f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
         f"{result.seconds:.1f} s ({result.chips_per_second:.1f} chips/s)"
+        + (f"; bands {result.bands_used}" if result.bands_used else "")
         + (f"; {result.reason}" if result.reason else "")
         + "".join(f"; warning: {w}" for w in result.warnings)
     )
