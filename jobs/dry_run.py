@@ -134,3 +134,85 @@ def preview_batch(scenes: Sequence[Path], outs: Sequence[Path], model: SceneMode
     """What ``batch`` would do with each scene (expanded inputs and their outputs, as the batch names them)."""
     return [preview_scene(s, o, model, options, skip_current=not force, overwrite=True)
             for s, o in zip(scenes, outs)]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _stretch_text(plan: ScenePlan) -> str:
+    if plan.stretch is None:
+        return f"none: {plan.info.dtype} passes through"
+    p_lo, p_hi = plan.spec.percentiles if plan.spec.scaling != "fixed" else (None, None)
+    how = f"p{p_lo:g}..p{p_hi:g} of the scene" if p_lo is not None else "the spec's fixed range"
+    pairs = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in zip(plan.stretch.low, plan.stretch.high))
+    return f"{how}, per band: {pairs}"
+
+
+def _output_text(preview: ScenePreview) -> str:
+    return ", ".join(preview.outputs) + f" ({preview.output_state})"
+
+
+def _action_text(preview: ScenePreview) -> str:
+    return preview.action + (f": {preview.reason}" if preview.reason else "")
+
+
+def scene_table(preview: ScenePreview) -> str:
+    """One scene's plan for people: a row per thing decided (``run --dry-run``)."""
+    rows: list[tuple[str, str]] = [("scene", preview.scene)]
+    plan = preview.plan
+    if plan is not None:
+        info, spec, grid = plan.info, plan.spec, plan.grid
+        rows += [
+            ("size", f"{info.width}x{info.height} px, {_plural(info.count, 'band')} {info.dtype}, "
+                     f"{info.crs.to_string()}, {info.resolution_m:.3g} m/pixel"),
+            ("model", f"{spec.name}: {spec.chip_size} px chips at {spec.resolution_m:g} m/pixel, "
+                      f"bands {','.join(spec.bands)}"),
+            ("bands", plan.bands_used),
+            ("resolution", f"factor {plan.factor:.3g}: chips read at the model's resolution (--resample)"
+                           if plan.options.resample else "factor 1: chips read at the scene's resolution"),
+            ("grid", f"{grid.shape[0]} x {grid.shape[1]} chips of {grid.chip:,} px, stride {grid.stride:,} px, "
+                     f"edge {grid.edge.value}"),
+            ("chips", f"{len(grid):,} to classify, {grid.n_skipped:,} skipped at the edge; chips under "
+                      f"{plan.options.min_valid:.0%} valid are found (and skipped) while reading"),
+            ("stretch", _stretch_text(plan)),
+        ]
+        rows += [("note", n) for n in plan.notes] + [("warning", w) for w in plan.warnings]
+    rows += [("outputs", _output_text(preview)), ("action", _action_text(preview))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def batch_table(previews: Sequence[ScenePreview], width: int = 40) -> str:
+    """The batch's plan for people: a row per scene, the totals, then what each scene's plan noticed."""
+    header = ("scene", "size", "bands", "factor", "chips", "edge", "output", "action")
+    rows = []
+    for p in previews:
+        name = Path(p.scene).name
+        name = name if len(name) <= width else name[: width - 1] + "…"
+        plan = p.plan
+        rows.append((name,
+                     f"{plan.info.width}x{plan.info.height}" if plan else "-",
+                     ",".join(map(str, plan.bands)) if plan else "-",
+                     f"{plan.factor:.3g}" if plan else "-",
+                     f"{len(plan.grid):,}" if plan else "-",
+                     f"{plan.grid.n_skipped:,}" if plan else "-",
+                     p.output_state, p.action))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = {3, 4, 5}
+    lines = ["  ".join(f"{c:>{w}}" if i in right else f"{c:<{w}}" for i, (c, w) in enumerate(zip(r, widths)))
+             .rstrip() for r in [header, *rows]]
+    todo = [p for p in previews if p.action == Action.CLASSIFY]
+    chips = sum(len(p.plan.grid) for p in todo if p.plan is not None)
+    counts = {a: sum(p.action == a for p in previews) for a in (Action.CLASSIFY, Action.SKIP, Action.REFUSE,
+                                                                Action.FAIL)}
+    lines.append(f"{_plural(len(previews), 'scene')}: {counts[Action.CLASSIFY]} to classify "
+                 f"({_plural(chips, 'chip')}), {counts[Action.SKIP]} up to date, "
+                 f"{counts[Action.REFUSE]} refused, {counts[Action.FAIL]} would fail")
+    for p in previews:
+        name = Path(p.scene).name
+        lines += [f"  {name}: bands {p.plan.bands_used}"] if p.plan is not None else []
+        lines += [f"  {name}: {n}" for n in (p.plan.notes + p.plan.warnings if p.plan else ())]
+        if p.reason and p.action != Action.SKIP:
+            lines.append(f"  {name}: {p.action}: {p.reason}")
+    return "\n".join(lines)

@@ -208,10 +208,11 @@ def _resolution_note(info: SceneInfo, spec: ModelSpec, options: RunOptions, stri
     mismatch = max(ratio, 1 / ratio)
     if mismatch <= RESOLUTION_WARN_RATIO:
         return ""
-    head = (f"{info.resolution_m:.3g} m scene for a {spec.resolution_m:.3g} m model "
-            f"({mismatch:.1f}x {'coarser' if ratio < 1 else 'finer'})")
     coarser = 1 / ratio
-    needed = math.ceil(coarser - 1e-9)
+    # Rounded up, so that the factor shown is one that --resample-max-factor accepts.
+    needed = f"{math.ceil(coarser * 10 - 1e-6) / 10:g}"
+    head = (f"{info.resolution_m:.3g} m scene for a {spec.resolution_m:.3g} m model "
+            f"({math.ceil(mismatch * 10 - 1e-6) / 10:g}x {'coarser' if ratio < 1 else 'finer'})")
     if not options.resample:
         other = _grid(info, spec, options, stride, ratio)
         note = (f"{head}: tags may be unreliable; --resample would classify {len(other):,} "

@@ -253,6 +253,40 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def dry_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dry-run`` and ``--format``: plan the scene job without classifying (``run``, ``batch``)."""
+    opts = [
+        click.option("--dry-run", is_flag=True,
+                     help="Plan without classifying and write nothing: per scene the chips to classify, "
+                     "edge chips skipped, bands used and why, stretch, resolution factor, outputs and "
+                     "whether each is up to date, and what the job would do. The model is read for its "
+                     "spec only. Exit code 1 when a scene would be refused or fail."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                     help="How --dry-run prints its plan on stdout: a table for people, or JSON."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def print_plan(previews: Any, fmt: str, batch: bool) -> None:
+    """Print a dry run's previews (:mod:`jobs.dry_run`) on stdout; exit code 1 when one would fail."""
+    import json
+
+    from scenetag.jobs.dry_run import batch_table, scene_table
+
+    if fmt == "json":
+        value = [p.to_dict() for p in previews] if batch else previews[0].to_dict()
+        click.echo(json.dumps(value, indent=1))
+    else:
+        click.echo(batch_table(previews) if batch else scene_table(previews[0]))
+    bad = [p for p in previews if p.would_fail]
+    if bad:
+        n = len(previews)
+        raise ScenetagError(f"{len(bad)} of {n} scene{'s' if n != 1 else ''} would be refused or fail: "
+                            "see the plan" if batch else f"the run would {bad[0].action}: {bad[0].reason}")
+
+
 def output_file_option(help: str, required: bool = False,
                        also: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``-o/--output FILE`` (also ``--out`` and the names in ``also``): the file a command writes."""
