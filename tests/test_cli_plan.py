@@ -27,10 +27,11 @@ def plan_json(*args):
     return res, (json.loads(res.stdout) if res.stdout.strip().startswith(("{", "[")) else None)
 
 
-def test_run_dry_run_plans_what_the_run_then_does_and_writes_nothing(tiny_model, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--edge", "skip", "--stride", "48")])
+def test_run_dry_run_plans_what_the_run_then_does_and_writes_nothing(tiny_model, tmp_path, extra):
     scene = real_scene("landsat8_rgb16.tif")
     out = tmp_path / "l8.gpkg"
-    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--dry-run")
+    res = invoke("run", scene, "-o", out, "--model", tiny_model, "--dry-run", *extra)
     assert res.exit_code == 0, res.output
     assert only_files(tmp_path) == []  # nothing written, not even a temporary
     table = dict(re.match(r"(\w+)\s+(.*)", line).groups() for line in res.stdout.splitlines())
@@ -38,9 +39,9 @@ def test_run_dry_run_plans_what_the_run_then_does_and_writes_nothing(tiny_model,
     assert "from the scene's colour tags" in table["bands"]
     assert table["stretch"].startswith("p2..p98")  # a uint16 scene is stretched
 
-    res, plan = plan_json("run", scene, "-o", out, "--model", tiny_model)
+    res, plan = plan_json("run", scene, "-o", out, "--model", tiny_model, *extra)
     assert res.exit_code == 0, res.output
-    real = invoke("run", scene, "-o", out, "--model", tiny_model, "--no-progress")
+    real = invoke("run", scene, "-o", out, "--model", tiny_model, "--no-progress", *extra)
     assert real.exit_code == 0, real.output
     row = runs_row(out)
     p = plan["plan"]
@@ -50,7 +51,8 @@ def test_run_dry_run_plans_what_the_run_then_does_and_writes_nothing(tiny_model,
     options = json.loads(row.options)
     assert p["bands"] == options["bands_used"] and p["resolution_factor"] == options["resolution_factor"]
     assert [p["stretch"]["low"], p["stretch"]["high"]] == [options["stretch"]["low"], options["stretch"]["high"]]
-    assert f"{p['chips']:,} to classify" in table["chips"]
+    assert f"{p['chips']:,} to classify, {p['chips_skipped_edge']:,} skipped at the edge" in table["chips"]
+    assert (p["chips_skipped_edge"] > 0) is bool(extra)
 
 
 def test_dry_run_says_whether_each_output_is_up_to_date(tiny_model, tmp_path):
