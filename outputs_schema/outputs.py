@@ -133,7 +133,7 @@ class SceneOutputs:
         for path in self.paths:
             if _same_file(path, scene):
                 raise OutputError(f"output {str(path)!r} is the scene {str(scene)!r} itself, and writing it would "
-                                  "destroy the input: choose another output (-o, or --out-dir in batch)")
+                                  "destroy the input: choose another output with --out")
 
     def check_source(self, scene: str | os.PathLike, scene_sha256: str, *,
                      record: RunRecord | None | object = _UNREAD) -> None:

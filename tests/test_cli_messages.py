@@ -134,7 +134,7 @@ def test_unsupported_output_format_is_refused_before_the_model_loads(tmp_path):
     assert only_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("case", ["report", "same_stem", "foreign"])
+@pytest.mark.parametrize("case", ["report", "same_stem", "foreign", "not_scenetag"])
 def test_batch_errors_name_batchs_options(tiny_model, make_raster, tmp_path, case):
     scene = coarse(make_raster)
     out_dir = tmp_path / "out"
@@ -147,7 +147,7 @@ def test_batch_errors_name_batchs_options(tiny_model, make_raster, tmp_path, cas
         other.mkdir()
         args = [other / "coarse.tif"]
         (other / "coarse.tif").write_bytes(scene.read_bytes())
-    else:  # an output made from another scene of the same name
+    elif case == "foreign":  # an output made from another scene of the same name
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         twin = make_raster("elsewhere/coarse.tif", seed=3,
@@ -155,10 +155,14 @@ def test_batch_errors_name_batchs_options(tiny_model, make_raster, tmp_path, cas
         assert invoke("run", twin, "-o", out_dir / "coarse.gpkg", "--model", tiny_model,
                       "--no-progress").exit_code == 0
         args = ["--dry-run"]  # the refusal is the same; the plan needs no cluster
+    else:  # a file of that name that is no scenetag GeoPackage
+        (out_dir / "coarse.gpkg").write_bytes(b"someone else's file")
+        args = ["--dry-run"]
     res = invoke("batch", scene, *args, "-d", out_dir, "--model", tiny_model, "--no-progress", "--workers", "1")
     assert res.exit_code == 1, res.output
     named = assert_names_own_options("batch", res.output)
-    assert {"report": "--report", "same_stem": "--out-dir", "foreign": "--force"}[case] in named, res.output
+    assert {"report": "--report", "same_stem": "--out-dir", "foreign": "--force",
+            "not_scenetag": "--force"}[case] in named, res.output
 
 
 def cli(*args):
@@ -208,3 +212,20 @@ def test_the_bands_used_and_their_evidence_are_said_and_recorded(tiny_model, tmp
     runs = pyogrio.read_dataframe(out, layer="runs")
     assert runs.bands_used.tolist() == [evidence]
     assert int(runs.schema_version[0]) == 3
+
+
+def test_evaluate_names_no_option_of_train(tiny_model, tmp_path):
+    """Chips of another size: evaluate says --resize (its own), not train's --chip-size."""
+    import numpy as np
+    from PIL import Image
+
+    from scenetag.commands import evaluate
+
+    images = tmp_path / "chips"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "c0.png")
+    (tmp_path / "labels.csv").write_text("image_name,tags\nc0,clear\n")
+    res = invoke("evaluate", tiny_model, images, "--labels", tmp_path / "labels.csv", "--split", "all")
+    assert res.exit_code == 1 and "the model takes 64x64" in res.output, res.output
+    assert assert_names_own_options("evaluate", res.output) == {"--resize"}
+    assert evaluate.command.name == "evaluate"
