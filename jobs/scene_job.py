@@ -19,13 +19,13 @@ Every way of running scenetag runs these steps, as tasks on an executor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
 import uuid
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

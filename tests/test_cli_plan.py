@@ -155,3 +155,10 @@ def test_scene_smaller_than_one_chip_after_resampling_says_so(tiny_model, make_r
     res = invoke("run", scene, "-o", tmp_path / "s.gpkg", "--model", tiny_model, "--resample", "--edge", "skip",
                  "--no-progress")
     assert "no chip fits: the scene is 300x200 pixels, smaller than one 640-pixel chip" in res.stdout
+
+
+def test_format_json_without_dry_run_is_a_usage_error(tiny_model, tmp_path):
+    res = invoke("run", real_scene("landsat7_rgb_byte.tif"), "-o", tmp_path / "o.gpkg", "--model", tiny_model,
+                 "--format", "json")
+    assert res.exit_code == 2 and "--format json is how --dry-run prints its plan: add --dry-run" in res.output
+    assert only_files(tmp_path) == []

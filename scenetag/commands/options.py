@@ -260,13 +260,21 @@ def dry_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Plan without classifying and write nothing: per scene the chips to classify, "
                      "edge chips skipped, bands used and why, stretch, resolution factor, outputs and "
                      "whether each is up to date, and what the job would do. The model is read for its "
-                     "spec only. Exit code 1 when a scene would be refused or fail."),
+                     "spec only, and the plan is made here (also with --scheduler). Exit code 1 when a "
+                     "scene would be refused or fail."),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
                      help="How --dry-run prints its plan on stdout: a table for people, or JSON."),
     ]
+
+    @functools.wraps(func)
+    def checked(*args: Any, dry_run: bool, fmt: str, **kwargs: Any) -> Any:
+        if fmt != "table" and not dry_run:
+            raise click.UsageError(f"--format {fmt} is how --dry-run prints its plan: add --dry-run")
+        return func(*args, dry_run=dry_run, fmt=fmt, **kwargs)
+
     for opt in reversed(opts):
-        func = opt(func)
-    return func
+        checked = opt(checked)
+    return checked
 
 
 def print_plan(previews: Any, fmt: str, batch: bool) -> None:
