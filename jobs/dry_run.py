@@ -211,6 +211,7 @@ def batch_table(previews: Sequence[ScenePreview], width: int = 40) -> str:
                  f"{counts[Action.REFUSE]} refused, {counts[Action.FAIL]} would fail")
     for p in previews:
         name = Path(p.scene).name
+        lines.append(f"  {name}: output {_output_text(p)}")
         lines += [f"  {name}: bands {p.plan.bands_used}"] if p.plan is not None else []
         lines += [f"  {name}: {n}" for n in (p.plan.notes + p.plan.warnings if p.plan else ())]
         if p.reason and p.action != Action.SKIP:

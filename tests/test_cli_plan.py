@@ -91,6 +91,7 @@ def test_batch_dry_run_lists_every_scene_without_cluster_lock_or_folder(tiny_mod
     assert rows["landsat7_rgb_byte.tif"][-2:] == ["new", "classify"]
     assert rows["no_geotransform_rpcs.tif"][-1] == "fail"
     assert "no_geotransform_rpcs.tif: fail: scene" in res.stdout and "no geotransform" in res.stdout
+    assert f"landsat7_rgb_byte.tif: output {out_dir / 'landsat7_rgb_byte.gpkg'} (new)" in res.stdout
     assert re.search(r"2 scenes: 1 to classify \([\d,]+ chips\), 0 up to date, 0 refused, 1 would fail", res.stdout)
 
 
