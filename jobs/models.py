@@ -63,3 +63,18 @@ class ShippedModel:
         return worker_predictor(self)
 
 
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """A model known by its file, checksum and spec only: all that planning needs (a dry run).
+
+    It classifies nothing: :meth:`predictor` raises.
+    """
+
+    path: str
+    sha256: str
+    spec: ModelSpec
+
+    def predictor(self) -> Any:
+        raise RuntimeError(f"{self.path}: a planned model has no predictor (a dry run classifies nothing)")

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from scenetag.config import DEFAULT_MAX_CHIPS
+from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import OptionError
 from scenetag.tiler.feed import ReaderMode
 from scenetag.tiler.grid import EdgePolicy
 
 #: Reader threads by default.
 DEFAULT_THREADS = 2
+
+
+def check_to_crs(to_crs: str | None) -> None:
+    """Refuse a ``--to-crs`` that GDAL does not know, saying PROJ's reason (its own message is not logged)."""
+    if not to_crs:
+        return
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    from scenetag.gdal_messages import gdal_errors_raised
+
+    try:
+        with gdal_errors_raised():
+            CRS.from_user_input(to_crs)
+    except CRSError as exc:
+        why = str(exc).split("PROJ: ", 1)[-1] if "PROJ: " in str(exc) else str(exc)
+        raise OptionError(f"--to-crs {to_crs!r} is not a CRS GDAL knows ({why}): use e.g. EPSG:4326") from None
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,9 @@ class RunOptions:
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
         max_chips: Refuse a scene whose grid has more chips than this (before reading a
             pixel); it bounds the run, not its result.
+        resample_max_factor: With ``resample``, refuse a scene more than this many times
+            coarser than the model (its chips multiply by the factor squared) unless raised
+            to the scene's factor; it bounds the run, not its result.
     """
 
     bands: tuple[int, ...] | None = None
@@ -46,6 +66,7 @@ class RunOptions:
     to_crs: str | None = None
     raster: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
+    resample_max_factor: float = DEFAULT_RESAMPLE_MAX_FACTOR
 
     def __post_init__(self) -> None:
         try:
@@ -67,6 +88,10 @@ class RunOptions:
             raise OptionError(f"stride must be >= 1, got {self.stride}")
         if isinstance(self.max_chips, bool) or not isinstance(self.max_chips, int) or self.max_chips < 1:
             raise OptionError(f"max_chips must be a whole number >= 1, got {self.max_chips!r}")
+        if isinstance(self.resample_max_factor, bool) or not isinstance(self.resample_max_factor, (int, float)) \
+                or not self.resample_max_factor >= 1:
+            raise OptionError(f"resample_max_factor must be a number >= 1, got {self.resample_max_factor!r}")
+        object.__setattr__(self, "resample_max_factor", float(self.resample_max_factor))
 
     @classmethod
     def for_model(cls, chip_size: int, *, stride: int | None = None, overlap: float | None = None,
@@ -83,15 +108,7 @@ class RunOptions:
             if not 0 <= overlap < 1:
                 raise OptionError(f"overlap must be a fraction in [0, 1), got {overlap}")
             stride = stride_from_overlap(chip_size, overlap)
-        to_crs = values.get("to_crs")
-        if to_crs:
-            from rasterio.crs import CRS
-            from rasterio.errors import CRSError
-
-            try:
-                CRS.from_user_input(to_crs)
-            except CRSError:
-                raise OptionError(f"--to-crs {to_crs!r} is not a CRS GDAL knows: use e.g. EPSG:4326") from None
+        check_to_crs(values.get("to_crs"))  # type: ignore[arg-type]
         return cls(stride=stride, **values)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:
@@ -102,8 +119,9 @@ class RunOptions:
         return d
 
     def result_affecting(self) -> dict:
-        """Options that change the output (not batch size, readers or the chip limit)."""
+        """Options that change the output (not batch size, readers or the limits)."""
         d = self.to_dict()
+        d.pop("resample_max_factor")
         d.pop("batch_size")
         d.pop("readers")
         d.pop("reader")

@@ -19,9 +19,11 @@ Every way of running scenetag runs these steps, as tasks on an executor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
 from scenetag.tiler.reader import ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
-from scenetag.tiler.scene import SceneInfo, open_scene, resolution_factor, select_bands
+from scenetag.tiler.scene import RESOLUTION_WARN_RATIO, SceneInfo, choose_bands, open_scene, resolution_ratio
 
 if TYPE_CHECKING:
     import geopandas
@@ -64,6 +66,31 @@ class ScenePlan:
     factor: float
     grid: Grid
     stretch: Stretch | None
+    #: Why these bands (:class:`~tiler.scene.BandChoice`): ``from --bands``, the colour tags, the band count.
+    band_evidence: str = ""
+    #: What planning noticed for people: a resolution mismatch and what ``--resample`` costs, a scene
+    #: smaller than one chip (logged, and shown by a dry run).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def bands_used(self) -> str:
+        """The bands and their evidence, e.g. ``"3,2,1 as red,green,blue (from --bands)"`` (``runs.bands_used``)."""
+        return (f"{','.join(map(str, self.bands))} as {','.join(self.spec.bands)}"
+                + (f" ({self.band_evidence})" if self.band_evidence else ""))
+
+    @property
+    def smaller_than_chip(self) -> bool:
+        """Whether the scene is narrower or lower than one chip (in scene pixels, after resampling)."""
+        return self.info.width < self.grid.chip or self.info.height < self.grid.chip
+
+    @property
+    def chip_text(self) -> str:
+        """One chip as people read it: ``"one 256-pixel chip"``, with the resampling when there is one."""
+        text = f"one {self.grid.chip:,}-pixel chip"
+        if self.factor != 1.0:
+            text += (f" ({self.spec.chip_size} model pixels at {self.spec.resolution_m:g} m/pixel, "
+                     "as --resample reads it)")
+        return text
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -91,6 +118,8 @@ class SceneResult:
     reason: str = ""
     #: What the run found doubtful (as recorded in ``runs.warnings``).
     warnings: tuple[str, ...] = ()
+    #: The bands used and their evidence (as recorded in ``runs.bands_used``).
+    bands_used: str = ""
     timings: dict = field(default_factory=dict)
 
     @property
@@ -136,20 +165,71 @@ def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> 
 
 def _plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
     info = open_scene(scene_path)
-    bands = select_bands(info, spec, options.bands)
-    factor = resolution_factor(info, spec, options.resample)
-    src_chip = max(1, round(spec.chip_size * factor))
+    choice = choose_bands(info, spec, options.bands)
+    ratio = resolution_ratio(info, spec)
+    factor = ratio if options.resample else 1.0
     stride = options.stride if options.stride is not None else spec.chip_size
     if stride > spec.chip_size:
         raise OptionError(
             f"stride {stride} is larger than the chip size {spec.chip_size}: use a stride "
             "of at most the chip size (or --overlap)"
         )
-    src_stride = max(1, round(stride * factor))
-    grid = chip_grid(info.width, info.height, src_chip, src_stride, options.edge)
+    grid = _grid(info, spec, options, stride, factor)
+    notes = [n for n in (_resolution_note(info, spec, options, stride, ratio, grid),) if n]
     check_chip_count(info, grid, stride, options.max_chips)
-    stretch = scene_stretch(info, bands, spec)
-    return ScenePlan(info, spec, options, bands, factor, grid, stretch)
+    stretch = scene_stretch(info, choice.bands, spec)
+    plan = ScenePlan(info, spec, options, choice.bands, factor, grid, stretch, choice.evidence, tuple(notes))
+    if plan.smaller_than_chip:
+        note = (f"the scene is {info.width}x{info.height} pixels, smaller than {plan.chip_text}: "
+                + ("no chip fits, and the edge policy is skip" if not len(grid) else
+                   "it is read as one chip padded with invalid pixels" if len(grid) == 1 else
+                   "its chips are padded with invalid pixels"))
+        log.info("%s: %s", info.scene_id, note)
+        plan = dataclasses.replace(plan, notes=plan.notes + (note,))
+    return plan
+
+
+def _grid(info: SceneInfo, spec: ModelSpec, options: RunOptions, stride: int, factor: float) -> Grid:
+    """The chip grid in scene pixels: the model's chip and ``stride`` scaled by ``factor`` (lazy, so cheap)."""
+    src_chip = max(1, round(spec.chip_size * factor))
+    src_stride = max(1, round(stride * factor))
+    return chip_grid(info.width, info.height, src_chip, src_stride, options.edge)
+
+
+def _resolution_note(info: SceneInfo, spec: ModelSpec, options: RunOptions, stride: int, ratio: float,
+                     grid: Grid) -> str:
+    """What a resolution mismatch over :data:`RESOLUTION_WARN_RATIO` means, with what ``--resample`` costs.
+
+    Logged as a warning without ``--resample``.  With it, a scene coarser than
+    the model by more than ``options.resample_max_factor`` is refused
+    (:class:`ChipLimitError`): each scene pixel would become that factor squared
+    in work, so the factor has to be asked for.
+    """
+    mismatch = max(ratio, 1 / ratio)
+    if mismatch <= RESOLUTION_WARN_RATIO:
+        return ""
+    coarser = 1 / ratio
+    # Rounded up, so that the factor shown is one that --resample-max-factor accepts.
+    needed = f"{math.ceil(coarser * 10 - 1e-6) / 10:g}"
+    head = (f"{info.resolution_m:.3g} m scene for a {spec.resolution_m:.3g} m model "
+            f"({math.ceil(mismatch * 10 - 1e-6) / 10:g}x {'coarser' if ratio < 1 else 'finer'})")
+    if not options.resample:
+        other = _grid(info, spec, options, stride, ratio)
+        note = (f"{head}: tags may be unreliable; --resample would classify {len(other):,} "
+                f"chip{'s' if len(other) != 1 else ''} instead of {len(grid):,}")
+        if coarser > options.resample_max_factor:
+            note += f" (and needs --resample-max-factor {needed} to confirm)"
+        log.warning("%s: %s", info.scene_id, note)
+        return note
+    if coarser > options.resample_max_factor:
+        plain = _grid(info, spec, options, stride, 1.0)
+        raise ChipLimitError(
+            f"scene {info.scene_id!r}: {head}: --resample would classify {len(grid):,} chips instead of "
+            f"{len(plain):,}, and past {options.resample_max_factor:g}x that is asked for: pass "
+            f"--resample-max-factor {needed} to confirm, or leave out --resample")
+    note = f"{head}: chips read at the model's resolution (--resample), {grid.chip:,} scene pixels per chip"
+    log.info("%s: %s", info.scene_id, note)
+    return note
 
 
 def check_chip_count(info: SceneInfo, grid: Grid, stride: int, max_chips: int) -> None:
@@ -184,14 +264,14 @@ def scene_status(plan: ScenePlan, table: ChipTable) -> tuple[Status, str]:
     """The scene's status (``ok`` or ``empty``) and, when empty, why."""
     if len(table):
         return Status.OK, ""
+    info = plan.info
     if len(plan.grid) == 0:
-        return Status.EMPTY, (f"no chip fits: the scene is {plan.info.width}x{plan.info.height} pixels, "
-                         f"smaller than one chip, and the edge policy is skip")
-    info, chip = plan.info, plan.grid.chip
+        return Status.EMPTY, (f"no chip fits: the scene is {info.width}x{info.height} pixels, "
+                              f"smaller than {plan.chip_text}, and the edge policy is skip")
     reason = (f"no chip had at least {plan.options.min_valid:.0%} valid pixels in its part inside the scene "
               f"({table.n_skipped_nodata} of {len(plan.grid)} skipped for nodata)")
-    if info.width < chip and info.height < chip:
-        reason = (f"the scene is {info.width}x{info.height} pixels, smaller than one {chip}-pixel chip, and "
+    if plan.smaller_than_chip:
+        reason = (f"the scene is {info.width}x{info.height} pixels, smaller than {plan.chip_text}, and "
                   f"fewer than {plan.options.min_valid:.0%} of its pixels are valid (nodata or mask)")
     return Status.EMPTY, reason
 
@@ -216,14 +296,43 @@ class Prepared:
         return self.plan is None
 
 
+@dataclass(frozen=True)
+class OutputState:
+    """What an existing output says about a scene: its run record and whether it is up to date."""
+
+    #: The GeoPackage's run record; None when there is no output.
+    record: RunRecord | None = None
+    #: The scene's checksum, computed to compare signatures (None without an output).
+    scene_sha256: str | None = None
+    #: Whether the outputs were made from this scene, model and options (same signature), all present.
+    current: bool = False
+
+
+def output_state(scene: str, outputs: SceneOutputs, model: SceneModel, options: RunOptions) -> OutputState:
+    """Read the output's record and compare signatures: the one decision of whether an output is up to date.
+
+    Without an output there is nothing to compare, and the scene is not hashed
+    (the checksum is then computed beside the classification, the runner's
+    hash task).  Raises :class:`OutputExistsError` for a file that is no
+    scenetag GeoPackage.
+    """
+    record = read_run_record(outputs.gpkg)
+    if record is None:
+        return OutputState()
+    scene_sha = hash_scene(scene)
+    current = outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options), record=record)
+    return OutputState(record, scene_sha, current)
+
+
 def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, skip_current: bool,
-                  overwrite: bool) -> Prepared:
+                  overwrite: bool, state: OutputState | None = None) -> Prepared:
     """Check the outputs, skip the scene if they are up to date (with ``skip_current``), else plan it.
 
     ``overwrite`` lets the write replace existing outputs (``run --overwrite``,
     and ``batch`` for outputs that are out of date).  An output that is the
     scene itself is always refused; with ``skip_current``, so is an output
-    made from another scene (:meth:`SceneOutputs.check_source`).
+    made from another scene (:meth:`SceneOutputs.check_source`).  ``state`` is
+    the :func:`output_state`, where the caller has it already (a dry run).
     """
     wall_start, started_at = time.time(), _now()
     outputs = SceneOutputs(out, options.raster, options.to_crs)
@@ -233,15 +342,13 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
         if not Path(scene).is_file():
             raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
                                  else f"scene {scene!r} is not a file")
-        # Without an output there is nothing to compare: the checksum is then computed beside the
-        # classification (the runner's hash task), not before it.
-        record = read_run_record(outputs.gpkg)
-        if record is not None:
-            scene_sha = hash_scene(scene)
-            if outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options), record=record):
-                return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+        state = state if state is not None else output_state(scene, outputs, model, options)
+        scene_sha = state.scene_sha256
+        if state.current:
+            return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+        if state.record is not None:
             # The batch replaces its own out-of-date outputs, never another scene's (--force skips this).
-            outputs.check_source(scene, scene_sha, record=record)
+            outputs.check_source(scene, scene_sha, record=state.record)
     outputs.check(overwrite)
     plan = plan_scene(scene, model.spec, options)
     return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)
@@ -299,12 +406,14 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_infer=table.seconds_infer,
         seconds_write=0.0,
         warnings=list(plan.warnings),
+        bands_used=plan.bands_used,
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip,
                        (info.height, info.width))
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
         scene=info.path, output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
+        bands_used=plan.bands_used,
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,

@@ -96,7 +96,8 @@ class SceneOutputs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpkg", Path(self.gpkg))
         if self.gpkg.suffix.lower() != GPKG_SUFFIX:
-            raise OutputError(f"output {str(self.gpkg)!r} must end in .gpkg")
+            raise OutputError(f"output {str(self.gpkg)!r} must end in .gpkg: scenetag writes GeoPackages "
+                              "(ogr2ogr converts one to GeoJSON, Shapefile...)")
 
     @property
     def raster_path(self) -> Path:
@@ -134,7 +135,7 @@ class SceneOutputs:
         for path in self.paths:
             if _same_file(path, scene):
                 raise OutputError(f"output {str(path)!r} is the scene {str(scene)!r} itself, and writing it would "
-                                  "destroy the input: choose another output (-o, or --out-dir in batch)")
+                                  "destroy the input: choose another output with --out")
 
     def check_source(self, scene: str | os.PathLike, scene_sha256: str, *,
                      record: RunRecord | None | object = _UNREAD) -> None:

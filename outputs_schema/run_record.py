@@ -149,7 +149,7 @@ def read_run_record(path: str | os.PathLike) -> "RunRecord | None":
     except (sqlite3.Error, ValueError) as exc:
         raise OutputExistsError(
             f"output {str(path)!r} exists and is not a scenetag GeoPackage ({exc}): move it away, "
-            "or replace it (--overwrite; --force in batch)"
+            "or replace it (--force)"
         ) from exc
     log.debug("read the run record of %s: %s", path, "none" if record is None else record.run_id)
     return record

@@ -25,7 +25,7 @@ from typing import Sequence
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
 SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, chips.weather,
-# top_label is the top land-cover label, the stored QGIS project
+# top_label is the top land-cover label, runs.bands_used, the stored QGIS project
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -113,6 +113,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("seconds_write", "float64", "time spent writing the GeoPackage"),
     Field("warnings", JSON_LIST, "what the run found doubtful (e.g. a scene without contrast); [] when nothing",
           since=2),
+    Field("bands_used", "str", "scene bands fed to the model, in its band order, and the evidence for them, "
+          "e.g. '1,2,3 as red,green,blue (from the scene's colour tags: red, green, blue, undefined)'", since=3),
 )
 
 

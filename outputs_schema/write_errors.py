@@ -45,5 +45,5 @@ def write_error(out: str | os.PathLike, exc: BaseException, tmp: str | os.PathLi
     folder = os.path.dirname(os.path.abspath(out))
     if is_disk_full(exc) or (tmp is not None and os.path.exists(tmp) and _nearly_full(folder)):
         return DiskFullError(f"could not write {str(out)!r}: the disk holding {folder!r} is full ({first}); "
-                             "its partial file was removed: make room, or write elsewhere with -o/--out-dir")
+                             "its partial file was removed: make room, or write elsewhere with --out")
     return OutputError(f"could not write {str(out)!r}: {first}")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     import geopandas
 
+    from scenetag.jobs.dry_run import ScenePreview
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.report import BatchReport
     from scenetag.jobs.scene_job import SceneResult
@@ -61,6 +62,31 @@ def _options(predictor: Any, options: "RunOptions | None", values: dict) -> "Run
             raise TypeError(f"give options= or option keywords ({', '.join(sorted(values))}), not both")
         return options
     return RunOptions.for_model(predictor.spec.chip_size, **values)
+
+
+def _check_before_loading(out: PathLike | None, options: "RunOptions | None", values: dict) -> None:
+    """Refuse what needs no model to refuse (an output that is no GeoPackage, an unknown CRS) before loading it."""
+    from scenetag.jobs.options import check_to_crs
+    from scenetag.outputs_schema.outputs import SceneOutputs
+
+    if out is not None:
+        SceneOutputs(Path(out))
+    check_to_crs(options.to_crs if options is not None else values.get("to_crs"))
+
+
+def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend: str) -> Any:
+    """The model as a dry run needs it: its file, checksum and spec (:class:`~jobs.models.PlannedModel`)."""
+    from scenetag.hashing import file_sha256
+    from scenetag.jobs.models import LocalModel, PlannedModel
+    from scenetag.model.backends.registry import read_model_spec
+    from scenetag.model.default import default_model_path
+    from scenetag.model.spec import ModelSpec
+
+    if _is_predictor(model):
+        return LocalModel(model)
+    path = Path(model or default_model_path())
+    spec_value = read_model_spec(path, backend, ModelSpec.from_file(spec) if spec else None)
+    return PlannedModel(str(path), file_sha256(path), spec_value)
 
 
 def run_scene(
@@ -103,6 +129,7 @@ def run_scene(
     from scenetag.jobs.cluster import resolve_scheduler
 
     out = Path(out) if out is not None else Path.cwd() / (Path(scene).stem + ".gpkg")
+    _check_before_loading(out, options, option_values)
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on ``device``; here it is only read.
     predictor = model if _is_predictor(model) else load_model(
@@ -158,6 +185,7 @@ def run_batch(
     from scenetag.jobs.batch import run_batch as batch
     from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
 
+    _check_before_loading(None, options, option_values)
     # The workers load the model on ``device``; here it is only read.
     predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
                                                               precision=precision, tta=tta, thresholds=thresholds)
@@ -167,6 +195,56 @@ def run_batch(
                  chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
                  forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done)
+
+
+def plan_run(
+    scene: PathLike,
+    out: PathLike | None = None,
+    *,
+    model: PathLike | Any | None = None,
+    spec: PathLike | None = None,
+    backend: str = "auto",
+    options: "RunOptions | None" = None,
+    overwrite: bool = False,
+    **option_values: Any,
+) -> "ScenePreview":
+    """What :func:`run_scene` would do with ``scene``, without classifying (``run --dry-run``).
+
+    The model is read for its spec only; nothing is written.  Refusals and
+    failures are in the preview (``action``, ``reason``), not raised.
+    """
+    from scenetag.jobs.dry_run import preview_scene
+
+    out = Path(out) if out is not None else Path.cwd() / (Path(scene).stem + ".gpkg")
+    _check_before_loading(None, options, option_values)
+    planned = _planned_model(model, spec, backend)
+    opts = _options(planned, options, option_values)
+    return preview_scene(scene, out, planned, opts, skip_current=False, overwrite=overwrite)
+
+
+def plan_batch(
+    inputs: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    model: PathLike | Any | None = None,
+    spec: PathLike | None = None,
+    backend: str = "auto",
+    options: "RunOptions | None" = None,
+    force: bool = False,
+    **option_values: Any,
+) -> "list[ScenePreview]":
+    """What :func:`run_batch` would do with each scene of ``inputs``, without classifying (``batch --dry-run``).
+
+    No lock is taken, no cluster started, nothing written (not even ``out_dir``).
+    """
+    from scenetag.jobs.dry_run import preview_batch
+    from scenetag.jobs.inputs import expand_inputs, output_paths
+
+    _check_before_loading(None, options, option_values)
+    scenes = expand_inputs(inputs)
+    outs = output_paths(scenes, Path(out_dir))
+    planned = _planned_model(model, spec, backend)
+    return preview_batch(scenes, outs, planned, _options(planned, options, option_values), force=force)
 
 
 def read_chips(gpkg: PathLike) -> "geopandas.GeoDataFrame":

@@ -17,6 +17,9 @@ DEFAULT_GDAL_CACHEMAX_MB = 64
 #: ten billion chips), and would run for days.  Here, not in ``jobs``, so that the
 #: command line's help shows it without importing the job.
 DEFAULT_MAX_CHIPS = 10_000_000
+#: How many times coarser than the model a scene may be for ``--resample`` without asking for
+#: more (``--resample-max-factor``): 8x coarser is already 64x the chips.  Here for the same reason.
+DEFAULT_RESAMPLE_MAX_FACTOR = 8.0
 
 
 def gdal_cachemax_mb(explicit: int | None = None) -> int:

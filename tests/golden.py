@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).with_name("golden")
 VOLATILE_RUN_FIELDS = {"run_id", "started_at", "finished_at", "scene_path", "seconds_total", "seconds_read",
                        "seconds_infer", "seconds_write"}
 #: Options recorded in ``runs.options`` that depend on the machine or bound the run, not on the result.
-VOLATILE_OPTIONS = {"batch_size", "readers", "reader", "max_chips"}
+VOLATILE_OPTIONS = {"batch_size", "readers", "reader", "max_chips", "resample_max_factor"}
 TOLERANCE = 1e-6
 
 #: The cases the golden files hold: name → (scene file, CLI options).  Bands put the

@@ -63,8 +63,8 @@ def test_verbosity_counts_the_same_before_and_after_the_command(tmp_path):
         return res.stderr
 
     default = stderr()
-    assert "INFO" in default and "m/pixel" in default
-    assert "INFO" not in stderr(after=["-q"]) and "m/pixel" in stderr(after=["-q"])
+    assert "INFO" in default and "x coarser" in default
+    assert "INFO" not in stderr(after=["-q"]) and "x coarser" in stderr(after=["-q"])
     assert stderr(after=["-qq"]) == "" == stderr("-q", after=["-q"])
     assert "DEBUG" in stderr(after=["-v"])
 

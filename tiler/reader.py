@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.env import env_ctx_if_needed
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -159,10 +160,13 @@ class ChipReader:
             raise ValueError("read_run takes cells of one grid row")
         size = self.chip_size
         room = out if out is not None else np.empty((len(cells), len(self.bands), size, size), np.uint8)
-        if self.factor == 1.0:
-            kept, valid = self._read_span(cells, room)
-        else:
-            kept, valid = self._read_resampled(cells, room)
+        # A handle opened earlier is read here, maybe in another thread, outside the environment
+        # rasterio.open had: without one, GDAL would print its messages raw (scenetag.gdal_messages).
+        with env_ctx_if_needed():
+            if self.factor == 1.0:
+                kept, valid = self._read_span(cells, room)
+            else:
+                kept, valid = self._read_resampled(cells, room)
         return RunRead(cells, np.asarray(kept, np.int64), np.asarray(valid, np.float32), room[:len(kept)])
 
     def _keep(self, valid: Sequence[float]) -> list[int]:

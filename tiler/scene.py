@@ -23,8 +23,12 @@ from rasterio.windows import Window
 
 from scenetag.model.spec import ModelSpec
 from scenetag.errors import BandError, GeoreferenceError, SceneReadError
+from scenetag.gdal_messages import route_gdal_messages
 
 log = logging.getLogger(__name__)
+
+# Wherever scenes are opened (this process, a Dask worker, a reader process): GDAL's messages once.
+route_gdal_messages()
 
 _COLOR_NAMES = {
     ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue",
@@ -192,12 +196,27 @@ def ground_resolution_m(crs: CRS, transform: Affine, width: int, height: int) ->
     return float((px + py) / 2.0 * factor)
 
 
-def select_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) -> tuple[int, ...]:
-    """1-based scene band indexes in the model's band order.
+@dataclass(frozen=True)
+class BandChoice:
+    """The scene bands fed to the model, in the model's band order, and the evidence they were chosen by."""
+
+    bands: tuple[int, ...]
+    #: How they were chosen, for people: ``"from --bands"``, the colour tags, or the band count.
+    evidence: str
+
+    def describe(self, spec: ModelSpec) -> str:
+        """``"3,2,1 as red,green,blue (from --bands)"``: the run line's and ``runs.bands_used``'s text."""
+        return f"{','.join(map(str, self.bands))} as {','.join(spec.bands)} ({self.evidence})"
+
+
+def choose_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) -> BandChoice:
+    """1-based scene band indexes in the model's band order, and why those.
 
     Explicit ``bands`` win.  Otherwise bands are matched by colour
     interpretation (e.g. red, green, blue), and failing that the first
-    ``n`` non-alpha bands are taken.
+    ``n`` non-alpha bands are taken.  Colour tags are only a claim (a
+    PlanetScope analytic scene tags blue, green, red, NIR as red, green,
+    blue, undefined), so the evidence is said, to be checked.
     """
     n = spec.n_bands
     if bands:
@@ -212,10 +231,11 @@ def select_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) 
             raise BandError(
                 f"band index {bad[0]} is out of range: scene {info.scene_id!r} has bands 1..{info.count}"
             )
-        return bands
+        return BandChoice(bands, "from --bands")
     by_name = {name: i + 1 for i, name in enumerate(info.colorinterp)}
+    tags = ", ".join(info.colorinterp)
     if all(b in by_name for b in spec.bands):
-        return tuple(by_name[b] for b in spec.bands)
+        return BandChoice(tuple(by_name[b] for b in spec.bands), f"from the scene's colour tags: {tags}")
     usable = [i + 1 for i, name in enumerate(info.colorinterp) if name != "alpha"]
     if len(usable) < n:
         raise BandError(
@@ -228,21 +248,31 @@ def select_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) 
         log.warning(
             "scene %s has %d bands (%s) and the model expects %s: using bands %s; "
             "pass --bands to choose others", info.scene_id, info.count,
-            ", ".join(info.colorinterp), ", ".join(spec.bands), ",".join(map(str, chosen)),
+            tags, ", ".join(spec.bands), ",".join(map(str, chosen)),
         )
-    return chosen
+        return BandChoice(chosen, f"the first {n} of {len(usable)} bands: the colour tags ({tags}) "
+                                  "do not name the model's bands")
+    return BandChoice(chosen, f"the scene's {n} bands in file order: the colour tags ({tags}) "
+                              "do not name the model's bands")
+
+
+def select_bands(info: SceneInfo, spec: ModelSpec, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """The band indexes of :func:`choose_bands`."""
+    return choose_bands(info, spec, bands).bands
 
 
 def resolution_factor(info: SceneInfo, spec: ModelSpec, resample: bool) -> float:
-    """Scene pixels per model pixel when resampling, else 1; warns on a >2x mismatch."""
-    ratio = spec.resolution_m / info.resolution_m
-    if not resample and (ratio > 2.0 or ratio < 0.5):
-        log.warning(
-            "scene %s is %.2f m/pixel and the model expects %.2f m/pixel (%.1fx): "
-            "tags may be unreliable; pass --resample to read chips at the model's resolution",
-            info.scene_id, info.resolution_m, spec.resolution_m, max(ratio, 1 / ratio),
-        )
-    return ratio if resample else 1.0
+    """Scene pixels per model pixel when resampling, else 1 (see :func:`resolution_ratio`)."""
+    return resolution_ratio(info, spec) if resample else 1.0
+
+
+def resolution_ratio(info: SceneInfo, spec: ModelSpec) -> float:
+    """The model's metres per pixel over the scene's: under 1 for a scene coarser than the model."""
+    return spec.resolution_m / info.resolution_m
+
+
+#: A scene and model whose resolutions differ by more than this (either way) are warned about.
+RESOLUTION_WARN_RATIO = 2.0
 
 
 #: Rows per sample window at least, for files stored in strips of a few rows.

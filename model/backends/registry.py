@@ -95,13 +95,37 @@ def create_predictor(
     """
     from scenetag.model.backends.tta import with_tta
 
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model {str(path)!r} does not exist: pass --model PATH to an .onnx file")
-    if not path.is_file():
-        raise ModelLoadError(f"model {str(path)!r} is not a file")
+    path = _model_file(path)
     entry = _entry(backend_for(path) if backend == AUTO else backend)
     return with_tta(entry.load()(path, device=check_device(device), spec=spec, precision=precision), tta)
+
+
+def read_model_spec(path: str | Path, backend: str = AUTO, spec: ModelSpec | None = None) -> ModelSpec:
+    """The spec a model file would be run with, loading no more of it than that needs (a dry run).
+
+    ``spec`` wins, as in :func:`create_predictor`; an ONNX file's spec is read
+    from its metadata on the CPU; other backends load the model on the CPU.
+    """
+    path = _model_file(path)
+    if spec is not None:
+        return spec
+    name = backend_for(path) if backend == AUTO else backend
+    if name == "onnx":
+        from scenetag.model.backends.onnx_backend import read_onnx_spec
+
+        return read_onnx_spec(path)
+    return create_predictor(path, name, device="cpu").spec
+
+
+def _model_file(path: str | Path) -> Path:
+    """``path`` if it is a file; else :class:`ModelLoadError` saying what it is."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model {str(path)!r} does not exist: pass --model PATH to a model file "
+                             "(.onnx, or a checkpoint with --backend torch)")
+    if not path.is_file():
+        raise ModelLoadError(f"model {str(path)!r} is not a file")
+    return path
 
 
 register_backend("onnx", "scenetag.model.backends.onnx_backend:OnnxPredictor", (".onnx",))

@@ -136,11 +136,13 @@ def resolve_spec(
     labels: Sequence[str] | None = None,
     thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
     name: str | None = None,
+    build_options: bool = False,
 ) -> ModelSpec:
     """The spec for a checkpoint: an explicit spec, else the stored one, else built from options.
 
     ``arch``, ``labels`` and ``thresholds`` override the fields of the spec
-    they are given with.
+    they are given with.  ``build_options`` says that the caller's command
+    takes ``--arch`` and ``--labels`` (export): the messages name them only then.
     """
     if spec is None and isinstance(raw.get("spec"), str):
         spec = ModelSpec.from_json(raw["spec"])
@@ -151,7 +153,9 @@ def resolve_spec(
         if not arch or not labels:
             raise ModelSpecError(
                 "checkpoint carries no scenetag spec: pass --spec SPEC.json, or --arch NAME and "
-                "--labels (a CSV, or names separated by commas)"
+                "--labels (a CSV, or names separated by commas)" if build_options else
+                "checkpoint carries no scenetag spec: pass --spec SPEC.json with its labels and "
+                "architecture (see README)"
             )
         return ModelSpec.create(name or Path(str(arch)).name, str(arch), list(labels),
                                 thresholds if thresholds is not None else 0.2)
@@ -190,8 +194,11 @@ def network_state_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
     return strip_prefixes(tensors)
 
 
-def load_weights(model, state_dict: Mapping[str, Any], spec: ModelSpec) -> None:
-    """Load weights into ``model``, or raise :class:`ModelLoadError` naming both shapes."""
+def load_weights(model, state_dict: Mapping[str, Any], spec: ModelSpec, build_options: bool = False) -> None:
+    """Load weights into ``model``, or raise :class:`ModelLoadError` naming both shapes.
+
+    The fix named is ``--labels``/``--arch`` with ``build_options`` (as :func:`resolve_spec`), else ``--spec``.
+    """
     own = model.state_dict()
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     head_name = None
@@ -202,7 +209,8 @@ def load_weights(model, state_dict: Mapping[str, Any], spec: ModelSpec) -> None:
         raise ModelLoadError(
             f"checkpoint classifier {head_name} has shape {got} ({got[0]} classes) but the spec "
             f"has {spec.n_labels} labels, so {spec.arch} expects {tuple(own[head_name].shape)}: "
-            f"pass --labels with the {got[0]} labels the checkpoint was trained on"
+            + (f"pass --labels with the {got[0]} labels the checkpoint was trained on" if build_options else
+               f"pass --spec with the {got[0]} labels the checkpoint was trained on")
         )
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -214,7 +222,9 @@ def load_weights(model, state_dict: Mapping[str, Any], spec: ModelSpec) -> None:
         raise ModelLoadError(
             f"checkpoint does not fit architecture {spec.arch!r} ({len(own)} tensors; checkpoint has "
             f"{len(state_dict)}): missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"shape mismatches {shape_bad[:3]}: pass the --arch the checkpoint was trained with"
+            f"shape mismatches {shape_bad[:3]}: "
+            + ("pass the --arch the checkpoint was trained with" if build_options else
+               "pass --spec with the architecture the checkpoint was trained with")
         )
     model.load_state_dict(state_dict)
 
@@ -225,8 +235,9 @@ def load_checkpoint(
     arch: str | None = None,
     labels: Sequence[str] | None = None,
     thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
+    build_options: bool = False,
 ):
-    """Load any supported checkpoint into a network.
+    """Load any supported checkpoint into a network (``build_options`` as in :func:`resolve_spec`).
 
     Returns ``(model, spec, raw)``: the model in eval mode on the CPU, its
     spec, and the raw checkpoint dict (epoch, optimizer state for resuming).
@@ -238,9 +249,9 @@ def load_checkpoint(
         sidecar = spec_path_for(path)
         if sidecar.is_file():
             spec = ModelSpec.from_json(sidecar.read_text())
-    spec = resolve_spec(raw, spec, arch, labels, thresholds)
+    spec = resolve_spec(raw, spec, arch, labels, thresholds, build_options=build_options)
     state = network_state_dict(raw)
     model = build_model(spec, pretrained=False)
-    load_weights(model, state, spec)
+    load_weights(model, state, spec, build_options=build_options)
     model.eval()
     return model, spec, raw

@@ -129,6 +129,7 @@ def load_images(
     names: Sequence[str],
     size: int,
     on_wrong_size: str = "refuse",
+    chip_size_option: bool = False,
 ) -> np.ndarray:
     """Decode chips into a uint8 ``(N, 3, size, size)`` RGB array.
 
@@ -138,6 +139,7 @@ def load_images(
     Args:
         on_wrong_size: "refuse" raises :class:`DataError` for an image that is
             not ``size`` x ``size``; "resize" resamples it (bilinear) and logs it.
+        chip_size_option: The caller's command takes ``--chip-size`` (train): the refusal names it.
     """
     from PIL import Image
 
@@ -163,7 +165,8 @@ def load_images(
                     if on_wrong_size == "refuse":
                         raise DataError(
                             f"image {str(p)!r} is {im.size[0]}x{im.size[1]}, the model takes "
-                            f"{size}x{size}: refused; pass --resize to resample, or --chip-size {im.size[0]}"
+                            f"{size}x{size}: refused; pass --resize to resample"
+                            + (f", or --chip-size {im.size[0]}" if chip_size_option else "")
                         )
                     im = im.resize((size, size), Image.BILINEAR)
                     resized += 1

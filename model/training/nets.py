@@ -53,7 +53,7 @@ def check_arch(arch: str) -> None:
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ModelSpecError(
             f"architecture {arch!r} is not a timm model name{hint}: "
-            "pass --arch with a name from timm.list_models()"
+            "use a name from timm.list_models()"
         )
 
 

@@ -200,8 +200,9 @@ def train(
     train_t, val_t = table.subset(split["train"]), table.subset(split["val"])
     log.info("data: %d train, %d val images, %d labels", len(train_t), len(val_t), len(table.labels))
     t0 = time.time()
-    x_train = load_images(images_dir, train_t.names, cfg.chip_size, cfg.on_wrong_size)
-    x_val = load_images(images_dir, val_t.names, cfg.chip_size, cfg.on_wrong_size)
+    # train takes --chip-size, so a refusal may name it (evaluate and calibrate take the model's).
+    x_train = load_images(images_dir, train_t.names, cfg.chip_size, cfg.on_wrong_size, chip_size_option=True)
+    x_val = load_images(images_dir, val_t.names, cfg.chip_size, cfg.on_wrong_size, chip_size_option=True)
     log.info("decoded %d images in %.1f s", len(x_train) + len(x_val), time.time() - t0)
     y_train = train_t.targets.astype(np.float32)
     y_val = val_t.targets.astype(bool)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, out_dir_option, progress_option,
-                                       quiet_third_party, scheduler_option, show_progress, tqdm_progress)
+from scenetag.commands.options import (announce_cluster, dry_run_options, handle_errors, job_options, out_dir_option,
+                                       print_plan, progress_option, quiet_third_party, scheduler_option,
+                                       show_progress, tqdm_progress)
 from scenetag.errors import ScenetagError
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
 
@@ -81,9 +82,10 @@ def _progress(enabled: bool):
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Also write the log here (INFO and up, with times), e.g. for cron.")
 @progress_option
+@dry_run_options
 @handle_errors
 def command(inputs, out_dir, model_path, spec_path, backend, device, precision, scheduler, workers, threads, gpu,
-            chips_per_task, dashboard_address, force, retries, report_path, log_file, progress, **job):
+            chips_per_task, dashboard_address, force, retries, report_path, log_file, progress, dry_run, fmt, **job):
     """Classify many scenes into OUT_DIR, one GeoPackage each, on a Dask cluster.
 
     INPUTS are scene files, folders (their .tif/.tiff/.vrt/.jp2/.img files),
@@ -95,11 +97,15 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
 
     Prints a summary on stdout and writes a JSON report.  Exit codes: 0 all
     scenes done or skipped, 1 some failed (or another error), 3 another
-    batch holds OUT_DIR.
+    batch holds OUT_DIR.  --dry-run prints the plan of every scene instead,
+    with no cluster, no lock and nothing written.
     """
-    from scenetag.api import run_batch
+    from scenetag.api import plan_batch, run_batch
     from scenetag.jobs.batch import REPORT_NAME
 
+    if dry_run:
+        return print_plan(plan_batch(inputs, out_dir, model=model_path, spec=spec_path, backend=backend, force=force,
+                                     **job), fmt, batch=True)
     quiet_third_party()  # again: importing distributed set its own levels
     handler = add_log_file(log_file) if log_file else None
     try:

@@ -69,7 +69,8 @@ def command(checkpoint, output, spec_path, arch, label_names, thresholds, name, 
     spec = ModelSpec.from_file(spec_path) if spec_path else None
     labels = parse_label_names(label_names)
     thr = parse_thresholds(thresholds)
-    model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr)
+    model, spec, _ = load_checkpoint(checkpoint, spec=spec, arch=arch, labels=labels, thresholds=thr,
+                                  build_options=True)
     if name:
         spec = replace(spec, name=name)
     if chip_size:

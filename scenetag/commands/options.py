@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 import click
 
-from scenetag.config import DEFAULT_MAX_CHIPS
+from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import DataError, ScenetagError
+from scenetag.gdal_messages import route_gdal_messages
 
 
 class ScenetagClickError(click.ClickException):
@@ -94,6 +95,7 @@ def configure_logging(verbose: int, quiet: int) -> None:
         force=True,
     )
     quiet_third_party()
+    route_gdal_messages()
 
 
 def quiet_third_party() -> None:
@@ -248,7 +250,13 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Skip chips with a smaller share of valid pixels (GDAL mask: "
                      "nodata, alpha or mask band) without running the model."),
         click.option("--resample", is_flag=True,
-                     help="Read chips at the model's ground resolution instead of the scene's."),
+                     help="Read chips at the model's ground resolution instead of the scene's "
+                     "(the resolution warning and --dry-run say how many chips that makes)."),
+        click.option("--resample-max-factor", type=click.FloatRange(min=1), default=DEFAULT_RESAMPLE_MAX_FACTOR,
+                     show_default=True, metavar="N",
+                     help="With --resample, refuse a scene more than N times coarser than the model "
+                     "(N times coarser is N² times the chips): raise N to the factor the refusal "
+                     "names to confirm the work."),
         batch_size_option,
         click.option("--reader", type=click.Choice(["auto", "threads", "processes"]), default="auto",
                      show_default=True,
@@ -272,6 +280,48 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def dry_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dry-run`` and ``--format``: plan the scene job without classifying (``run``, ``batch``)."""
+    opts = [
+        click.option("--dry-run", is_flag=True,
+                     help="Plan without classifying and write nothing: per scene the chips to classify, "
+                     "edge chips skipped, bands used and why, stretch, resolution factor, outputs and "
+                     "whether each is up to date, and what the job would do. The model is read for its "
+                     "spec only, and the plan is made here (also with --scheduler). Exit code 1 when a "
+                     "scene would be refused or fail."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                     help="How --dry-run prints its plan on stdout: a table for people, or JSON."),
+    ]
+
+    @functools.wraps(func)
+    def checked(*args: Any, dry_run: bool, fmt: str, **kwargs: Any) -> Any:
+        if fmt != "table" and not dry_run:
+            raise click.UsageError(f"--format {fmt} is how --dry-run prints its plan: add --dry-run")
+        return func(*args, dry_run=dry_run, fmt=fmt, **kwargs)
+
+    for opt in reversed(opts):
+        checked = opt(checked)
+    return checked
+
+
+def print_plan(previews: Any, fmt: str, batch: bool) -> None:
+    """Print a dry run's previews (:mod:`jobs.dry_run`) on stdout; exit code 1 when one would fail."""
+    import json
+
+    from scenetag.jobs.dry_run import batch_table, scene_table
+
+    if fmt == "json":
+        value = [p.to_dict() for p in previews] if batch else previews[0].to_dict()
+        click.echo(json.dumps(value, indent=1))
+    else:
+        click.echo(batch_table(previews) if batch else scene_table(previews[0]))
+    bad = [p for p in previews if p.would_fail]
+    if bad:
+        n = len(previews)
+        raise ScenetagError(f"{len(bad)} of {n} scene{'s' if n != 1 else ''} would be refused or fail: "
+                            "see the plan" if batch else f"the run would {bad[0].action}: {bad[0].reason}")
 
 
 def output_file_option(help: str, required: bool = False,

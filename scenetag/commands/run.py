@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from scenetag.commands.options import (announce_cluster, handle_errors, job_options, output_file_option, overwrite_option,
-                                       progress_option, scheduler_option, show_progress,
-                                       tqdm_progress)
+from scenetag.commands.options import (announce_cluster, dry_run_options, handle_errors, job_options, output_file_option,
+                                       overwrite_option, print_plan, progress_option, scheduler_option,
+                                       show_progress, tqdm_progress)
 
 
 @click.command("run")
@@ -18,10 +18,11 @@ from scenetag.commands.options import (announce_cluster, handle_errors, job_opti
 @overwrite_option
 @scheduler_option
 @progress_option
+@dry_run_options
 @handle_errors
 def command(scene: str, output: Path | None, model_path: str | None, spec_path: str | None, backend: str,
             device: str, precision: str, overwrite: bool, scheduler: str | None, progress: bool | None,
-            **job: object) -> None:
+            dry_run: bool, fmt: str, **job: object) -> None:
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
     The scene is cut into chips of the model's size; chips with too little
@@ -29,10 +30,14 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
     tagged at the model's thresholds.  The GeoPackage holds a `chips` layer
     (footprints, probabilities, tags), one `label_<name>` layer per label and
     a `runs` table with the provenance.  With --scheduler (or
-    $SCENETAG_SCHEDULER) the same job runs on a Dask cluster.
+    $SCENETAG_SCHEDULER) the same job runs on a Dask cluster.  --dry-run
+    prints the plan instead, classifying nothing and writing nothing.
     """
-    from scenetag.api import run_scene
+    from scenetag.api import plan_run, run_scene
 
+    if dry_run:
+        return print_plan([plan_run(scene, output, model=model_path, spec=spec_path, backend=backend,
+                                    overwrite=overwrite, **job)], fmt, batch=False)
     result = run_scene(scene, output, model=model_path, spec=spec_path, backend=backend, device=device,
                        precision=precision, overwrite=overwrite, scheduler=scheduler,
                        progress=tqdm_progress(Path(scene).name, show_progress(progress)),
@@ -41,6 +46,7 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
         f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
         f"{result.n_chips_skipped_nodata} skipped (nodata), {result.n_chips_skipped_edge} skipped (edge), "
         f"{result.seconds:.1f} s ({result.chips_per_second:.1f} chips/s)"
+        + (f"; bands {result.bands_used}" if result.bands_used else "")
         + (f"; {result.reason}" if result.reason else "")
         + "".join(f"; warning: {w}" for w in result.warnings)
     )
