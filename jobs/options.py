@@ -33,6 +33,8 @@ class RunOptions:
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
         max_chips: Refuse a scene whose grid has more chips than this (before reading a
             pixel); it bounds the run, not its result.
+        asset: The asset of a STAC item to read (None: the one whose bands match the model's).
+            Not among the options that make the signature: the scene's identity holds the asset.
     """
 
     bands: tuple[int, ...] | None = None
@@ -46,6 +48,7 @@ class RunOptions:
     to_crs: str | None = None
     raster: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
+    asset: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -108,4 +111,5 @@ class RunOptions:
         d.pop("readers")
         d.pop("reader")
         d.pop("max_chips")
+        d.pop("asset")
         return d

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
-SCHEMA_VERSION = 2  # 2: runs.warnings
+SCHEMA_VERSION = 3  # 2: runs.warnings; 3: runs.scene_source
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -88,7 +88,7 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("status", "str", "ok, empty (nothing classified) or failed"),
     Field("reason", "str", "why the status is not ok"),
     Field("scene_path", "str", "absolute path of the scene"),
-    Field("scene_sha256", "str", "sha256 of the scene file"),
+    Field("scene_sha256", "str", "sha256 of the scene file; of a remote scene, of its identity (see scene_source)"),
     Field("scene_crs", "str", "CRS of the scene, as authority code or WKT"),
     Field("model_name", "str", "model name from its spec"),
     Field("model_sha256", "str", "sha256 of the model file"),
@@ -106,6 +106,9 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("seconds_write", "float64", "time spent writing the GeoPackage"),
     Field("warnings", JSON_LIST, "what the run found doubtful (e.g. a scene without contrast); [] when nothing",
           since=2),
+    Field("scene_source", JSON, "where the scene came from: its identity (kind: sha256 of the bytes, or the "
+          "server's etag / size+last-modified, or a STAC item's stac; and what it was made from); for a STAC "
+          "item its id, collection, datetime and the asset used, and why", since=3),
 )
 
 
