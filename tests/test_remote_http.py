@@ -1,0 +1,205 @@
+"""Scenes over HTTP, from a real server on 127.0.0.1 with Range support: same outputs, few bytes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+
+from scenetag.errors import RemoteSceneError
+from scenetag.jobs.failures import is_retryable
+from scenetag.jobs.options import RunOptions
+from scenetag.jobs.runner import run_scene
+from scenetag.model.backends import create_predictor
+from tests.cli_helpers import invoke
+from tests.conftest import real_scene
+from tests.remote_fixtures import closed_port, scene_server, scenes_or_skip
+
+#: Real scenes of each kind of validity: internal tiles (uint16), an alpha band, nodata (uint16, 4 bands).
+CASES = {"landsat8_rgb16.tif": None, "drone_rgba_alpha.tif": None, "planetscope_borneo_3m_analytic.tif": (3, 2, 1)}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with scene_server(scenes_or_skip()) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return create_predictor(tiny_model)
+
+
+def chips(path):
+    return pyogrio.read_dataframe(path, layer="chips")
+
+
+def runs(path) -> dict:
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    try:
+        return dict(con.execute("SELECT * FROM runs ORDER BY rowid DESC LIMIT 1").fetchone())
+    finally:
+        con.close()
+
+
+def assert_same_chips(a, b):
+    a, b = chips(a), chips(b)
+    assert len(a) == len(b) > 0
+    assert list(a["scene_id"]) == list(b["scene_id"])
+    assert list(a["tags"]) == list(b["tags"])
+    probs = [c for c in a.columns if c.startswith("p_")]
+    np.testing.assert_allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-6, rtol=0)
+    assert a.geometry.geom_equals_exact(b.geometry, 1e-9).all()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_run_over_http_gives_the_local_geopackage(server, predictor, tmp_path, name):
+    bands = CASES[name]
+    opts = RunOptions(bands=bands)
+    local = run_scene(str(real_scene(name)), str(tmp_path / "local.gpkg"), predictor, opts)
+    remote = run_scene(server.url(name), str(tmp_path / "remote.gpkg"), predictor, opts)
+    assert remote.n_chips_classified == local.n_chips_classified
+    assert_same_chips(tmp_path / "local.gpkg", tmp_path / "remote.gpkg")
+    row = runs(tmp_path / "remote.gpkg")
+    assert row["scene_path"] == server.url(name)  # the URL as given, never folded to http:/
+    source = json.loads(row["scene_source"])
+    assert source["identity"]["kind"] == "etag" and source["identity"]["etag"]
+    assert json.loads(runs(tmp_path / "local.gpkg")["scene_source"])["identity"]["kind"] == "sha256"
+
+
+def test_cli_run_of_a_signed_vsicurl_url_names_the_output_and_never_shows_the_signature(server, tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"/vsicurl/{server.url('landsat8_rgb16.tif')}?X-Amz-Signature=SECRET123&X-Amz-Credential=KEY"
+    res = invoke("-v", "run", url, "--model", tiny_model, "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "landsat8_rgb16.gpkg"  # named by the URL path's stem, not the query
+    assert "SECRET123" not in res.output and str(out) in res.output
+    row = runs(out)
+    assert "SECRET" not in json.dumps(row)
+    assert row["scene_path"] == f"/vsicurl/{server.url('landsat8_rgb16.tif')}"
+
+
+@pytest.fixture
+def tiled_cog(tmp_path):
+    """A real-derived COG: landsat8_rgb16 twice each way (876x1000 uint16), 256-pixel tiles, overviews."""
+    src_path = real_scene("landsat8_rgb16.tif")
+    with rasterio.open(src_path) as src:
+        data = src.read()
+        profile = src.profile
+    big = np.tile(data, (1, 2, 2))
+    folder = tmp_path / "served"
+    folder.mkdir()
+    path = folder / "big_cog.tif"
+    profile.update(driver="COG", width=big.shape[2], height=big.shape[1], blocksize=256, compress="DEFLATE",
+                   overview_resampling="average")
+    for key in ("tiled", "blockxsize", "blockysize", "interleave"):
+        profile.pop(key, None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(big)
+    return path
+
+
+def test_a_tiled_scene_run_fetches_about_the_tiles_of_its_chips_not_the_file(tiled_cog, tmp_path):
+    """Nine 256-pixel chips (edge chips skipped) of a 4x4-tile COG: about 9/16 of its tiles, once each."""
+    pytest.importorskip("onnxruntime")
+    from scenetag.api import load_model
+
+    with scene_server(tiled_cog.parent) as server:
+        result = run_scene(server.url(tiled_cog.name), str(tmp_path / "c.gpkg"), load_model(),
+                           RunOptions(edge="skip"))
+        served = server.served
+    assert result.n_chips_classified == 9
+    size = tiled_cog.stat().st_size
+    chip_pixel_bytes = 9 * 256 * 256 * 3 * 2  # what the classified chips hold, uncompressed
+    # Each tile once (the mask and the data of a chip come from one fetch), the stretch from the overview.
+    assert served.bytes < 0.75 * size, (served.bytes, size)
+    assert served.bytes < 0.5 * chip_pixel_bytes
+    assert served.requests < 60, served.requests
+
+
+def test_a_striped_remote_scene_is_warned_about(server, predictor, tmp_path):
+    result = run_scene(server.url("landsat7_rgb_byte.tif"), str(tmp_path / "s.gpkg"), predictor, RunOptions())
+    assert any("not cloud-optimised" in w and "gdal_translate -of COG" in w for w in result.warnings)
+    assert any("not cloud-optimised" in w for w in json.loads(runs(tmp_path / "s.gpkg")["warnings"]))
+
+
+def _errors(server) -> dict:
+    return {
+        "404": (server.url("nothing_here.tif"), "was not found (HTTP 404): check the URL", False),
+        "403": (server.url("status/403/scene.tif"), "access denied (HTTP 403)", False),
+        "503": (server.url("status/503/scene.tif"), "HTTP 503", True),
+        "html": (server.url("html/scene.tif"), "is an HTML page, not a raster", False),
+        "loop": (server.url("loop/scene.tif"), "redirects in a loop", False),
+        "refused": (f"http://127.0.0.1:{closed_port()}/scene.tif", "refused the connection", True),
+        "dns": ("http://no-such-host.invalid/scene.tif", "was not found (DNS)", True),
+        "timeout": (server.url("slow/scene.tif"), "(timeout)", True),
+    }
+
+
+@pytest.mark.parametrize("case", ["404", "403", "503", "html", "loop", "refused", "dns", "timeout"])
+def test_bad_urls_fail_in_one_line_and_only_transient_ones_are_retried(server, tiny_model, tmp_path, monkeypatch,
+                                                                       case):
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    url, message, transient = _errors(server)[case]
+    out = tmp_path / "x.gpkg"
+    res = invoke("-q", "run", url, "-o", out, "--model", tiny_model, "--no-progress")
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: scene ") and message in lines[0], res.output
+    assert "Traceback" not in res.output and not out.exists()
+    from scenetag.hashing import scene_identity
+
+    with pytest.raises(RemoteSceneError) as err:
+        scene_identity(url)
+    assert is_retryable(err.value) is transient
+
+
+def test_batch_over_urls_reruns_without_reading_pixels_and_redoes_a_changed_object(predictor, tmp_path):
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    for name in ("landsat8_rgb16.tif", "drone_rgba_alpha.tif"):
+        shutil.copy(real_scene(name), served_dir / name)
+    from scenetag.jobs.batch import run_batch
+
+    with scene_server(served_dir) as server:
+        listing = tmp_path / "scenes.txt"
+        listing.write_text("".join(f"{server.url(n)}?token=SECRET\n" for n in sorted(p.name for p in served_dir.iterdir())))
+        out = tmp_path / "out"
+        first = run_batch([str(listing)], out, predictor, RunOptions(), scheduler=None, workers=1, threads=2,
+                          dashboard_address=None)
+        assert [str(s.status) for s in first.scenes] == ["ok", "ok"]
+        assert sorted(p.name for p in out.glob("*.gpkg")) == ["drone_rgba_alpha.gpkg", "landsat8_rgb16.gpkg"]
+        report = (out / "batch-report.json").read_text()
+        assert "SECRET" not in report and server.url("drone_rgba_alpha.tif") in report
+
+        server.served.reset()
+        again = run_batch([str(listing)], out, predictor, RunOptions(), scheduler=None, workers=1, threads=2,
+                          dashboard_address=None)
+        assert [str(s.status) for s in again.scenes] == ["skipped", "skipped"]
+        # One small ranged request per scene (its ETag), no pixels.
+        assert server.served.requests == 2 and server.served.bytes <= 2 * 16, server.served
+
+        with rasterio.open(served_dir / "drone_rgba_alpha.tif", "r+") as ds:  # a new object: new bytes, new ETag
+            ds.update_tags(changed="yes")
+        third = run_batch([str(listing)], out, predictor, RunOptions(), scheduler=None, workers=1, threads=2,
+                          dashboard_address=None)
+        by_name = {s.scene.rsplit("/", 1)[1]: str(s.status) for s in third.scenes}
+        assert by_name == {"drone_rgba_alpha.tif": "ok", "landsat8_rgb16.tif": "skipped"}
+
+
+def test_batch_records_a_bad_url_as_a_failed_scene_and_goes_on(server, predictor, tmp_path):
+    from scenetag.jobs.batch import run_batch
+
+    report = run_batch([server.url("status/404/gone.tif"), server.url("landsat8_rgb16.tif")], tmp_path / "out",
+                       predictor, RunOptions(), workers=1, threads=2, retries=2, dashboard_address=None)
+    gone, ok = report.scenes
+    assert str(gone.status) == "failed" and "HTTP 404" in gone.error and gone.attempts == 1  # 404: never retried
+    assert str(ok.status) == "ok"
