@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import os
 import socket
 import threading
@@ -60,15 +61,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False,
+              length: int | None = None, count: bool = True) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         if not head:
             self.wfile.write(body)
-        self.server.served.add(self.path.split("?", 1)[0], 0 if head else len(body))
+        if count:
+            self.server.served.add(self.path.split("?", 1)[0], 0 if head else len(body))
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
@@ -79,6 +82,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         parts = path.strip("/").split("/")
+        served = self.server.served
+        if parts[0] == "__served":  # the counts, for the test (not counted themselves)
+            with served.lock:
+                body = json.dumps({"requests": served.requests, "bytes": served.bytes,
+                                   "by_path": served.by_path}).encode()
+            return self._send(200, body, {"Content-Type": "application/json"}, count=False)
+        if parts[0] == "__reset":
+            served.reset()
+            return self._send(200, b"", count=False)
         if parts[0] == "html":
             return self._send(200, b"<!doctype html><html><body>Please log in</body></html>",
                               {"Content-Type": "text/html; charset=utf-8"}, head)
@@ -106,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, head)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             return self._send(206, data[start:end + 1], headers, head)
-        return self._send(200, data, headers, head)
+        return self._send(200, data, headers, head, length=len(data))
 
 
 class _Server(ThreadingHTTPServer):
@@ -116,39 +128,65 @@ class _Server(ThreadingHTTPServer):
     slow_seconds: float = 3.0
 
 
+def _serve(root: str, conn) -> None:
+    """The server process: serve ``root`` on a free loopback port, sent back through ``conn``."""
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.root = Path(root).resolve()
+    httpd.served = Served()
+    conn.send(httpd.server_address[1])
+    httpd.serve_forever()
+
+
 class SceneServer:
-    """A running :class:`_Server` over ``root``; ``url(name)`` is a file's URL."""
+    """An HTTP server over ``root`` in its own process; ``url(name)`` is a file's URL.
+
+    Its own process, not a thread of the test's: GDAL holds Python's GIL in some
+    calls that read the network (the mask flags of a file with an internal mask),
+    and a server thread in the same process could then never answer.
+    """
 
     def __init__(self, root: Path) -> None:
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
-        self.httpd.root = Path(root).resolve()
-        self.httpd.served = Served()
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="scene-server", daemon=True)
+        import multiprocessing
 
-    @property
-    def root(self) -> Path:
-        return self.httpd.root
-
-    @property
-    def served(self) -> Served:
-        return self.httpd.served
+        self.root = Path(root).resolve()
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(str(self.root), child), name="scene-server", daemon=True)
+        self.port = 0
 
     @property
     def base(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    @property
+    def served(self) -> Served:
+        """What the server sent so far."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base}/__served", timeout=10) as resp:
+            d = json.loads(resp.read())
+        return Served(d["requests"], d["bytes"], {k: tuple(v) for k, v in d["by_path"].items()})
+
+    def reset(self) -> None:
+        """Zero the counts."""
+        import urllib.request
+
+        urllib.request.urlopen(f"{self.base}/__reset", timeout=10).close()
+
     def __enter__(self) -> "SceneServer":
-        self.thread.start()
+        self.process.start()
+        if not self._conn.poll(60):
+            self.process.kill()
+            raise RuntimeError("the test HTTP server did not start")
+        self.port = self._conn.recv()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.process.kill()
+        self.process.join(5)
 
 
 @contextlib.contextmanager
@@ -186,15 +224,31 @@ S3_UNSET = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSI
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[tuple[str, int]]:
-    """moto's S3 server on a free loopback port: yields ``(host, port)``, stopped after."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server on a free loopback port, in its own process: yields ``(host, port)``, stopped after.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=closed_port(), verbose=False)
-    server.start()
+    ``python -m moto.server`` rather than ``ThreadedMotoServer``: a server thread
+    in the test's process could not answer while GDAL holds the GIL (see :class:`SceneServer`).
+    """
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = closed_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield server.get_host_and_port()
+        def up() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+                return True
+            except OSError:
+                return proc.poll() is not None
+        if not wait_for(up, 60) or proc.poll() is not None:
+            raise RuntimeError("moto's S3 server did not start")
+        yield "127.0.0.1", port
     finally:
-        server.stop()
+        proc.kill()
+        proc.wait(10)
 
 
 def s3_client(host: str, port: int):

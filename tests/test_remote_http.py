@@ -87,41 +87,40 @@ def test_cli_run_of_a_signed_vsicurl_url_names_the_output_and_never_shows_the_si
 
 
 @pytest.fixture
-def tiled_cog(tmp_path):
-    """A real-derived COG: landsat8_rgb16 twice each way (876x1000 uint16), 256-pixel tiles, overviews."""
-    src_path = real_scene("landsat8_rgb16.tif")
+def masked_tiles(tmp_path):
+    """A real-derived tiled scene: landsat7's pixels repeated to 2048x2048 (uint8 RGB, 256-pixel tiles,
+    DEFLATE) with an internal mask that is valid only in its top-left 512x512 (4 of its 64 tiles)."""
+    src_path = real_scene("landsat7_rgb_byte.tif")
     with rasterio.open(src_path) as src:
         data = src.read()
         profile = src.profile
-    big = np.tile(data, (1, 2, 2))
+    big = np.tile(data, (1, 3, 3))[:, :2048, :2048].copy()
+    big[big == 0] = 1  # the mask alone says what is valid
+    mask = np.zeros((2048, 2048), np.uint8)
+    mask[:512, :512] = 255
     folder = tmp_path / "served"
     folder.mkdir()
-    path = folder / "big_cog.tif"
-    profile.update(driver="COG", width=big.shape[2], height=big.shape[1], blocksize=256, compress="DEFLATE",
-                   overview_resampling="average")
-    for key in ("tiled", "blockxsize", "blockysize", "interleave"):
-        profile.pop(key, None)
-    with rasterio.open(path, "w", **profile) as dst:
+    path = folder / "masked_tiles.tif"
+    profile.update(driver="GTiff", width=2048, height=2048, tiled=True, blockxsize=256, blockysize=256,
+                   compress="DEFLATE", nodata=None)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
         dst.write(big)
+        dst.write_mask(mask)
     return path
 
 
-def test_a_tiled_scene_run_fetches_about_the_tiles_of_its_chips_not_the_file(tiled_cog, tmp_path):
-    """Nine 256-pixel chips (edge chips skipped) of a 4x4-tile COG: about 9/16 of its tiles, once each."""
-    pytest.importorskip("onnxruntime")
-    from scenetag.api import load_model
-
-    with scene_server(tiled_cog.parent) as server:
-        result = run_scene(server.url(tiled_cog.name), str(tmp_path / "c.gpkg"), load_model(),
-                           RunOptions(edge="skip"))
+def test_a_tiled_scene_run_fetches_a_small_multiple_of_its_classified_pixels(masked_tiles, predictor, tmp_path):
+    """Chips outside the mask cost their mask tiles only: the run fetches the 4 valid tiles, not the file."""
+    with scene_server(masked_tiles.parent) as server:
+        result = run_scene(server.url(masked_tiles.name), str(tmp_path / "c.gpkg"), predictor, RunOptions())
         served = server.served
-    assert result.n_chips_classified == 9
-    size = tiled_cog.stat().st_size
-    chip_pixel_bytes = 9 * 256 * 256 * 3 * 2  # what the classified chips hold, uncompressed
-    # Each tile once (the mask and the data of a chip come from one fetch), the stretch from the overview.
-    assert served.bytes < 0.75 * size, (served.bytes, size)
-    assert served.bytes < 0.5 * chip_pixel_bytes
-    assert served.requests < 60, served.requests
+    chip = predictor.spec.chip_size
+    assert result.n_chips_classified == (512 // chip) ** 2
+    classified_bytes = result.n_chips_classified * chip * chip * 3
+    size = masked_tiles.stat().st_size
+    assert served.bytes < 2 * classified_bytes, (served.bytes, classified_bytes)
+    assert served.bytes < 0.2 * size, (served.bytes, size)
+    assert served.requests < 100, served.requests
 
 
 def test_a_striped_remote_scene_is_warned_about(server, predictor, tmp_path):
@@ -180,7 +179,7 @@ def test_batch_over_urls_reruns_without_reading_pixels_and_redoes_a_changed_obje
         report = (out / "batch-report.json").read_text()
         assert "SECRET" not in report and server.url("drone_rgba_alpha.tif") in report
 
-        server.served.reset()
+        server.reset()
         again = run_batch([str(listing)], out, predictor, RunOptions(), scheduler=None, workers=1, threads=2,
                           dashboard_address=None)
         assert [str(s.status) for s in again.scenes] == ["skipped", "skipped"]

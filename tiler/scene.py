@@ -120,7 +120,7 @@ def _cloud_warnings(src: rasterio.DatasetReader, shown: str) -> tuple[str, ...]:
         out.append(f"scene {shown} is not cloud-optimised: it is stored in strips of {bh} row{'s' if bh != 1 else ''}, "
                    "so every chip read fetches whole rows of the scene; convert it with "
                    "`gdal_translate -of COG in.tif out.tif`")
-    elif max(src.width, src.height) > 1024 and not src.overviews(1):
+    elif max(src.width, src.height) > 1024 and src.dtypes[0] != "uint8" and not src.overviews(1):
         out.append(f"scene {shown} has no overviews, so its stretch is sampled from full-resolution blocks; "
                    "a COG (`gdal_translate -of COG`) reads faster")
     for w in out:
