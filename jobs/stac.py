@@ -103,7 +103,9 @@ def _read_text(href: str) -> str:
 
 def _read_stac(href: str) -> Any:
     """The pystac Item or ItemCollection at ``href``."""
-    import pystac
+    from scenetag.errors import require
+
+    pystac = require("pystac", "remote")
 
     shown = redact(href)
     text = _read_text(href)

@@ -285,8 +285,7 @@ def stac_item(path: Path, item_id: str, assets: dict, *, collection: str | None 
         media = pystac.MediaType.PNG if key == "thumbnail" else pystac.MediaType.COG
         item.add_asset(key, pystac.Asset(href=href, media_type=media, roles=roles))
     if bands:
-        eo = EOExtension.ext(item, add_if_missing=True)
-        del eo
+        EOExtension.add_to(item)
         for key, names in bands.items():
             EOExtension.ext(item.assets[key]).bands = [Band.create(name=n, common_name=n) for n in names]
     if collection is None:

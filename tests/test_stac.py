@@ -34,7 +34,7 @@ def predictor(tiny_model):
     return create_predictor(tiny_model)
 
 
-def rgb_spec() -> ModelSpec:
+def rgb_spec():
     from tests.model_fixtures import tiny_spec
 
     return tiny_spec()

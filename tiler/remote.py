@@ -125,7 +125,9 @@ def _http_stat(location: str, url: str) -> ObjectStat:
 
 def filesystem(url: str):
     """fsspec's file system for ``url`` and the path in it; a one-line error when its package is missing."""
-    import fsspec
+    from scenetag.errors import require
+
+    fsspec = require("fsspec", "remote")
 
     try:
         return fsspec.core.url_to_fs(url, **fsspec_options(url))
