@@ -78,7 +78,12 @@ def _folder_rasters(folder: Path) -> list[Path | str]:
 def _expand_remote(text: str) -> list[str]:
     """A remote input: an object-storage prefix or glob listed (fsspec), a STAC input's items, else itself."""
     from scenetag.jobs.stac import STAC_SUFFIXES, expand_stac, is_stac
+    from scenetag.tiler.location import fsspec_url
 
+    store_url = fsspec_url(text)
+    if not scheme(text) and store_url and scheme(store_url) not in ("http", "https") and (
+            _is_glob(text) or text.endswith("/")):
+        text = store_url  # /vsis3/bucket/drop/ is listed as s3://bucket/drop/
     if scheme(text) in ("http", "https") or not scheme(text):
         if scheme(text) and _is_glob(text.split("?", 1)[0]):
             raise InputError(f"{redact(text)!r}: globs work over object storage (s3://, gs://, az://), not over "

@@ -9,7 +9,7 @@ loopback sockets, as they would to a CDN or a bucket.
     and counts of the requests and bytes it served.  A few paths misbehave
     on purpose: ``/html/...`` answers an HTML page, ``/status/CODE/...``
     that status, ``/loop/...`` a redirect to itself, ``/slow/...`` nothing
-    for a while.
+    for a while, ``/auth/FILE`` serves FILE only with ``Authorization: Bearer good-token``.
 :func:`moto_server`
     moto's S3 server, and the environment GDAL and s3fs need to use it.
 """
@@ -91,6 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
         if parts[0] == "__reset":
             served.reset()
             return self._send(200, b"", count=False)
+        if parts[0] == "auth":  # the rest of the path is a file, served only with the right bearer token
+            if self.headers.get("Authorization") != "Bearer good-token":
+                return self._send(401, b"no", {"Content-Type": "text/plain"}, head)
+            parts = parts[1:]
         if parts[0] == "html":
             return self._send(200, b"<!doctype html><html><body>Please log in</body></html>",
                               {"Content-Type": "text/html; charset=utf-8"}, head)

@@ -202,3 +202,18 @@ def test_batch_records_a_bad_url_as_a_failed_scene_and_goes_on(server, predictor
     gone, ok = report.scenes
     assert str(gone.status) == "failed" and "HTTP 404" in gone.error and gone.attempts == 1  # 404: never retried
     assert str(ok.status) == "ok"
+
+
+def test_gdals_http_credentials_serve_the_identity_request_too(server, predictor, tmp_path, monkeypatch):
+    url = server.url("auth/landsat8_rgb16.tif")
+    with pytest.raises(RemoteSceneError, match=r"access denied \(HTTP 401\)"):
+        run_scene(url, str(tmp_path / "no.gpkg"), predictor, RunOptions())
+    monkeypatch.setenv("GDAL_HTTP_AUTH", "BEARER")
+    monkeypatch.setenv("GDAL_HTTP_BEARER", "good-token")
+    url += "?again=1"  # GDAL remembers the 401 of a URL for the life of the process
+    result = run_scene(url, str(tmp_path / "a.gpkg"), predictor, RunOptions())
+    assert result.n_chips_classified > 0
+    from scenetag.hashing import scene_identity
+
+    assert scene_identity(url).kind == "etag"
+    assert "good-token" not in json.dumps(runs(tmp_path / "a.gpkg"))

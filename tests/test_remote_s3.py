@@ -93,6 +93,7 @@ def test_a_missing_object_fails_in_one_line_and_is_not_retried(s3_env, tiny_mode
 def test_prefixes_and_globs_are_listed_through_fsspec(s3_env):
     prefix = expand_inputs([f"s3://{BUCKET}/drop/"])
     assert prefix == [f"s3://{BUCKET}/drop/{n}" for n in sorted(NAMES)]  # not recursive, rasters only
+    assert expand_inputs([f"/vsis3/{BUCKET}/drop/"]) == prefix  # GDAL's spelling of the prefix too
     deep = expand_inputs([f"s3://{BUCKET}/drop/**/*.tif"])
     assert f"s3://{BUCKET}/drop/deeper/landsat7_rgb_byte.tif" in deep and len(deep) == 3
     assert [p.name for p in output_paths(deep, "/out")] == [u.rsplit("/", 1)[1].replace(".tif", ".gpkg")

@@ -96,10 +96,30 @@ def _network_error(shown: str, url: str, exc: BaseException) -> RemoteSceneError
                             reason="network")
 
 
+def gdal_http_headers() -> dict[str, str]:
+    """The HTTP headers GDAL sends from the environment (``GDAL_HTTP_HEADERS``, ``GDAL_HTTP_BEARER`` with
+    ``GDAL_HTTP_AUTH=BEARER``, ``GDAL_HTTP_USERPWD``), so that the identity request is authorised as GDAL's reads are."""
+    import base64
+    import os
+
+    headers: dict[str, str] = {}
+    for line in os.environ.get("GDAL_HTTP_HEADERS", "").replace("\r", "").replace("\n", ",").split(","):
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            headers[key.strip()] = value.strip()
+    if os.environ.get("GDAL_HTTP_BEARER") and os.environ.get("GDAL_HTTP_AUTH", "").upper() == "BEARER":
+        headers["Authorization"] = f"Bearer {os.environ['GDAL_HTTP_BEARER']}"
+    elif os.environ.get("GDAL_HTTP_USERPWD"):
+        token = base64.b64encode(os.environ["GDAL_HTTP_USERPWD"].encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return headers
+
+
 def _http_stat(location: str, url: str) -> ObjectStat:
     """ETag, size and last-modified of an HTTP object from a GET of its first bytes; refuses an HTML page."""
     shown = redact(location)
-    request = urllib.request.Request(url, headers={"Range": "bytes=0-15", "User-Agent": "scenetag"})
+    request = urllib.request.Request(url, headers={**gdal_http_headers(), "Range": "bytes=0-15",
+                                                   "User-Agent": "scenetag"})
     try:
         with urllib.request.urlopen(request, timeout=http_timeout()) as resp:
             head = resp.read(16)  # a server that ignores Range: the rest is never read
