@@ -194,13 +194,16 @@ def test_batch_over_urls_reruns_without_reading_pixels_and_redoes_a_changed_obje
         assert by_name == {"drone_rgba_alpha.tif": "ok", "landsat8_rgb16.tif": "skipped"}
 
 
-def test_batch_records_a_bad_url_as_a_failed_scene_and_goes_on(server, predictor, tmp_path):
+def test_batch_records_a_bad_url_as_a_failed_scene_and_goes_on(server, predictor, tmp_path, monkeypatch):
     from scenetag.jobs.batch import run_batch
 
-    report = run_batch([server.url("status/404/gone.tif"), server.url("landsat8_rgb16.tif")], tmp_path / "out",
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")  # the job's retries only, not GDAL's own inside a read
+    report = run_batch([server.url("status/404/gone.tif"), server.url("status/503/busy.tif"),
+                        server.url("landsat8_rgb16.tif")], tmp_path / "out",
                        predictor, RunOptions(), workers=1, threads=2, retries=2, dashboard_address=None)
-    gone, ok = report.scenes
+    gone, busy, ok = report.scenes
     assert str(gone.status) == "failed" and "HTTP 404" in gone.error and gone.attempts == 1  # 404: never retried
+    assert str(busy.status) == "failed" and "HTTP 503" in busy.error and busy.attempts == 3  # 503: tried again
     assert str(ok.status) == "ok"
 
 
