@@ -23,6 +23,7 @@ from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, Cl
                                    local_gpu_count)
 from scenetag.jobs.executors import DaskExecutor
 from scenetag.jobs.inputs import expand_inputs, output_paths
+from scenetag.tiler.location import redact
 from scenetag.jobs.lock import OutputLock
 from scenetag.jobs.models import ShippedModel
 from scenetag.jobs.options import RunOptions
@@ -138,7 +139,8 @@ def run_batch(
         sweep_leftovers(out_dir)
         scenes = expand_inputs(inputs)
         outs = output_paths(scenes, out_dir)
-        report.scenes = [SceneRecord(str(s), str(o)) for s, o in zip(scenes, outs)]
+        # The report shows each scene redacted (no signed URL's query); the job reads it as given.
+        report.scenes = [SceneRecord(redact(s), str(o)) for s, o in zip(scenes, outs)]
         if on_start:
             on_start(len(scenes))
         if not scenes:
@@ -155,7 +157,8 @@ def run_batch(
                 try:
                     # Outputs that are out of date are replaced: the batch owns its folder.
                     run_scenes(session.executor, report.scenes, session.model, options, skip_current=not force,
-                               overwrite=True, retries=retries, resources=session.resources, on_done=on_done)
+                               overwrite=True, retries=retries, resources=session.resources, on_done=on_done,
+                               locations=[str(s) for s in scenes])
                 finally:
                     write_report()
     log.info("report: %s", report_path)

@@ -17,9 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import rasterio
 
-from scenetag.config import gdal_cachemax_mb
+from scenetag.tiler.cloud import gdal_env
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
 from scenetag.model.backends import Predictor
 from scenetag.outputs_schema.records import ChipTable
@@ -120,7 +119,7 @@ def classify_cells(
         batch.clear()
         batch_meta.clear()
 
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cachemax_mb()), plan.reader() as reader, \
+    with gdal_env(), plan.reader() as reader, \
             ThreadPoolExecutor(n_threads, thread_name_prefix="chip-reader") as pool:
         for read in _bounded_map(pool, lambda c: timed_read(reader, c), cells, max_in_flight=2 * bs + n_threads):
             if read.n_skipped:

@@ -20,6 +20,7 @@ from typing import Sequence
 from scenetag.errors import OutputError, ScenetagError
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
+from scenetag.tiler.location import display_name
 from scenetag.jobs.scene_job import ScenePlan, output_state, plan_scene, prepare_scene
 from scenetag.outputs_schema.outputs import SceneOutputs
 
@@ -188,7 +189,7 @@ def batch_table(previews: Sequence[ScenePreview], width: int = 40) -> str:
     header = ("scene", "size", "bands", "factor", "chips", "edge", "output", "action")
     rows = []
     for p in previews:
-        name = Path(p.scene).name
+        name = display_name(p.scene)
         name = name if len(name) <= width else name[: width - 1] + "…"
         plan = p.plan
         rows.append((name,
@@ -210,7 +211,7 @@ def batch_table(previews: Sequence[ScenePreview], width: int = 40) -> str:
                  f"({_plural(chips, 'chip')}), {counts[Action.SKIP]} up to date, "
                  f"{counts[Action.REFUSE]} refused, {counts[Action.FAIL]} would fail")
     for p in previews:
-        name = Path(p.scene).name
+        name = display_name(p.scene)
         lines.append(f"  {name}: output {_output_text(p)}")
         lines += [f"  {name}: bands {p.plan.bands_used}"] if p.plan is not None else []
         lines += [f"  {name}: {n}" for n in (p.plan.notes + p.plan.warnings if p.plan else ())]

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from scenetag.errors import DiskFullError, OutputError, SceneError, ScenetagError, chain
+from scenetag.errors import DiskFullError, OutputError, RemoteSceneError, SceneError, ScenetagError, chain
 
 
 class WorkerDiedError(SceneError):
@@ -37,6 +37,13 @@ NOT_PER_SCENE: tuple[type[ScenetagError], ...] = (DiskFullError,)
 #: OS error numbers of I/O that may succeed when tried again (a network file system's hiccup, a busy file).
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE,
                               errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+#: HTTP statuses of a remote scene that may pass (a timeout, too many requests, the server's trouble).
+#: 403 and 404 (and every other 4xx) do not: the same request gets the same answer.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Network failures without an HTTP answer that may pass: no answer in time, a refused or dropped
+#: connection (a server restarting), a name the resolver could not look up now, a read cut short.
+#: Not: a redirect loop, an HTML page, a format GDAL cannot read, a folder, a corrupt block.
+TRANSIENT_NETWORK_REASONS = frozenset({"timeout", "refused", "reset", "dns", "network"})
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,19 @@ def is_retryable(exc: BaseException) -> bool:
     A scene without a geotransform, a corrupt file or bands that don't fit fail
     the same way every time.  (A scene whose worker died is tried again by the
     runner: it may have died beside the scene that killed the worker.)
+
+    A remote scene's failure (:class:`~scenetag.errors.RemoteSceneError`) may
+    go away by its HTTP status (:data:`TRANSIENT_HTTP_STATUSES`) or, without
+    an answer, by its kind (:data:`TRANSIENT_NETWORK_REASONS`); 403 and 404 never.
     """
-    return any(isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS for e in chain(exc))
+    for e in chain(exc):
+        if isinstance(e, RemoteSceneError):
+            if e.status is not None:
+                return e.status in TRANSIENT_HTTP_STATUSES
+            return e.reason in TRANSIENT_NETWORK_REASONS
+        if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
+            return True
+    return False
 
 
 def worker_died(exc: BaseException) -> WorkerDiedError | None:

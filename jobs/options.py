@@ -53,6 +53,8 @@ class RunOptions:
         resample_max_factor: With ``resample``, refuse a scene more than this many times
             coarser than the model (its chips multiply by the factor squared) unless raised
             to the scene's factor; it bounds the run, not its result.
+        asset: The asset of a STAC item to read (None: the one whose bands match the model's).
+            Not among the options that make the signature: the scene's identity holds the asset.
     """
 
     bands: tuple[int, ...] | None = None
@@ -67,6 +69,7 @@ class RunOptions:
     raster: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
     resample_max_factor: float = DEFAULT_RESAMPLE_MAX_FACTOR
+    asset: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -126,4 +129,5 @@ class RunOptions:
         d.pop("readers")
         d.pop("reader")
         d.pop("max_chips")
+        d.pop("asset")
         return d

@@ -41,6 +41,7 @@ from scenetag.jobs.scene_job import (
     write_scene,
 )
 from scenetag.outputs_schema.run_record import read_run_record
+from scenetag.tiler.location import is_remote, redact
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class _Scene:
     wall_start: float = 0.0
     futures: list = field(default_factory=list)
     result: SceneResult | None = None
+    #: What the scene is read from (the record's ``scene`` is what is shown).
+    location: str = ""
 
 
 def run_scenes(
@@ -70,6 +73,7 @@ def run_scenes(
     progress: ProgressFactory | None = None,
     on_done: Callable[[SceneRecord], None] | None = None,
     raise_scene_errors: bool = False,
+    locations: Sequence[str] | None = None,
 ) -> list[SceneResult | None]:
     """Run the scene of every record on ``executor``; returns each :class:`SceneResult` in record order.
 
@@ -86,11 +90,13 @@ def run_scenes(
         progress: Progress factory for the chips of each scene, where the executor is local.
         on_done: Called with each record when its scene is finished.
         raise_scene_errors: Raise a scene's failure (after its retries) instead of recording it.
+        locations: What each scene is read from, where that differs from the record's ``scene``
+            (which is shown: a signed URL's query is kept out of the report).
 
     A scene that failed has None as its result.  Errors that are not
     per-scene failures cancel everything and are raised.
     """
-    states = [_Scene(r) for r in records]
+    states = [_Scene(r, location=loc) for r, loc in zip(records, locations or [r.scene for r in records])]
     owner: dict[Any, tuple[_Scene, int, str]] = {}
 
     def submit(state: _Scene, stage: str, fn: Callable, *args: Any, watch: bool = False, **kwargs: Any) -> Any:
@@ -106,7 +112,7 @@ def run_scenes(
         state.record.attempts = state.attempt
         if state.attempt == 1:
             state.wall_start = time.time()
-        submit(state, "prepare", prepare_scene, state.record.scene, state.record.output, model, options,
+        submit(state, "prepare", prepare_scene, state.location, state.record.output, model, options,
                skip_current, overwrite, watch=True)
 
     def finish(state: _Scene, status: Status) -> None:
@@ -133,7 +139,7 @@ def run_scenes(
 
     def planned(state: _Scene, prep: Prepared) -> None:
         plan = prep.plan
-        scene_sha = prep.scene_sha256 or submit(state, "hash", hash_scene, prep.scene, side=True)
+        identity = prep.identity or submit(state, "hash", hash_scene, prep.source or prep.scene, side=True)
         n_cols = max(1, plan.grid.shape[1])
         strips = [None] if executor.chips_per_task is None else plan.grid.strips(
             max(1, executor.chips_per_task // n_cols))
@@ -142,7 +148,7 @@ def run_scenes(
         bar = progress(len(plan.grid)) if progress is not None and executor.local else None
         tables = [submit(state, "classify", classify_strip, plan, cells, model, bar, resources=resources)
                   for cells in strips]
-        submit(state, "write", write_scene, prep, model, scene_sha, *tables, watch=True)
+        submit(state, "write", write_scene, prep, model, identity, *tables, watch=True)
 
     for state in states:
         start(state)
@@ -197,9 +203,10 @@ def run_one(executor: Executor, scene: str | os.PathLike, out: str | os.PathLike
     from scenetag.jobs.sweep import sweep_leftovers
 
     sweep_leftovers(Path(out).parent)  # what a killed run left here (only dead writers' temporaries)
-    record = SceneRecord(str(Path(scene).resolve()), str(out))
+    location = str(scene) if is_remote(scene) else str(Path(scene).resolve())
+    record = SceneRecord(redact(location), str(out))
     [result] = run_scenes(executor, [record], model, options, overwrite=overwrite, resources=resources,
-                          progress=progress, raise_scene_errors=True)
+                          progress=progress, raise_scene_errors=True, locations=[location])
     return result
 
 

@@ -34,17 +34,20 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import scenetag
 from scenetag.errors import ChipLimitError, OptionError, SceneReadError
-from scenetag.hashing import file_sha256
+from scenetag.hashing import SceneIdentity
 from scenetag.jobs.classify import Progress, classify_cells
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import Status
+from scenetag.jobs.sources import SceneSource, resolve_source, source_identity
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
 from scenetag.outputs_schema.run_record import RunRecord, read_run_record
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
+from scenetag.tiler.cloud import gdal_env
 from scenetag.tiler.grid import Grid, GridCell, chip_grid
+from scenetag.tiler.location import is_remote, redact, redact_text
 from scenetag.tiler.reader import ChipReader
 from scenetag.tiler.scaling import Stretch, scene_stretch
 from scenetag.tiler.scene import RESOLUTION_WARN_RATIO, SceneInfo, choose_bands, open_scene, resolution_ratio
@@ -95,7 +98,7 @@ class ScenePlan:
     @property
     def warnings(self) -> tuple[str, ...]:
         """What planning found doubtful about the scene (recorded in ``runs.warnings``)."""
-        return self.stretch.warnings if self.stretch is not None else ()
+        return self.info.warnings + (self.stretch.warnings if self.stretch is not None else ())
 
     def reader(self) -> ChipReader:
         """A reader for this plan's cells."""
@@ -149,23 +152,34 @@ def scene_reads(scene: str | Path, step: str) -> Iterator[None]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         cause = exc.__cause__ or exc.__context__
         # rasterio's own text says only "see previous exception": GDAL's cause names the block
-        detail = str(cause).splitlines()[0] if cause is not None and str(cause) else first
-        raise SceneReadError(f"scene {str(scene)!r} could not be read ({step}): {detail} "
+        detail = redact_text(str(cause).splitlines()[0] if cause is not None and str(cause) else first)
+        if is_remote(scene):
+            from scenetag.tiler.location import is_network
+            from scenetag.tiler.remote import diagnose
+
+            if is_network(str(scene)):
+                raise diagnose(str(scene), detail) from None
+        raise SceneReadError(f"scene {redact(scene)!r} could not be read ({step}): {detail} "
                              "(is the file truncated or corrupt?)") from exc
 
 
-def plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
+def plan_scene(scene_path: str | Path | SceneSource, spec: ModelSpec, options: RunOptions) -> ScenePlan:
     """Validate the scene against the model and options and lay the grid.
 
+    ``scene_path`` is a location, or a :class:`~jobs.sources.SceneSource` (a
+    STAC item's asset, with its name and the bands its metadata gives).
     Raises :class:`SceneReadError` for any GDAL error on the way (:func:`scene_reads`).
     """
-    with scene_reads(scene_path, "planning"):
-        return _plan_scene(scene_path, spec, options)
+    source = scene_path if isinstance(scene_path, SceneSource) else None
+    location = source.location if source is not None else scene_path
+    with scene_reads(location, "planning"), gdal_env():
+        return _plan_scene(location, spec, options, source)
 
 
-def _plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions) -> ScenePlan:
-    info = open_scene(scene_path)
-    choice = choose_bands(info, spec, options.bands)
+def _plan_scene(scene_path: str | Path, spec: ModelSpec, options: RunOptions,
+                source: SceneSource | None = None) -> ScenePlan:
+    info = open_scene(scene_path, source.name if source is not None else None)
+    choice = choose_bands(info, spec, options.bands or (source.bands if source is not None else None))
     ratio = resolution_ratio(info, spec)
     factor = ratio if options.resample else 1.0
     stride = options.stride if options.stride is not None else spec.chip_size
@@ -288,12 +302,19 @@ class Prepared:
     #: ``time.time()`` at the start: the scene's steps may run in different processes.
     wall_start: float
     #: Known when the skip check needed it; else :func:`hash_scene` computes it beside the classification.
-    scene_sha256: str | None = None
+    identity: SceneIdentity | None = None
     plan: ScenePlan | None = None
+    #: What the scene is read from (a STAC item's asset), its name and what else is known of it.
+    source: SceneSource | None = None
 
     @property
     def skipped(self) -> bool:
         return self.plan is None
+
+    @property
+    def scene_sha256(self) -> str | None:
+        """The digest of the scene's identity, where known (the sha256 of a local file)."""
+        return self.identity.digest if self.identity is not None else None
 
 
 @dataclass(frozen=True)
@@ -302,26 +323,29 @@ class OutputState:
 
     #: The GeoPackage's run record; None when there is no output.
     record: RunRecord | None = None
-    #: The scene's checksum, computed to compare signatures (None without an output).
-    scene_sha256: str | None = None
+    #: The scene's identity, computed to compare signatures (None without an output).
+    identity: SceneIdentity | None = None
     #: Whether the outputs were made from this scene, model and options (same signature), all present.
     current: bool = False
 
 
-def output_state(scene: str, outputs: SceneOutputs, model: SceneModel, options: RunOptions) -> OutputState:
+def output_state(scene: str | SceneSource, outputs: SceneOutputs, model: SceneModel,
+                 options: RunOptions) -> OutputState:
     """Read the output's record and compare signatures: the one decision of whether an output is up to date.
 
     Without an output there is nothing to compare, and the scene is not hashed
-    (the checksum is then computed beside the classification, the runner's
-    hash task).  Raises :class:`OutputExistsError` for a file that is no
-    scenetag GeoPackage.
+    (the identity is then computed beside the classification, the runner's
+    hash task).  Remote: one small request, no pixels.  Raises
+    :class:`OutputExistsError` for a file that is no scenetag GeoPackage.
     """
     record = read_run_record(outputs.gpkg)
     if record is None:
         return OutputState()
-    scene_sha = hash_scene(scene)
-    current = outputs.up_to_date(signature(scene_sha, model.sha256, model.spec, options), record=record)
-    return OutputState(record, scene_sha, current)
+    source = scene if isinstance(scene, SceneSource) else resolve_source(scene, model.spec, options.asset,
+                                                                         options.bands)
+    identity = hash_scene(source)
+    current = outputs.up_to_date(signature(identity.digest, model.sha256, model.spec, options), record=record)
+    return OutputState(record, identity, current)
 
 
 def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, skip_current: bool,
@@ -336,30 +360,30 @@ def prepare_scene(scene: str, out: str, model: SceneModel, options: RunOptions, 
     """
     wall_start, started_at = time.time(), _now()
     outputs = SceneOutputs(out, options.raster, options.to_crs)
-    outputs.refuse_scene(scene)  # before anything, even with --overwrite or --force
-    scene_sha = None
+    # A STAC item becomes its asset; any other location is itself (nothing is read of a raster yet).
+    source = resolve_source(scene, model.spec, options.asset, options.bands)
+    outputs.refuse_scene(source.location)  # before anything, even with --overwrite or --force
+    identity = None
     if skip_current:
-        if not Path(scene).is_file():
-            raise SceneReadError(f"scene {scene!r} does not exist" if not Path(scene).exists()
-                                 else f"scene {scene!r} is not a file")
-        state = state if state is not None else output_state(scene, outputs, model, options)
-        scene_sha = state.scene_sha256
+        if not source.remote and not Path(source.location).is_file():
+            raise SceneReadError(f"scene {source.location!r} does not exist" if not Path(source.location).exists()
+                                 else f"scene {source.location!r} is not a file")
+        state = state if state is not None else output_state(source, outputs, model, options)
+        identity = state.identity
         if state.current:
-            return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha)
+            return Prepared(scene, out, overwrite, started_at, wall_start, identity, source=source)
         if state.record is not None:
             # The batch replaces its own out-of-date outputs, never another scene's (--force skips this).
-            outputs.check_source(scene, scene_sha, record=state.record)
+            outputs.check_source(source.shown if source.remote else source.location, identity.digest,
+                                 record=state.record)
     outputs.check(overwrite)
-    plan = plan_scene(scene, model.spec, options)
-    return Prepared(scene, out, overwrite, started_at, wall_start, scene_sha, plan)
+    plan = plan_scene(source, model.spec, options)
+    return Prepared(scene, out, overwrite, started_at, wall_start, identity, plan, source)
 
 
-def hash_scene(scene: str) -> str:
-    """sha256 of the scene file."""
-    try:
-        return file_sha256(scene)
-    except OSError as exc:
-        raise SceneReadError(f"scene {scene!r} cannot be read ({exc})") from exc
+def hash_scene(scene: str | SceneSource) -> SceneIdentity:
+    """The scene's identity (:func:`~jobs.sources.source_identity`): a local file's sha256, a remote one's ETag..."""
+    return source_identity(scene)
 
 
 def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: SceneModel,
@@ -370,8 +394,18 @@ def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: Sce
         return classify_cells(plan, predictor, cells=cells, progress=progress)
 
 
-def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: ChipTable) -> SceneResult:
-    """The scene's single writer: join its strips, write the outputs atomically; returns the result."""
+def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable) -> SceneResult:
+    """The scene's single writer: join its strips, write the outputs atomically; returns the result.
+
+    ``identity`` is the scene's (:func:`hash_scene`); a bare digest is taken as a local file's sha256.
+    """
+    if isinstance(identity, str):
+        identity = SceneIdentity("sha256", identity)
+    scene_sha256 = identity.digest
+    source = prep.source
+    scene_source = {"identity": identity.to_dict()}
+    if source is not None and source.stac is not None:
+        scene_source["stac"] = source.stac
     plan = prep.plan
     info, spec, opts = plan.info, plan.spec, plan.options
     table = ChipTable.concat(tables, spec.n_labels) if len(tables) != 1 else tables[0]
@@ -385,7 +419,7 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         finished_at=_now(),
         status=status.value,
         reason=reason,
-        scene_path=info.path,
+        scene_path=redact(info.path),
         scene_sha256=scene_sha256,
         scene_crs=info.crs.to_string(),
         model_name=spec.name,
@@ -407,12 +441,13 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_write=0.0,
         warnings=list(plan.warnings),
         bands_used=plan.bands_used,
+        scene_source=scene_source,
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip,
                        (info.height, info.width))
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
     return SceneResult(
-        scene=info.path, output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
+        scene=redact(info.path), output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
         bands_used=plan.bands_used,
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,

@@ -150,8 +150,9 @@ class SceneOutputs:
         record = read_run_record(self.gpkg) if record is _UNREAD else record
         if record is None or record.scene_sha256 == scene_sha256 or _same_file(record.scene_path, scene):
             return
+        shown = str(scene) if "://" in str(scene) or str(scene).startswith("/vsi") else str(Path(scene).resolve())
         raise OutputExistsError(f"output {str(self.gpkg)!r} was made from scene {record.scene_path!r}, not "
-                                f"{str(Path(scene).resolve())!r}: use another --out-dir, or --force to replace it")
+                                f"{shown!r}: use another --out-dir, or --force to replace it")
 
     def up_to_date(self, signature: str, *, record: RunRecord | None | object = _UNREAD) -> bool:
         """Whether the GeoPackage records ``signature`` and every other output exists.

@@ -25,7 +25,7 @@ from typing import Sequence
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
 SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, chips.weather,
-# top_label is the top land-cover label, runs.bands_used, the stored QGIS project
+# top_label is the top land-cover label, runs.bands_used, runs.scene_source, the stored QGIS project
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -95,7 +95,7 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("status", "str", "ok, empty (nothing classified) or failed"),
     Field("reason", "str", "why the status is not ok"),
     Field("scene_path", "str", "absolute path of the scene"),
-    Field("scene_sha256", "str", "sha256 of the scene file"),
+    Field("scene_sha256", "str", "sha256 of the scene file; of a remote scene, of its identity (see scene_source)"),
     Field("scene_crs", "str", "CRS of the scene, as authority code or WKT"),
     Field("model_name", "str", "model name from its spec"),
     Field("model_sha256", "str", "sha256 of the model file"),
@@ -115,6 +115,9 @@ RUN_FIELDS: tuple[Field, ...] = (
           since=2),
     Field("bands_used", "str", "scene bands fed to the model, in its band order, and the evidence for them, "
           "e.g. '1,2,3 as red,green,blue (from the scene's colour tags: red, green, blue, undefined)'", since=3),
+    Field("scene_source", JSON, "where the scene came from: its identity (kind: sha256 of the bytes, or the "
+          "server's etag / size+last-modified, or a STAC item's stac; and what it was made from); for a STAC "
+          "item its id, collection, datetime and the asset used, and why", since=3),
 )
 
 

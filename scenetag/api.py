@@ -110,7 +110,8 @@ def run_scene(
     """Classify ``scene`` and write its GeoPackage to ``out`` (default: the scene's name, ``.gpkg``, here).
 
     Args:
-        scene: A GeoTIFF (any raster GDAL reads).
+        scene: A GeoTIFF (any raster GDAL reads): a path, a URL, ``s3://bucket/key``, a ``/vsi...``
+            path, or a STAC item (``item.json``, a URL, or ``collection.json#ITEM_ID``).
         out: The GeoPackage to write; an existing one is refused unless ``overwrite``.
         model: A model file, or a predictor already loaded; default: the shipped model.
         spec: A spec JSON for a model that carries none.
@@ -128,7 +129,14 @@ def run_scene(
     """
     from scenetag.jobs.cluster import resolve_scheduler
 
-    out = Path(out) if out is not None else Path.cwd() / (Path(scene).stem + ".gpkg")
+    if out is None:
+        from scenetag.jobs.stac import is_stac, read_item
+        from scenetag.tiler.location import scene_name
+
+        # Named by the file's stem (a URL's too, without its query), or by a STAC item's id.
+        name = read_item(str(scene))[0].id if is_stac(str(scene)) else scene_name(scene)
+        out = Path.cwd() / (name + ".gpkg")
+    out = Path(out)
     _check_before_loading(out, options, option_values)
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on ``device``; here it is only read.

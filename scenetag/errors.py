@@ -24,6 +24,33 @@ class SceneReadError(SceneError, OSError):
     """The scene is missing, not a raster, or corrupt."""
 
 
+class RemoteSceneError(SceneReadError):
+    """A scene at a URL or in object storage cannot be reached or is not what was asked for.
+
+    ``status`` is the HTTP status the server answered (None when there was no
+    answer), ``reason`` what went wrong without one (``"timeout"``,
+    ``"refused"``, ``"dns"``, ``"reset"``, ``"redirects"``, ``"html"``...).
+    Whether it is tried again is :func:`scenetag.jobs.failures.is_retryable`'s
+    decision, from these two.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+    def __reduce__(self):  # keyword arguments survive pickling (Dask sends errors between processes)
+        return (_remote_error, (str(self), self.status, self.reason))
+
+
+def _remote_error(message: str, status: int | None, reason: str) -> "RemoteSceneError":
+    return RemoteSceneError(message, status=status, reason=reason)
+
+
+class StacError(SceneError, ValueError):
+    """A STAC item cannot be used as a scene: unreadable, no usable asset, several, or bands that don't fit."""
+
+
 class GeoreferenceError(SceneError, ValueError):
     """The scene has no CRS or no geotransform."""
 

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import rasterio
 
 from scenetag.config import gdal_cachemax_mb
+from scenetag.tiler.cloud import gdal_env
 from scenetag.errors import SceneReadError
 from scenetag.processes import pid_alive
 from scenetag.tiler.grid import GridCell, as_strip
@@ -240,7 +240,7 @@ def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cach
     _worker["shm"] = shm  # keep the mapping alive
     _worker["slots"] = np.ndarray(shape, np.uint8, buffer=shm.buf)
     _worker["reader"] = reader
-    _worker["env"] = rasterio.Env(GDAL_CACHEMAX=cachemax_mb)
+    _worker["env"] = gdal_env(cachemax_mb)
     _worker["env"].__enter__()
 
 

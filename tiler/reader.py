@@ -16,6 +16,7 @@ run of one.  Both give a :class:`RunRead`.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Sequence
@@ -295,9 +296,19 @@ def _differs_from(band: np.ndarray, nodata: float) -> np.ndarray:
 
 
 def _read_error(path: str, window: Window, exc: Exception) -> SceneReadError:
+    from scenetag.tiler.location import is_network, redact, redact_text
+
+    detail = redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if is_network(path):
+        from scenetag.errors import RemoteSceneError
+
+        # Mid-run, a failure of the network or the server (a dropped connection, a 5xx GDAL gave up on)
+        # may pass; a corrupt block does not (jobs.failures decides from the reason).
+        network = re.search(r"http|curl|connect|timed? ?out|reset|ssl", detail, re.IGNORECASE)
+        return RemoteSceneError(f"scene {redact(path)!r} could not be read at window {_fmt(window)}: {detail}",
+                                reason="network" if network else "corrupt")
     return SceneReadError(
-        f"scene {path!r} could not be read at window {_fmt(window)}: "
-        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+        f"scene {path!r} could not be read at window {_fmt(window)}: {detail} "
         "(is the file truncated or corrupt?)"
     )
 

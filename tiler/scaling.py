@@ -22,6 +22,7 @@ import rasterio
 
 from scenetag.errors import SceneError
 from scenetag.model.spec import ModelSpec
+from scenetag.tiler.location import redact
 from scenetag.tiler.scene import SceneInfo, decimated_read
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ def scene_stretch(info: SceneInfo, bands: Sequence[int], spec: ModelSpec) -> Str
     if spec.scaling == "fixed":
         lo, hi = spec.fixed_range  # type: ignore[misc]
         return Stretch((float(lo),) * len(bands), (float(hi),) * len(bands))
-    with rasterio.open(info.path) as src:
+    from scenetag.tiler.cloud import gdal_env
+
+    with gdal_env(), rasterio.open(info.path) as src:
         sample = decimated_read(src, bands, min_valid=MIN_VALID_SAMPLE)
     p_lo, p_hi = spec.percentiles
     counts = [int(sample[b].count()) for b in range(sample.shape[0])]
@@ -87,7 +90,7 @@ def scene_stretch(info: SceneInfo, bands: Sequence[int], spec: ModelSpec) -> Str
     if min(counts) < MIN_STRETCH_VALUES:
         b = counts.index(min(counts))
         raise SceneError(
-            f"scene {info.path!r} has only {counts[b]} valid pixels in band {bands[b]} (the whole scene "
+            f"scene {redact(info.path)!r} has only {counts[b]} valid pixels in band {bands[b]} (the whole scene "
             f"was read), too few to estimate its p{p_lo:g}..p{p_hi:g} stretch (at least "
             f"{MIN_STRETCH_VALUES} needed): check its nodata/mask, or pass a spec with scaling 'fixed' "
             "and a fixed_range"

@@ -68,14 +68,39 @@ class SceneInfo:
     mask_mode: MaskMode
     #: Each band's nodata value (None where a band has none).
     nodatavals: tuple[float | None, ...]
+    #: What opening found doubtful (a remote scene that is not cloud-optimised).
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_uint8(self) -> bool:
         return self.dtype == "uint8"
 
 
-def open_scene(path: str | Path) -> SceneInfo:
-    """Open ``path`` and describe it; refuse what is not a georeferenced raster."""
+def open_scene(path: str | Path, scene_id: str | None = None) -> SceneInfo:
+    """Open ``path`` and describe it; refuse what is not a georeferenced raster.
+
+    ``path`` is a local file or any location GDAL reads (a URL, ``s3://...``,
+    ``/vsi...``), passed to rasterio as it is (:mod:`tiler.location`); messages
+    show it redacted.  ``scene_id`` names the scene (default: the file's stem).
+    A remote scene that is not cloud-optimised is described with a warning.
+    """
+    from scenetag.tiler.cloud import gdal_env
+    from scenetag.tiler.location import is_remote, redact, redact_text, scene_name
+
+    if is_remote(path):
+        location, shown = str(path), redact(path)
+        try:
+            with gdal_env(), rasterio.open(location) as src:
+                info = _describe(src, shown, location, scene_id or scene_name(location))
+        except RasterioError as exc:
+            from scenetag.tiler.location import is_network
+            from scenetag.tiler.remote import diagnose
+
+            if is_network(location):
+                raise diagnose(location, _first_line(exc)) from None
+            raise SceneReadError(f"scene {shown!r} is not a raster GDAL can read "
+                                 f"({redact_text(_first_line(exc))})") from None
+        return info
     p = Path(path)
     if not p.exists():
         raise SceneReadError(f"scene {str(p)!r} does not exist")
@@ -83,12 +108,28 @@ def open_scene(path: str | Path) -> SceneInfo:
         raise SceneReadError(f"scene {str(p)!r} is a folder: give a raster file")
     try:
         with rasterio.open(p) as src:
-            info = _describe(src, p)
+            info = _describe(src, str(p), str(p.resolve()), scene_id or p.stem)
     except RasterioError as exc:
         raise SceneReadError(
             f"scene {str(p)!r} is not a raster GDAL can read ({_first_line(exc)})"
         ) from exc
     return info
+
+
+def _cloud_warnings(src: rasterio.DatasetReader, shown: str) -> tuple[str, ...]:
+    """Why reading a remote scene chip by chip may fetch far more than the chips: striped, or no overviews."""
+    out = []
+    if not src.profile.get("tiled", False):
+        bh = src.block_shapes[0][0]
+        out.append(f"scene {shown} is not cloud-optimised: it is stored in strips of {bh} row{'s' if bh != 1 else ''}, "
+                   "so every chip read fetches whole rows of the scene; convert it with "
+                   "`gdal_translate -of COG in.tif out.tif`")
+    elif max(src.width, src.height) > 1024 and src.dtypes[0] != "uint8" and not src.overviews(1):
+        out.append(f"scene {shown} has no overviews, so its stretch is sampled from full-resolution blocks; "
+                   "a COG (`gdal_translate -of COG`) reads faster")
+    for w in out:
+        log.warning("%s", w)
+    return tuple(out)
 
 
 def _georeference_fix(src: rasterio.DatasetReader) -> str:
@@ -101,22 +142,25 @@ def _georeference_fix(src: rasterio.DatasetReader) -> str:
     return "Georeference it first (e.g. `gdal_translate -a_srs ... -a_ullr ...`)."
 
 
-def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
+def _describe(src: rasterio.DatasetReader, p: str, location: str, scene_id: str) -> SceneInfo:
+    from scenetag.tiler.location import is_network
+
+
     if src.crs is None:
-        raise GeoreferenceError(f"scene {str(p)!r} has no CRS, so chips cannot be placed on a map. "
+        raise GeoreferenceError(f"scene {p!r} has no CRS, so chips cannot be placed on a map. "
                                 f"{_georeference_fix(src)}")
     if src.transform == Affine.identity():
-        raise GeoreferenceError(f"scene {str(p)!r} has no geotransform, so chips cannot be placed on a map. "
+        raise GeoreferenceError(f"scene {p!r} has no geotransform, so chips cannot be placed on a map. "
                                 f"{_georeference_fix(src)}")
     _check_geographic_bounds(src, p)
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:
-        raise SceneReadError(f"scene {str(p)!r} mixes band types {sorted(dtypes)}: convert it to one type")
+        raise SceneReadError(f"scene {p!r} mixes band types {sorted(dtypes)}: convert it to one type")
     colorinterp = tuple(_COLOR_NAMES.get(ci, ci.name) for ci in src.colorinterp)
     has_alpha = any(MaskFlags.alpha in flags for flags in src.mask_flag_enums)
     return SceneInfo(
-        path=str(p.resolve()),
-        scene_id=p.stem,
+        path=location,
+        scene_id=scene_id,
         width=src.width,
         height=src.height,
         count=src.count,
@@ -131,6 +175,7 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
         resolution_m=ground_resolution_m(src.crs, src.transform, src.width, src.height),
         mask_mode=_mask_mode(src),
         nodatavals=tuple(src.nodatavals),
+        warnings=_cloud_warnings(src, p) if is_network(location) else (),
     )
 
 
@@ -138,7 +183,7 @@ def _describe(src: rasterio.DatasetReader, p: Path) -> SceneInfo:
 _DEGREE_SLACK = 1e-6
 
 
-def _check_geographic_bounds(src: rasterio.DatasetReader, p: Path) -> None:
+def _check_geographic_bounds(src: rasterio.DatasetReader, p: str) -> None:
     """Refuse a geographic scene whose bounds leave the globe: latitude past ±90°, longitude past -180°..360°.
 
     Such bounds mean a wrong geotransform (or a projected scene labelled
@@ -156,7 +201,7 @@ def _check_geographic_bounds(src: rasterio.DatasetReader, p: Path) -> None:
         where.append(f"longitude {west:g}..{east:g} reaches past -180°..180° (or 0°..360°)")
     if where:
         raise GeoreferenceError(
-            f"scene {str(p)!r} is in the geographic CRS {src.crs.to_string()} but its bounds "
+            f"scene {p!r} is in the geographic CRS {src.crs.to_string()} but its bounds "
             f"(left {b.left:g}, bottom {b.bottom:g}, right {b.right:g}, top {b.top:g}) leave the globe: "
             f"{'; '.join(where)}. Its geotransform is wrong, or it is projected: fix it, e.g. "
             "`gdal_edit.py -a_ullr ulx uly lrx lry` or `-a_srs` with its real CRS"

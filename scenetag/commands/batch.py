@@ -48,6 +48,9 @@ def add_log_file(path: str) -> logging.Handler:
         raise click.BadParameter(f"cannot write the log file {path!r}: {exc.strerror}", param_hint="--log-file") from None
     handler.setLevel(min(root.level, logging.INFO))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from scenetag.tiler.location import redact_logs
+
+    redact_logs(handler)  # a signed URL's query never reaches the log file
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
     return handler
@@ -90,7 +93,10 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
 
     INPUTS are scene files, folders (their .tif/.tiff/.vrt/.jp2/.img files),
     quoted globs ('drop/**/*.tif') or list files (.txt/.lst: one input per
-    line).  A scene whose GeoPackage is already there, made from the same
+    line); URLs (https://..., /vsicurl/...), object storage (s3://bucket/key,
+    a prefix s3://bucket/drop/ or a quoted glob 's3://bucket/**/*.tif'), and
+    STAC Items or ItemCollections (.json files or URLs; each item a scene
+    named by its id).  A scene whose GeoPackage is already there, made from the same
     scene, model and options, is skipped; --force redoes it.  A scene that
     fails is recorded and the others go on (a transient I/O failure is tried
     again first, --retries); a full disk, a model or cluster error stops the batch.

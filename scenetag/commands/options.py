@@ -27,7 +27,9 @@ class ScenetagClickError(click.ClickException):
     """A library error shown as one line, with the error's own exit code."""
 
     def __init__(self, error: ScenetagError) -> None:
-        super().__init__(str(error))
+        from scenetag.tiler.location import redact_text
+
+        super().__init__(redact_text(str(error)))  # a signed URL's query never reaches the terminal
         self.exit_code = error.exit_code
 
 
@@ -94,6 +96,10 @@ def configure_logging(verbose: int, quiet: int) -> None:
         stream=sys.stderr,
         force=True,
     )
+    from scenetag.tiler.location import redact_logs
+
+    for handler in logging.getLogger().handlers:  # signed URLs' queries never reach a log
+        redact_logs(handler)
     quiet_third_party()
     route_gdal_messages()
 
@@ -271,6 +277,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-chips", type=click.IntRange(min=1), default=DEFAULT_MAX_CHIPS, show_default=True,
                      help="Refuse a scene that would classify more chips than this (checked before "
                      "reading it; a huge count is usually a wrong --stride)."),
+        click.option("--asset", default=None, metavar="NAME",
+                     help="For a STAC item: the asset to read, e.g. visual or analytic. Default: the image "
+                     "asset whose bands (eo:bands) are the model's (with --bands: at those numbers); "
+                     "the run says which it took and why."),
         click.option("--raster", is_flag=True,
                      help="Also write <output>_prob.tif: a COG heat map over the scene with one band "
                      "per label, each chip's probabilities over its cell (NaN where a chip was skipped)."),

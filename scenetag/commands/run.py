@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from scenetag.tiler.location import display_name
+
 from scenetag.commands.options import (announce_cluster, dry_run_options, handle_errors, job_options, output_file_option,
                                        overwrite_option, print_plan, progress_option, scheduler_option,
                                        show_progress, tqdm_progress)
@@ -25,6 +27,10 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
             dry_run: bool, fmt: str, **job: object) -> None:
     """Classify SCENE (a GeoTIFF) chip by chip and write a GeoPackage.
 
+    SCENE is a file, a URL (https://..., /vsicurl/...), object storage
+    (s3://bucket/key, gs://, az://) or a STAC item (.json file or URL; the
+    output is named by the item's id, the asset chosen as --asset says).
+
     The scene is cut into chips of the model's size; chips with too little
     valid area are skipped; the rest go through the model in batches and are
     tagged at the model's thresholds.  The GeoPackage holds a `chips` layer
@@ -40,7 +46,7 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
                                     overwrite=overwrite, **job)], fmt, batch=False)
     result = run_scene(scene, output, model=model_path, spec=spec_path, backend=backend, device=device,
                        precision=precision, overwrite=overwrite, scheduler=scheduler,
-                       progress=tqdm_progress(Path(scene).name, show_progress(progress)),
+                       progress=tqdm_progress(display_name(scene), show_progress(progress)),
                        announce=announce_cluster, **job)
     click.echo(
         f"{result.output}: {result.status}, {_n(result.n_chips_classified, 'chip')} classified, "
