@@ -20,9 +20,9 @@ from typing import Sequence
 from scenetag.errors import OutputError, ScenetagError
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
-from scenetag.tiler.location import display_name
 from scenetag.jobs.scene_job import ScenePlan, output_state, plan_scene, prepare_scene
 from scenetag.outputs_schema.outputs import SceneOutputs
+from scenetag.tiler.location import display_name
 
 
 class Action:
