@@ -74,8 +74,12 @@ def _check_before_loading(out: PathLike | None, options: "RunOptions | None", va
     check_to_crs(options.to_crs if options is not None else values.get("to_crs"))
 
 
-def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend: str) -> Any:
-    """The model as a dry run needs it: its file, checksum and spec (:class:`~jobs.models.PlannedModel`)."""
+def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend: str,
+                   tta: str | None = None, thresholds: Any = None) -> Any:
+    """The model as a dry run needs it: its file, checksum and spec (:class:`~jobs.models.PlannedModel`),
+    with ``tta`` and ``thresholds`` applied to the spec as :func:`load_model` applies them."""
+    import dataclasses
+
     from scenetag.hashing import file_sha256
     from scenetag.jobs.models import LocalModel, PlannedModel
     from scenetag.model.backends.registry import read_model_spec
@@ -86,7 +90,21 @@ def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend:
         return LocalModel(model)
     path = Path(model or default_model_path())
     spec_value = read_model_spec(path, backend, ModelSpec.from_file(spec) if spec else None)
+    if tta is not None:
+        spec_value = dataclasses.replace(spec_value, tta=tta)
+    if thresholds is not None:
+        spec_value = spec_value.with_thresholds(thresholds)
     return PlannedModel(str(path), file_sha256(path), spec_value)
+
+
+def _default_out(scene: PathLike) -> Path:
+    """A scene's default GeoPackage, here: named by the file's stem (a URL's too, without its query),
+    or by a STAC item's id."""
+    from scenetag.jobs.stac import is_stac, read_item
+    from scenetag.tiler.location import scene_name
+
+    name = read_item(str(scene))[0].id if is_stac(str(scene)) else scene_name(scene)
+    return Path.cwd() / (name + ".gpkg")
 
 
 def run_scene(
@@ -129,14 +147,7 @@ def run_scene(
     """
     from scenetag.jobs.cluster import resolve_scheduler
 
-    if out is None:
-        from scenetag.jobs.stac import is_stac, read_item
-        from scenetag.tiler.location import scene_name
-
-        # Named by the file's stem (a URL's too, without its query), or by a STAC item's id.
-        name = read_item(str(scene))[0].id if is_stac(str(scene)) else scene_name(scene)
-        out = Path.cwd() / (name + ".gpkg")
-    out = Path(out)
+    out = Path(out) if out is not None else _default_out(scene)
     _check_before_loading(out, options, option_values)
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on ``device``; here it is only read.
@@ -212,6 +223,8 @@ def plan_run(
     model: PathLike | Any | None = None,
     spec: PathLike | None = None,
     backend: str = "auto",
+    tta: str | None = None,
+    thresholds: Any = None,
     options: "RunOptions | None" = None,
     overwrite: bool = False,
     **option_values: Any,
@@ -223,9 +236,9 @@ def plan_run(
     """
     from scenetag.jobs.dry_run import preview_scene
 
-    out = Path(out) if out is not None else Path.cwd() / (Path(scene).stem + ".gpkg")
+    out = Path(out) if out is not None else _default_out(scene)
     _check_before_loading(None, options, option_values)
-    planned = _planned_model(model, spec, backend)
+    planned = _planned_model(model, spec, backend, tta, thresholds)
     opts = _options(planned, options, option_values)
     return preview_scene(scene, out, planned, opts, skip_current=False, overwrite=overwrite)
 
@@ -237,6 +250,8 @@ def plan_batch(
     model: PathLike | Any | None = None,
     spec: PathLike | None = None,
     backend: str = "auto",
+    tta: str | None = None,
+    thresholds: Any = None,
     options: "RunOptions | None" = None,
     force: bool = False,
     **option_values: Any,
@@ -251,7 +266,7 @@ def plan_batch(
     _check_before_loading(None, options, option_values)
     scenes = expand_inputs(inputs)
     outs = output_paths(scenes, Path(out_dir))
-    planned = _planned_model(model, spec, backend)
+    planned = _planned_model(model, spec, backend, tta, thresholds)
     return preview_batch(scenes, outs, planned, _options(planned, options, option_values), force=force)
 
 
