@@ -135,12 +135,24 @@ class InProcessExecutor:
         self.close()
 
 
+def task_key(stage: str) -> str:
+    """A new task key whose dashboard name (Dask's ``key_split`` prefix) is ``scenetag_<stage>``.
+
+    ``key_split`` keeps the words of a key up to the first one that looks like a
+    number or a hash, and an 8-letter word starting with a-f counts as hex: in
+    ``scenetag-classify-<id>`` the word ``classify`` does, so every classify task
+    showed as ``scenetag``.  Joined by ``_``, the name is one word; the id after
+    the ``-`` always holds a digit (a uuid4's version nibble is 4), so it is cut.
+    """
+    return f"scenetag_{stage}-{uuid.uuid4().hex}"
+
+
 class DaskExecutor:
     """Tasks on a Dask cluster through ``client``; a scene's chips are split into strips.
 
     Every submission gets a key of its own (tasks read and write files, so
-    they are not pure), named ``scenetag-<stage>-<id>`` so the dashboard shows
-    the stages apart.
+    they are not pure), named by :func:`task_key` so the dashboard shows the
+    stages apart.
     """
 
     local = False
@@ -155,8 +167,7 @@ class DaskExecutor:
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
                side: bool = False) -> Any:
-        return self.client.submit(fn, *args, key=f"scenetag-{stage}-{uuid.uuid4().hex}", resources=resources,
-                                  pure=False)
+        return self.client.submit(fn, *args, key=task_key(stage), resources=resources, pure=False)
 
     def watch(self, future: Any) -> None:
         self._pending.add(future)
