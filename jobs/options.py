@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 from scenetag.config import DEFAULT_MAX_CHIPS
 from scenetag.errors import OptionError
@@ -33,6 +34,9 @@ class RunOptions:
         raster: Also write a probability GeoTIFF (COG) beside the GeoPackage.
         max_chips: Refuse a scene whose grid has more chips than this (before reading a
             pixel); it bounds the run, not its result.
+        config: Provenance only: the config file that gave the command defaults
+            (:func:`scenetag.config_file.provenance`), recorded in the ``runs`` table's
+            ``config``; not an option of the job (not in :meth:`to_dict`, nor in the signature).
     """
 
     bands: tuple[int, ...] | None = None
@@ -46,6 +50,7 @@ class RunOptions:
     to_crs: str | None = None
     raster: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
+    config: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -96,6 +101,7 @@ class RunOptions:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("config")
         d["edge"] = self.edge.value
         d["reader"] = self.reader.value
         d["bands"] = list(self.bands) if self.bands else None

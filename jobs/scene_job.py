@@ -299,6 +299,7 @@ def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: C
         seconds_infer=table.seconds_infer,
         seconds_write=0.0,
         warnings=list(plan.warnings),
+        config=dict(opts.config or {}),
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip)
     SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)

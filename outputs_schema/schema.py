@@ -24,7 +24,7 @@ from typing import Sequence
 
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
-SCHEMA_VERSION = 2  # 2: runs.warnings
+SCHEMA_VERSION = 3  # 2: runs.warnings; 3: runs.config
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -106,6 +106,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("seconds_write", "float64", "time spent writing the GeoPackage"),
     Field("warnings", JSON_LIST, "what the run found doubtful (e.g. a scene without contrast); [] when nothing",
           since=2),
+    Field("config", JSON, "the --config file that gave option defaults: path, sha256 and the options taken "
+          "from it (by its keys); {} without one", since=3),
 )
 
 

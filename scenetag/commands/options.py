@@ -242,7 +242,17 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for opt in reversed(opts):
         func = opt(func)
-    return func
+    return _with_config_provenance(func)
+
+
+def _with_config_provenance(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command the job option ``config``: what ``--config`` supplied, for the ``runs`` table."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from scenetag.config_file import provenance
+
+        return func(*args, config=provenance(), **kwargs)
+    return wrapper
 
 
 def output_file_option(help: str, required: bool = False,
