@@ -259,8 +259,13 @@ def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: Sce
                    progress: Progress | None = None) -> ChipTable:
     """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here."""
     predictor = model.predictor()
-    with scene_reads(plan.info.path, "reading its chips"):
-        return classify_cells(plan, predictor, cells=cells, progress=progress)
+    try:
+        with scene_reads(plan.info.path, "reading its chips"):
+            return classify_cells(plan, predictor, cells=cells, progress=progress)
+    finally:
+        flush = getattr(progress, "flush", None)  # a throttled relay (jobs.progress.ChipEvents): its last count
+        if flush is not None:
+            flush()
 
 
 def write_scene(prep: Prepared, model: SceneModel, scene_sha256: str, *tables: ChipTable) -> SceneResult:

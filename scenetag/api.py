@@ -127,13 +127,16 @@ def run_batch(
     announce: Callable[[Any], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    dashboard_hold: float = 0.0,
+    on_hold: Callable[[Any, str, float], None] | None = None,
     **option_values: Any,
 ) -> "BatchReport":
     """Classify every scene of ``inputs`` (files, folders, globs, list files) into ``out_dir`` on Dask.
 
     Scenes whose outputs are up to date are skipped unless ``force``; a scene
     that fails is tried ``retries`` more times, then recorded in the report.
-    ``workers`` ... ``on_done`` are those of :func:`scenetag.jobs.batch.run_batch`
+    ``workers`` ... ``on_hold`` are those of :func:`scenetag.jobs.batch.run_batch`
     (the cluster, the task size, the report, callbacks); the other keywords
     are job options as in :func:`run_scene`.
     Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
@@ -149,7 +152,8 @@ def run_batch(
                  retries=retries, workers=workers, threads=threads, gpu=gpu,
                  chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
-                 forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done)
+                 forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done,
+                 progress=progress, dashboard_hold=dashboard_hold, on_hold=on_hold)
 
 
 def read_chips(gpkg: PathLike) -> "geopandas.GeoDataFrame":

@@ -151,7 +151,8 @@ def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--progress/--no-progress``: the progress bar on stderr."""
     return click.option(
         "--progress/--no-progress", default=None,
-        help="Progress bar on stderr. Default: on when stderr is a terminal.",
+        help="Progress bar on stderr. Default: on when stderr is a terminal. Without it, batch logs "
+        "each finished scene and the chips done every $SCENETAG_PROGRESS_INTERVAL seconds (30).",
     )(func)
 
 
