@@ -248,22 +248,40 @@ async def _stop_heartbeat(dask_worker, drain_s: float = HEARTBEAT_DRAIN_S) -> bo
     return True
 
 
+#: A worker process that takes longer than distributed's 4 s to exit when the cluster closes (a loaded
+#: machine: its interpreter's teardown) is killed by its nanny, which says so; the batch is over by then.
+_SLOW_EXIT = _DropMessage(prefix="Worker process still alive after")
+
+
 def close(client, cluster=None) -> None:
     """Close ``client``, and the LocalCluster ``cluster`` (when it is ours) after it, quietly.
 
     The order: the workers' heartbeats are stopped and drained first
     (:func:`_stop_heartbeat`), then the client (its own heartbeat and other
     periodic callbacks stop with it), then the cluster (workers, then the
-    scheduler).  Workers of a cluster that is not ours are left alone.
+    scheduler).  Workers of a cluster that is not ours are left alone.  While
+    the cluster closes, the nanny's note that it killed a worker slow to exit
+    is dropped (:data:`_SLOW_EXIT`): every result is in by then.
     """
+    import time
+
+    t0 = time.perf_counter()
     if cluster is not None:
         try:
-            client.run(_stop_heartbeat, on_error="ignore")
+            drained = client.run(_stop_heartbeat, on_error="ignore")
+            log.debug("worker heartbeats stopped (drained: %s) in %.2f s", drained, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - a worker already gone: closing goes on regardless
             log.debug("could not stop the workers' heartbeats before closing: %s", exc)
     client.close()
+    log.debug("client closed at %.2f s", time.perf_counter() - t0)
     if cluster is not None:
-        cluster.close()
+        nanny = logging.getLogger("distributed.nanny")
+        nanny.addFilter(_SLOW_EXIT)  # only while our own cluster closes, after every result is in
+        try:
+            cluster.close()
+        finally:
+            nanny.removeFilter(_SLOW_EXIT)
+        log.debug("cluster closed at %.2f s", time.perf_counter() - t0)
 
 
 def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:

@@ -96,14 +96,17 @@ class BatchDisplay:
 
     def on_done(self, record) -> None:
         self.counts.done(planned=record.strips > 0)
-        if self.counts.scenes_done >= self.counts.scenes_total:
-            self._stop.set()  # the rest is the cluster's shutdown: no more progress lines
+        last = self.counts.scenes_done >= self.counts.scenes_total
+        if last:
+            self._stop.set()  # the rest is the cluster's shutdown: no more periodic lines
         line = scene_line(record)
         if self._bar is not None:
             with self._lock:
                 self._bar.write(line, file=sys.stderr)
         else:
             log.info("%s", line)
+            if last:
+                log.info("progress: %s", self.counts.snapshot().line())
 
     def close(self) -> None:
         """Stop the lines and the bar (again: nothing)."""
