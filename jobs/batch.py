@@ -208,6 +208,7 @@ def run_scene_on_cluster(
     scheduler: str | None = None,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
     announce: Callable[[ClusterInfo], None] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> SceneResult:
     """``run --scheduler``: the scene job with one scene on a Dask cluster; raises the scene's error.
 
@@ -217,4 +218,4 @@ def run_scene_on_cluster(
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
                            announce=announce) as session:
         return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
-                       resources=session.resources)
+                       resources=session.resources, progress=progress)

@@ -81,7 +81,8 @@ def run_scene(
             (``bands=(3, 2, 1)``, ``overlap=0.5``, ``edge="pad"``, ``raster=True``...).
         scheduler: A Dask scheduler address: run the scene on that cluster instead of here
             (``$SCENETAG_SCHEDULER`` when None; ``"local"`` for this process).
-        progress: ``factory(total_chips)`` → callback taking chips done (in this process only).
+        progress: ``factory(total_chips)`` → callback taking chips done (relayed from the
+            workers on a cluster).
         announce: Called with the cluster's description once connected (cluster runs only).
 
     Returns the :class:`~scenetag.jobs.scene_job.SceneResult`; a failure is raised.
@@ -98,7 +99,7 @@ def run_scene(
         from scenetag.jobs.batch import run_scene_on_cluster
 
         return run_scene_on_cluster(scene, out, predictor, opts, overwrite=overwrite, device=device,
-                                    scheduler=scheduler, announce=announce)
+                                    scheduler=scheduler, announce=announce, progress=progress)
     from scenetag.jobs.runner import run_scene as run_here
 
     return run_here(str(scene), str(out), predictor, opts, overwrite=overwrite, progress=progress)
