@@ -150,6 +150,9 @@ def _connected(address: str | None, workers: int | None, threads: int | None, gp
                 kwargs["resources"] = {"GPU": 1}
             cluster = LocalCluster(**kwargs)
             client = Client(cluster)
+            from scenetag.jobs.worker_signals import IgnoreCtrlC
+
+            client.register_plugin(IgnoreCtrlC(), name=IgnoreCtrlC.name)  # the terminal's Ctrl-C is ours
         else:
             if workers or threads:
                 log.warning("--workers and --threads size a LocalCluster; the cluster at %s keeps its own",

@@ -216,4 +216,7 @@ class DaskExecutor:
         if self._subscribed:
             self._subscribed = False
             self._relayed.clear()
-            self.client.unsubscribe_topic(TOPIC)
+            try:
+                self.client.unsubscribe_topic(TOPIC)
+            except Exception:  # noqa: BLE001 - the client is already closed: nothing listens any more
+                pass

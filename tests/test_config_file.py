@@ -6,6 +6,7 @@ what the file gave; a bad file is one line naming the file and the key (exit 2).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
@@ -39,16 +40,10 @@ def test_file_supplies_defaults_explicit_options_win_and_runs_records_both(tiny_
     assert res.exit_code == 0, res.output
     run = read_run_record(out)
     # model (a relative path, taken from the file's folder) and min-valid from the file; --edge from the command line.
-    assert run.model_sha256 == read_run_record_model_sha(tiny_model, tmp_path)
+    assert run.model_sha256 == hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
     assert run.options["min_valid"] == 0.25 and run.options["edge"] == "skip"
     assert run.config["path"] == str(config) and len(run.config["sha256"]) == 64
     assert run.config["options"] == {"model": str(tmp_path / "model.onnx"), "min-valid": 0.25, "progress": False}
-
-
-def read_run_record_model_sha(model, tmp_path):
-    import hashlib
-
-    return hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
 
 
 def test_environment_variable_names_the_file_and_a_command_level_config_wins(tiny_model, scene, tmp_path):
