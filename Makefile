@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data
+# The shared real data (scenes/, chips/): `make test DATA=/path` or $SCENETAG_DATA, else beside the project.
+DATA ?= $(or $(SCENETAG_DATA),../shared/data)
 OUT ?= out
 # The default scene, shipped in demo/ (demo/README.md: what it is, its licence).
 DEMO := demo/planetscope_borneo_3m_analytic.tif
@@ -44,8 +45,9 @@ run: install
 	echo "scenetag run $$scene -> $(OUT)/$$name.gpkg" >&2; \
 	$(BIN)/python cli.py run "$$scene" -o "$(OUT)/$$name.gpkg" --overwrite $$bands $(RUN_ARGS)
 
+# The tests find the real data through SCENETAG_DATA (tests/conftest.py); absent data skips, saying so.
 test: install-all
-	$(BIN)/python -m pytest
+	SCENETAG_DATA="$(abspath $(DATA))" $(BIN)/python -m pytest
 
 bench: install-all
 	$(BIN)/python bench/bench_scene.py

@@ -28,7 +28,7 @@ from scenetag.jobs.lock import OutputLock
 from scenetag.jobs.models import ShippedModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.report import BatchReport, SceneRecord
-from scenetag.jobs.runner import run_one, run_scenes
+from scenetag.jobs.runner import ProgressFactory, run_one, run_scenes
 from scenetag.jobs.scene_job import SceneResult, _now
 from scenetag.jobs.shipping import shipped
 from scenetag.jobs.sweep import sweep_leftovers
@@ -60,7 +60,11 @@ def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu
     with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
         with shipped(client, predictor, device) as model:
-            yield _Session(DaskExecutor(client, chips_per_task), info, model, resources)
+            executor = DaskExecutor(client, chips_per_task)
+            try:
+                yield _Session(executor, info, model, resources)
+            finally:
+                executor.close()
 
 
 def _check_writable(report_path: Path) -> None:
@@ -101,6 +105,9 @@ def run_batch(
     announce: Callable[[ClusterInfo], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[SceneRecord], None] | None = None,
+    progress: ProgressFactory | None = None,
+    dashboard_hold: float = 0.0,
+    on_hold: Callable[[BatchReport, str, float], None] | None = None,
 ) -> BatchReport:
     """Classify every scene of ``inputs`` into ``out_dir`` on a Dask cluster; returns the report.
 
@@ -110,6 +117,16 @@ def run_batch(
     failures are in the report; :attr:`BatchReport.succeeded` says whether
     there were any.  Raises :class:`~scenetag.errors.LockedError` when another
     batch holds ``out_dir``.
+
+    ``on_start`` is called with the number of scenes, ``on_done`` with each
+    scene's record as it finishes, and ``progress`` (a factory, as in
+    :func:`~jobs.runner.run_scenes`) with each planned scene's chip count; the
+    callback it returns gets the chips done, relayed from the workers.
+
+    ``dashboard_hold`` keeps a LocalCluster (and its dashboard) up for that many
+    seconds after the batch, so that its task stream can be looked at;
+    ``on_hold(report, dashboard_link, seconds)`` is called as it begins, and Ctrl-C
+    (or SIGTERM) ends it early.  A cluster that is not ours is never held.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -158,11 +175,28 @@ def run_batch(
                     # Outputs that are out of date are replaced: the batch owns its folder.
                     run_scenes(session.executor, report.scenes, session.model, options, skip_current=not force,
                                overwrite=True, retries=retries, resources=session.resources, on_done=on_done,
-                               locations=[str(s) for s in scenes])
+                               locations=[str(s) for s in scenes], progress=progress)
                 finally:
                     write_report()
+                if dashboard_hold > 0:
+                    _hold_dashboard(info, dashboard_hold,
+                                    on_hold and (lambda link, seconds: on_hold(report, link, seconds)))
     log.info("report: %s", report_path)
     return report
+
+
+def _hold_dashboard(info: ClusterInfo, seconds: float, on_hold: Callable[[str, float], None] | None) -> None:
+    """Keep this LocalCluster's dashboard up for ``seconds`` (the batch is done and reported); Ctrl-C ends it."""
+    if not info.local or not info.dashboard:
+        log.warning("--dashboard-hold holds only a LocalCluster's dashboard: %s",
+                    "this one has none" if info.local else f"the cluster at {info.scheduler} keeps its own")
+        return
+    if on_hold is not None:
+        on_hold(info.dashboard, seconds)
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI raises it: the hold ends, the batch stands
+        log.info("dashboard hold ended early")
 
 
 def run_scene_on_cluster(
@@ -176,6 +210,7 @@ def run_scene_on_cluster(
     scheduler: str | None = None,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
     announce: Callable[[ClusterInfo], None] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> SceneResult:
     """``run --scheduler``: the scene job with one scene on a Dask cluster; raises the scene's error.
 
@@ -185,4 +220,4 @@ def run_scene_on_cluster(
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
                            announce=announce) as session:
         return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
-                       resources=session.resources)
+                       resources=session.resources, progress=progress)

@@ -123,9 +123,19 @@ def connect(
         announce: Called with the :class:`ClusterInfo` once connected (the CLI
             prints the dashboard link with it; library code prints nothing).
     """
+    address = resolve_scheduler(scheduler)
+    with contextlib.ExitStack() as stack:
+        if address is None:  # the dashboard's web server runs in this process
+            stack.enter_context(dashboard_noise_filtered())
+        yield from _connected(address, workers, threads, gpu, dashboard_address, timeout, announce)
+
+
+def _connected(address: str | None, workers: int | None, threads: int | None, gpu: bool,
+               dashboard_address: str | None, timeout: float,
+               announce: Callable[[ClusterInfo], None] | None) -> Iterator[tuple[Any, ClusterInfo]]:
+    """The body of :func:`connect` (a generator yielding once): start or reach the cluster, then close it."""
     from distributed import Client, LocalCluster
 
-    address = resolve_scheduler(scheduler)
     cluster = None
     try:
         if address is None:
@@ -140,6 +150,9 @@ def connect(
                 kwargs["resources"] = {"GPU": 1}
             cluster = LocalCluster(**kwargs)
             client = Client(cluster)
+            from scenetag.jobs.worker_signals import IgnoreCtrlC
+
+            client.register_plugin(IgnoreCtrlC(), name=IgnoreCtrlC.name)  # the terminal's Ctrl-C is ours
         else:
             if workers or threads:
                 log.warning("--workers and --threads size a LocalCluster; the cluster at %s keeps its own",
@@ -162,9 +175,116 @@ def connect(
             announce(info)
         yield client, info
     finally:
-        client.close()
-        if cluster is not None:
+        close(client, cluster)
+
+
+#: What a worker logs when a heartbeat in flight loses its connection at shutdown (distributed.worker).
+HEARTBEAT_NOISE = "Failed to communicate with scheduler during heartbeat"
+#: Seconds a worker waits at shutdown for a heartbeat in flight to be answered.
+HEARTBEAT_DRAIN_S = 5.0
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message starts with ``prefix`` (or whose exception is of ``exc_type``, by name)."""
+
+    def __init__(self, prefix: str | None = None, exc_type: str | None = None) -> None:
+        super().__init__()
+        self.prefix, self.exc_type = prefix, exc_type
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.prefix is not None and str(record.msg).startswith(self.prefix):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (self.exc_type is not None and exc is not None and type(exc).__name__ == self.exc_type)
+
+
+#: What the LocalCluster's dashboard logs that says nothing to a user, logger by logger:
+#: bokeh's warning about the origin wildcard (the dashboard listens on 127.0.0.1 by
+#: default, and distributed sets the wildcard), and what a browser closing the page
+#: mid-run makes the server log as it writes the next update to the closed socket
+#: (a warning in bokeh 3.x, tracebacks of WebSocketClosedError by tornado and asyncio).
+DASHBOARD_NOISE: tuple[tuple[str, _DropMessage], ...] = (
+    ("bokeh.server.util", _DropMessage(prefix="Host wildcard")),
+    ("bokeh.server.views.ws", _DropMessage(prefix="Failed sending message as connection was closed")),
+    ("bokeh.server.views.ws", _DropMessage(exc_type="WebSocketClosedError")),
+    ("tornado.application", _DropMessage(exc_type="WebSocketClosedError")),
+    ("asyncio", _DropMessage(exc_type="WebSocketClosedError")),
+)
+
+
+@contextlib.contextmanager
+def dashboard_noise_filtered() -> Iterator[None]:
+    """Within the block, the :data:`DASHBOARD_NOISE` records are dropped (each on its logger, nothing else)."""
+    for name, flt in DASHBOARD_NOISE:
+        logging.getLogger(name).addFilter(flt)
+    try:
+        yield
+    finally:
+        for name, flt in DASHBOARD_NOISE:
+            logging.getLogger(name).removeFilter(flt)
+
+
+async def _stop_heartbeat(dask_worker, drain_s: float = HEARTBEAT_DRAIN_S) -> bool:
+    """On a worker about to be closed: stop its heartbeat, and wait for one in flight to be answered.
+
+    Worker.close stops the heartbeat's PeriodicCallback but not a heartbeat
+    already waiting for the scheduler, then closes its connections: that
+    heartbeat fails and logs a traceback (``HEARTBEAT_NOISE``) on a shutdown
+    that went well.  The busier the scheduler, the longer a heartbeat waits and
+    the likelier this is (so long, loaded batches met it).  Stopped here first
+    and drained, no heartbeat is left to fail.  Returns whether the drain ended
+    in time; the message is filtered in this (ending) worker process anyway.
+    """
+    import asyncio
+    import time
+
+    logging.getLogger("distributed.worker").addFilter(_DropMessage(HEARTBEAT_NOISE))
+    heartbeat = dask_worker.periodic_callbacks.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.stop()
+    pool, address = dask_worker.rpc, dask_worker.scheduler.addr
+    deadline = time.monotonic() + drain_s
+    while pool.occupied.get(address) or getattr(pool, "_n_connecting", 0):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+#: A worker process that takes longer than distributed's 4 s to exit when the cluster closes (a loaded
+#: machine: its interpreter's teardown) is killed by its nanny, which says so; the batch is over by then.
+_SLOW_EXIT = _DropMessage(prefix="Worker process still alive after")
+
+
+def close(client, cluster=None) -> None:
+    """Close ``client``, and the LocalCluster ``cluster`` (when it is ours) after it, quietly.
+
+    The order: the workers' heartbeats are stopped and drained first
+    (:func:`_stop_heartbeat`), then the client (its own heartbeat and other
+    periodic callbacks stop with it), then the cluster (workers, then the
+    scheduler).  Workers of a cluster that is not ours are left alone.  While
+    the cluster closes, the nanny's note that it killed a worker slow to exit
+    is dropped (:data:`_SLOW_EXIT`): every result is in by then.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if cluster is not None:
+        try:
+            drained = client.run(_stop_heartbeat, on_error="ignore")
+            log.debug("worker heartbeats stopped (drained: %s) in %.2f s", drained, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - a worker already gone: closing goes on regardless
+            log.debug("could not stop the workers' heartbeats before closing: %s", exc)
+    client.close()
+    log.debug("client closed at %.2f s", time.perf_counter() - t0)
+    if cluster is not None:
+        nanny = logging.getLogger("distributed.nanny")
+        nanny.addFilter(_SLOW_EXIT)  # only while our own cluster closes, after every result is in
+        try:
             cluster.close()
+        finally:
+            nanny.removeFilter(_SLOW_EXIT)
+        log.debug("cluster closed at %.2f s", time.perf_counter() - t0)
 
 
 def gpu_resources(info: ClusterInfo, gpu: bool | None) -> dict | None:

@@ -6,7 +6,7 @@ use :class:`DaskExecutor`.  An executor submits a task (a function and its
 arguments, where an argument may be the future of another task, resolved
 before the task runs), says when tasks finish, and cancels them.  It also
 says how a scene is cut into tasks (:attr:`Executor.chips_per_task`) and
-whether tasks may report progress to this process (:attr:`Executor.local`).
+relays the tasks' chip counts back to this process (:meth:`Executor.relay`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 #: Chips per classify task on a cluster: a scene with more is split into strips of chip rows.
 #: (The value lives in jobs.cluster so the CLI reads it without importing Dask.)
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK
+from scenetag.jobs.progress import TOPIC, ChipEvents, Progress
 
 
 class Executor(Protocol):
@@ -27,8 +28,6 @@ class Executor(Protocol):
 
     #: Chips per classify task; None: a scene is one task (its readers and batches stay together).
     chips_per_task: int | None
-    #: Whether tasks run in this process, so they may call back into it (progress).
-    local: bool
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any,
                resources: dict | None = None, side: bool = False) -> Any:
@@ -51,6 +50,14 @@ class Executor(Protocol):
         """Cancel tasks that have not finished (their results are no longer wanted)."""
         ...
 
+    def relay(self, callback: Progress) -> Progress:
+        """A progress callback for tasks (it goes into their arguments) that calls ``callback`` here."""
+        ...
+
+    def unrelay(self, relayed: Progress) -> None:
+        """Stop relaying what :meth:`relay` returned (counts still on their way are dropped)."""
+        ...
+
 
 class InProcessExecutor:
     """Tasks in this process: each runs on the calling thread, inside :meth:`completed`, once its inputs are done.
@@ -62,7 +69,6 @@ class InProcessExecutor:
     """
 
     chips_per_task: int | None = None
-    local = True
 
     def __init__(self) -> None:
         self._side = ThreadPoolExecutor(1, thread_name_prefix="scene-side")
@@ -124,6 +130,12 @@ class InProcessExecutor:
         for fut in futures:
             fut.cancel()
 
+    def relay(self, callback: Progress) -> Progress:
+        return callback  # the tasks run here
+
+    def unrelay(self, relayed: Progress) -> None:
+        pass
+
     def close(self) -> None:
         self._tasks.clear()
         self._side.shutdown(wait=False, cancel_futures=True)
@@ -135,28 +147,39 @@ class InProcessExecutor:
         self.close()
 
 
+def task_key(stage: str) -> str:
+    """A new task key whose dashboard name (Dask's ``key_split`` prefix) is ``scenetag_<stage>``.
+
+    ``key_split`` keeps the words of a key up to the first one that looks like a
+    number or a hash, and an 8-letter word starting with a-f counts as hex: in
+    ``scenetag-classify-<id>`` the word ``classify`` does, so every classify task
+    showed as ``scenetag``.  Joined by ``_``, the name is one word; the id after
+    the ``-`` always holds a digit (a uuid4's version nibble is 4), so it is cut.
+    """
+    return f"scenetag_{stage}-{uuid.uuid4().hex}"
+
+
 class DaskExecutor:
     """Tasks on a Dask cluster through ``client``; a scene's chips are split into strips.
 
     Every submission gets a key of its own (tasks read and write files, so
-    they are not pure), named ``scenetag-<stage>-<id>`` so the dashboard shows
-    the stages apart.
+    they are not pure), named by :func:`task_key` so the dashboard shows the
+    stages apart.
     """
-
-    local = False
 
     def __init__(self, client: Any, chips_per_task: int = DEFAULT_CHIPS_PER_TASK) -> None:
         from distributed import as_completed
 
         self.client = client
         self.chips_per_task = chips_per_task
+        self._relayed: dict[str, Progress] = {}
+        self._subscribed = False
         # Bound to this client's loop: by default it takes the default client's (dask/distributed#4317).
         self._pending = as_completed(loop=client.loop)
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
                side: bool = False) -> Any:
-        return self.client.submit(fn, *args, key=f"scenetag-{stage}-{uuid.uuid4().hex}", resources=resources,
-                                  pure=False)
+        return self.client.submit(fn, *args, key=task_key(stage), resources=resources, pure=False)
 
     def watch(self, future: Any) -> None:
         self._pending.add(future)
@@ -167,3 +190,33 @@ class DaskExecutor:
     def cancel(self, futures: Sequence[Any]) -> None:
         if futures:
             self.client.cancel(list(futures))
+
+    def relay(self, callback: Progress) -> ChipEvents:
+        """Tasks' counts come back as events (:mod:`jobs.progress`); ``callback`` runs on the client's thread."""
+        if not self._subscribed:
+            # Sent before any task that uses it, on the same stream: the scheduler knows it first.
+            self.client.subscribe_topic(TOPIC, self._on_event)
+            self._subscribed = True
+        token = uuid.uuid4().hex
+        self._relayed[token] = callback
+        return ChipEvents(TOPIC, token)
+
+    def unrelay(self, relayed: Progress) -> None:
+        self._relayed.pop(getattr(relayed, "token", None), None)
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        _, msg = event
+        if isinstance(msg, dict):  # another client's, or a scene already over: no callback
+            callback = self._relayed.get(msg.get("token"))
+            if callback is not None:
+                callback(int(msg.get("n", 0)))
+
+    def close(self) -> None:
+        """Stop listening for chip events (before the client closes)."""
+        if self._subscribed:
+            self._subscribed = False
+            self._relayed.clear()
+            try:
+                self.client.unsubscribe_topic(TOPIC)
+            except Exception:  # noqa: BLE001 - the client is already closed: nothing listens any more
+                pass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import OptionError
@@ -55,6 +56,9 @@ class RunOptions:
             to the scene's factor; it bounds the run, not its result.
         asset: The asset of a STAC item to read (None: the one whose bands match the model's).
             Not among the options that make the signature: the scene's identity holds the asset.
+        config: Provenance only: the config file that gave the command defaults
+            (:func:`scenetag.config_file.provenance`), recorded in the ``runs`` table's
+            ``config``; not an option of the job (not in :meth:`to_dict`, nor in the signature).
     """
 
     bands: tuple[int, ...] | None = None
@@ -70,6 +74,7 @@ class RunOptions:
     max_chips: int = DEFAULT_MAX_CHIPS
     resample_max_factor: float = DEFAULT_RESAMPLE_MAX_FACTOR
     asset: str | None = None
+    config: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -116,6 +121,7 @@ class RunOptions:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("config")
         d["edge"] = self.edge.value
         d["reader"] = self.reader.value
         d["bands"] = list(self.bands) if self.bands else None

@@ -31,6 +31,7 @@ from scenetag.jobs.executors import Executor
 from scenetag.jobs.failures import JobFailure, SceneFailure, run_task, worker_died
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
+from scenetag.jobs.progress import SceneChips
 from scenetag.jobs.report import SceneRecord, Status
 from scenetag.jobs.scene_job import (
     Prepared,
@@ -58,6 +59,8 @@ class _Scene:
     result: SceneResult | None = None
     #: What the scene is read from (the record's ``scene`` is what is shown).
     location: str = ""
+    chips: SceneChips | None = None  # the chip progress of the current try
+    relayed: Progress | None = None  # its callback as the tasks hold it (the executor's relay)
 
 
 def run_scenes(
@@ -87,7 +90,9 @@ def run_scenes(
         overwrite: Let the write replace existing outputs.
         retries: Tries again of a scene after a per-scene failure.
         resources: Resources the classify tasks ask for (``{"GPU": 1}``).
-        progress: Progress factory for the chips of each scene, where the executor is local.
+        progress: Progress factory: called with each planned scene's chip count, it returns the
+            callback that the scene's classify tasks call with chips done (relayed from the
+            cluster by the executor); a scene's count reaches its total when it is written.
         on_done: Called with each record when its scene is finished.
         raise_scene_errors: Raise a scene's failure (after its retries) instead of recording it.
         locations: What each scene is read from, where that differs from the record's ``scene``
@@ -115,7 +120,14 @@ def run_scenes(
         submit(state, "prepare", prepare_scene, state.location, state.record.output, model, options,
                skip_current, overwrite, watch=True)
 
+    def end_chips(state: _Scene, written: bool) -> None:
+        if state.chips is not None:
+            state.chips.complete() if written else state.chips.stop()
+            executor.unrelay(state.relayed)
+            state.chips = state.relayed = None
+
     def finish(state: _Scene, status: Status) -> None:
+        end_chips(state, written=status in (Status.OK, Status.EMPTY))
         state.record.status = status
         state.record.seconds = time.time() - state.wall_start
         state.futures.clear()  # release the scene's results on the cluster
@@ -124,6 +136,7 @@ def run_scenes(
 
     def fail(state: _Scene, failure: SceneFailure) -> None:
         exc = failure.error
+        end_chips(state, written=False)
         executor.cancel(state.futures)
         state.futures.clear()
         if failure.retry and state.attempt <= retries:
@@ -145,9 +158,11 @@ def run_scenes(
             max(1, executor.chips_per_task // n_cols))
         state.record.strips = len(strips)
         state.record.chips_total = len(plan.grid) + plan.grid.n_skipped
-        bar = progress(len(plan.grid)) if progress is not None and executor.local else None
-        tables = [submit(state, "classify", classify_strip, plan, cells, model, bar, resources=resources)
-                  for cells in strips]
+        if progress is not None:
+            state.chips = SceneChips(progress(len(plan.grid)), len(plan.grid))
+            state.relayed = executor.relay(state.chips)
+        tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed,
+                         resources=resources) for cells in strips]
         submit(state, "write", write_scene, prep, model, identity, *tables, watch=True)
 
     for state in states:
@@ -187,6 +202,9 @@ def run_scenes(
     except BaseException:
         executor.cancel([f for s in states for f in s.futures])
         raise
+    finally:
+        for state in states:
+            end_chips(state, written=False)
     return [s.result for s in states]
 
 

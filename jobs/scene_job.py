@@ -390,8 +390,13 @@ def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: Sce
                    progress: Progress | None = None) -> ChipTable:
     """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here."""
     predictor = model.predictor()
-    with scene_reads(plan.info.path, "reading its chips"):
-        return classify_cells(plan, predictor, cells=cells, progress=progress)
+    try:
+        with scene_reads(plan.info.path, "reading its chips"):
+            return classify_cells(plan, predictor, cells=cells, progress=progress)
+    finally:
+        flush = getattr(progress, "flush", None)  # a throttled relay (jobs.progress.ChipEvents): its last count
+        if flush is not None:
+            flush()
 
 
 def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable) -> SceneResult:
@@ -442,6 +447,7 @@ def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str
         warnings=list(plan.warnings),
         bands_used=plan.bands_used,
         scene_source=scene_source,
+        config=dict(opts.config or {}),
     )
     frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip,
                        (info.height, info.width))

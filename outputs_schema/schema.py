@@ -25,7 +25,7 @@ from typing import Sequence
 from scenetag.model.spec import MAX_NAME, column_stem, tag_name
 
 SCHEMA_VERSION = 3  # 2: runs.warnings; 3: label layers' area_m2 (was area), chips.shifted, chips.weather,
-# top_label is the top land-cover label, runs.bands_used, runs.scene_source, the stored QGIS project
+# top_label is the top land-cover label, runs.bands_used, runs.scene_source, runs.config, the stored QGIS project
 
 CHIPS_LAYER = "chips"
 RUNS_LAYER = "runs"
@@ -118,6 +118,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("scene_source", JSON, "where the scene came from: its identity (kind: sha256 of the bytes, or the "
           "server's etag / size+last-modified, or a STAC item's stac; and what it was made from); for a STAC "
           "item its id, collection, datetime and the asset used, and why", since=3),
+    Field("config", JSON, "the --config file that gave option defaults: path, sha256 and the options taken "
+          "from it (by its keys); {} without one", since=3),
 )
 
 

@@ -140,7 +140,8 @@ def run_scene(
             (``bands=(3, 2, 1)``, ``overlap=0.5``, ``edge="pad"``, ``raster=True``...).
         scheduler: A Dask scheduler address: run the scene on that cluster instead of here
             (``$SCENETAG_SCHEDULER`` when None; ``"local"`` for this process).
-        progress: ``factory(total_chips)`` → callback taking chips done (in this process only).
+        progress: ``factory(total_chips)`` → callback taking chips done (relayed from the
+            workers on a cluster).
         announce: Called with the cluster's description once connected (cluster runs only).
 
     Returns the :class:`~scenetag.jobs.scene_job.SceneResult`; a failure is raised.
@@ -159,7 +160,7 @@ def run_scene(
         from scenetag.jobs.batch import run_scene_on_cluster
 
         return run_scene_on_cluster(scene, out, predictor, opts, overwrite=overwrite, device=device,
-                                    scheduler=scheduler, announce=announce)
+                                    scheduler=scheduler, announce=announce, progress=progress)
     from scenetag.jobs.runner import run_scene as run_here
 
     return run_here(str(scene), str(out), predictor, opts, overwrite=overwrite, progress=progress)
@@ -190,13 +191,16 @@ def run_batch(
     announce: Callable[[Any], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    dashboard_hold: float = 0.0,
+    on_hold: Callable[[Any, str, float], None] | None = None,
     **option_values: Any,
 ) -> "BatchReport":
     """Classify every scene of ``inputs`` (files, folders, globs, list files) into ``out_dir`` on Dask.
 
     Scenes whose outputs are up to date are skipped unless ``force``; a scene
     that fails is tried ``retries`` more times, then recorded in the report.
-    ``workers`` ... ``on_done`` are those of :func:`scenetag.jobs.batch.run_batch`
+    ``workers`` ... ``on_hold`` are those of :func:`scenetag.jobs.batch.run_batch`
     (the cluster, the task size, the report, callbacks); the other keywords
     are job options as in :func:`run_scene` (``tta`` and ``thresholds`` too).
     Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
@@ -213,7 +217,8 @@ def run_batch(
                  retries=retries, workers=workers, threads=threads, gpu=gpu,
                  chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
-                 forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done)
+                 forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done,
+                 progress=progress, dashboard_hold=dashboard_hold, on_hold=on_hold)
 
 
 def plan_run(

@@ -12,6 +12,7 @@ import click
 
 from scenetag import __version__
 from scenetag.commands.options import configure_logging
+from scenetag.config_file import CONFIG_ENV, config_option_settings
 
 #: command name → module under scenetag.commands holding ``command``.
 COMMANDS = {
@@ -43,8 +44,12 @@ VERBOSITY = (
 )
 
 
+#: --config on every command too (the group's also reads $SCENETAG_CONFIG).
+COMMAND_CONFIG = click.Option(["--config"], **config_option_settings())
+
+
 class LazyGroup(click.Group):
-    """A group that imports a command's module only when it is used, and gives each command -v/-q."""
+    """A group that imports a command's module only when it is used, and gives each command -v/-q and --config."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if self._load(name) is not None]
@@ -64,12 +69,13 @@ class LazyGroup(click.Group):
             raise
         command = module.command
         names = {opt for p in command.params for opt in getattr(p, "opts", ())}
-        command.params.extend(p for p in VERBOSITY if not names & set(p.opts))
+        command.params.extend(p for p in (*VERBOSITY, COMMAND_CONFIG) if not names & set(p.opts))
         return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scenetag")
+@click.option("--config", **config_option_settings(CONFIG_ENV))
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 @click.pass_context

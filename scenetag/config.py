@@ -30,3 +30,23 @@ def gdal_cachemax_mb(explicit: int | None = None) -> int:
     if value.isdigit():
         return int(value)
     return DEFAULT_GDAL_CACHEMAX_MB
+
+
+#: Seconds between two progress lines of ``batch`` in a log (no terminal, or ``--no-progress``).
+DEFAULT_PROGRESS_INTERVAL_S = 30.0
+#: Environment variable overriding it (cron logs that want more, or fewer, lines).
+PROGRESS_INTERVAL_ENV = "SCENETAG_PROGRESS_INTERVAL"
+
+
+def progress_interval_s(explicit: float | None = None) -> float:
+    """Seconds between ``batch``'s progress log lines: argument > ``$SCENETAG_PROGRESS_INTERVAL`` > default.
+
+    A value that is not a positive number is ignored (the default is used).
+    """
+    if explicit is not None:
+        return float(explicit)
+    try:
+        value = float(os.environ.get(PROGRESS_INTERVAL_ENV, ""))
+    except ValueError:
+        return DEFAULT_PROGRESS_INTERVAL_S
+    return value if value > 0 else DEFAULT_PROGRESS_INTERVAL_S

@@ -91,6 +91,12 @@ class OptionError(ScenetagError, ValueError):
     """A job option is out of range or contradicts another."""
 
 
+class ConfigError(OptionError):
+    """The ``--config`` file cannot be read or does not fit the commands; a command-line error (exit 2)."""
+
+    exit_code = 2
+
+
 class DataError(ScenetagError, ValueError):
     """Training or evaluation data is unusable."""
 

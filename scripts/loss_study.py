@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = ROOT.parent / "shared" / "data" / "chips" / "planet_amazon"
+DATA = Path(os.environ.get("SCENETAG_DATA") or ROOT.parent / "shared" / "data") / "chips" / "planet_amazon"
 
 #: name -> TrainConfig overrides
 RUNS = {

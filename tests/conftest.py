@@ -12,7 +12,17 @@ from affine import Affine
 from rasterio.crs import CRS
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SCENETAG_DATA", ROOT.parent / "shared" / "data"))
+#: Environment variable pointing the tests (and ``make test DATA=...``, bench/) at the real data.
+DATA_ENV = "SCENETAG_DATA"
+
+
+def data_dir(environ=os.environ) -> Path:
+    """The real data folder: ``$SCENETAG_DATA`` (relative to the current folder), else ``../shared/data``."""
+    given = environ.get(DATA_ENV, "").strip()
+    return Path(given).expanduser().resolve() if given else ROOT.parent / "shared" / "data"
+
+
+DATA = data_dir()
 SCENES = DATA / "scenes"
 CHIPS = DATA / "chips" / "planet_amazon"
 
@@ -33,6 +43,10 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
+    if os.environ.get(DATA_ENV, "").strip() and not DATA.is_dir():
+        # Asked for by name: a typo must not turn every real-data test into a quiet skip.
+        raise pytest.UsageError(f"{DATA_ENV}={os.environ[DATA_ENV]!r}: {DATA} is not a folder "
+                                "(give the folder holding scenes/ and chips/)")
     config.addinivalue_line("markers", "slow: long test, deselected by default (run with -m slow)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU, skipped without one")
     config.addinivalue_line("markers", "qgis: needs PyQGIS (Debian's python3-qgis)")

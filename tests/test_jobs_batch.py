@@ -310,10 +310,10 @@ def test_inference_lands_on_gpu_workers(scenes_dir, predictor, tmp_path):
         report = run_batch([scenes_dir], tmp_path, predictor, RunOptions(), scheduler=mixed.scheduler_address,
                            chips_per_task=CHIPS_PER_TASK)
     assert report.succeeded and {s.status for s in report.scenes} == {"ok"}
-    classify = {k: v for k, v in places.places.items() if k.startswith("scenetag-classify")}
+    classify = {k: v for k, v in places.places.items() if k.startswith("scenetag_classify")}
     assert len(classify) == sum(s.strips for s in report.scenes) > 2
     assert all(place == ("gpu", {"GPU": 1}) for place in classify.values()), classify
-    others = [v for k, v in places.places.items() if not k.startswith("scenetag-classify")]
+    others = [v for k, v in places.places.items() if not k.startswith("scenetag_classify")]
     assert others and all(restriction is None for _, restriction in others)  # hashing, writing: anywhere
 
 
@@ -327,7 +327,7 @@ class KillOnce(WorkerPlugin):
         self.marker = marker
 
     def transition(self, key, start, finish, **kwargs):
-        if finish == "executing" and "scenetag-classify" in str(key):
+        if finish == "executing" and "scenetag_classify" in str(key):
             try:
                 fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:

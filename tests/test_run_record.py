@@ -33,7 +33,8 @@ def test_fields_are_the_declaration_in_order_with_python_types():
     types = {"str": str, "int32": int, "float64": float, JSON: dict, JSON_LIST: list}
     assert [f.type for f in fields] == [types[f.dtype] for f in RUN_FIELDS]
     assert [f.metadata["doc"] for f in fields] == [f.doc for f in RUN_FIELDS]
-    assert {f.name for f in RUN_FIELDS if f.dtype == JSON} == {"model_spec", "thresholds", "options", "scene_source"}
+    assert {f.name for f in RUN_FIELDS if f.dtype == JSON} == {"model_spec", "thresholds", "options", "scene_source",
+                                                               "config"}
 
 
 def test_a_record_is_frozen_normalised_and_checked():

@@ -159,7 +159,8 @@ def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--progress/--no-progress``: the progress bar on stderr."""
     return click.option(
         "--progress/--no-progress", default=None,
-        help="Progress bar on stderr. Default: on when stderr is a terminal.",
+        help="Progress bar on stderr. Default: on when stderr is a terminal. Without it, batch logs "
+        "each finished scene and the chips done every $SCENETAG_PROGRESS_INTERVAL seconds (30).",
     )(func)
 
 
@@ -289,7 +290,17 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for opt in reversed(opts):
         func = opt(func)
-    return func
+    return _with_config_provenance(func)
+
+
+def _with_config_provenance(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command the job option ``config``: what ``--config`` supplied, for the ``runs`` table."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from scenetag.config_file import provenance
+
+        return func(*args, config=provenance(), **kwargs)
+    return wrapper
 
 
 def dry_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
