@@ -28,7 +28,7 @@ $(VENV)/.run-installed: $(BIN)/python setup.cfg pyproject.toml
 
 $(VENV)/.all-installed: $(VENV)/.run-installed
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[cpu,torch,dev]'
+	$(BIN)/pip install -q -e '.[cpu,torch,dev,openvino]'
 	touch $@
 
 install: $(VENV)/.run-installed

@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "calibrate": "calibrate",
     "export": "export",
+    "quantize": "quantize",
 }
 
 
