@@ -17,11 +17,12 @@ model is in docs/performance.md ("INT8").
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,9 @@ class Recipe:
     fast_bias_correction: bool = True
     #: Extra NNCF advanced parameters, by name.
     advanced: dict = field(default_factory=dict)
+    #: nncf.quantize_with_accuracy_control: layers are put back into fp32, most sensitive first,
+    #: until the INT8 model agrees with the fp32 one on held-out training chips (:func:`agreement`).
+    accuracy_control: bool = False
 
 
 #: The recipes tried (docs/performance.md, "INT8"); :data:`DEFAULT_RECIPE` is the command's default.
@@ -71,7 +75,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("keep-ends-bc", "first convolution and classifier in fp32, full bias correction",
            keep_stem=True, keep_head=True, fast_bias_correction=False),
     Recipe("keep-head", "classifier kept in fp32", keep_head=True),
+    Recipe("accuracy-control", "first convolution and classifier in fp32, then NNCF's accuracy control "
+           "puts the most sensitive layers back into fp32 until the tags agree with fp32's on held-out "
+           "training chips", keep_stem=True, keep_head=True, accuracy_control=True),
 )}
+#: The largest tag disagreement with fp32 that accuracy control allows on held-out training chips:
+#: half the bar, to leave a margin for the validation split.
+CONTROL_MAX_CHANGE = MAX_TAG_CHANGE / 2
+#: Layers accuracy control ranks on (held-out chips) and times it may put layers back.
+CONTROL_RANKING_CHIPS = 64
+CONTROL_ITERATIONS = 8
 DEFAULT_RECIPE = "keep-ends"
 
 
@@ -105,21 +118,70 @@ def stem_and_head(proto) -> list[str]:
     return [convs[0].name, heads[-1].name]
 
 
-def quantize_onnx(proto, spec: ModelSpec, chips: np.ndarray, recipe: Recipe):
-    """An INT8 copy (QDQ) of the ONNX ``proto``, calibrated on uint8 ``chips`` with NNCF."""
+@contextlib.contextmanager
+def _nncf_on_stderr():
+    """NNCF's log and progress bars on stderr, not stdout (where commands print their results)."""
+    import nncf  # noqa: F401 - sets up its logger
+    from nncf.common.logging.logger import nncf_logger
+
+    handlers = [h for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler)]
+    before = [h.stream for h in handlers]
+    for h in handlers:
+        h.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for h, stream in zip(handlers, before):
+            h.setStream(stream)
+
+
+def quantize_onnx(proto, spec: ModelSpec, chips: np.ndarray, recipe: Recipe, holdout: np.ndarray | None = None):
+    """An INT8 copy (QDQ) of the ONNX ``proto``, calibrated on uint8 ``chips`` with NNCF.
+
+    ``holdout`` (uint8 chips not in ``chips``; default ``chips``) is what
+    accuracy control compares the INT8 model's tags with the fp32 model's on.
+    """
     nncf = require("nncf", "openvino")
     input_name = proto.graph.input[0].name
     ignored = stem_and_head(proto)
     names = [n for n, keep in zip(ignored, (recipe.keep_stem, recipe.keep_head)) if keep]
     dataset = nncf.Dataset(range(len(chips)), lambda i: {input_name: normalize(chips[i:i + 1], spec)})
+    common = dict(preset=getattr(nncf.QuantizationPreset, recipe.preset.upper()), subset_size=len(chips),
+                  fast_bias_correction=recipe.fast_bias_correction,
+                  ignored_scope=nncf.IgnoredScope(names=names) if names else None)
     advanced = nncf.AdvancedQuantizationParameters(**recipe.advanced) if recipe.advanced else None
     log.info("quantising with recipe %s on %d chips (fp32: %s)", recipe.name, len(chips), names or "none")
-    return nncf.quantize(
-        proto, dataset, preset=getattr(nncf.QuantizationPreset, recipe.preset.upper()),
-        subset_size=len(chips), fast_bias_correction=recipe.fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(names=names) if names else None,
-        **({"advanced_parameters": advanced} if advanced else {}),
-    )
+    if not recipe.accuracy_control:
+        return nncf.quantize(proto, dataset, **common, **({"advanced_parameters": advanced} if advanced else {}))
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    holdout = chips if holdout is None else holdout
+    reference = spec.tags(_onnx_probs(proto, spec, holdout))
+    batches = [holdout[i:i + 8] for i in range(0, len(holdout), 8)]
+    validation = nncf.Dataset(range(len(batches)), lambda i: {input_name: normalize(batches[i], spec)})
+
+    def agreement(model, items) -> tuple[float, None]:
+        """Share of the fp32 model's tag decisions on the held-out chips that ``model`` keeps."""
+        index = list(items)
+        probs = _onnx_probs(model, spec, np.concatenate([batches[i] for i in index]))
+        ref = np.concatenate([reference[i * 8:i * 8 + len(batches[i])] for i in index])
+        return float(np.mean(spec.tags(probs) == ref)), None
+
+    return nncf.quantize_with_accuracy_control(
+        proto, dataset, validation, agreement, max_drop=CONTROL_MAX_CHANGE, drop_type=nncf.DropType.ABSOLUTE,
+        **common, **({"advanced_quantization_parameters": advanced} if advanced else {}),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(CONTROL_RANKING_CHIPS // 8, len(batches)) or 1,
+            max_num_iterations=CONTROL_ITERATIONS))
+
+
+def _onnx_probs(proto, spec: ModelSpec, chips: np.ndarray) -> np.ndarray:
+    """Probabilities of an in-memory ONNX model on uint8 ``chips`` (ONNX Runtime, as NNCF's ONNX backend uses)."""
+    from scenetag.model.backends.onnx_backend import OnnxPredictor
+
+    predictor = OnnxPredictor("(being quantised)", device="cpu", spec=spec, model_bytes=proto.SerializeToString())
+    return predict_all(predictor, chips)
 
 
 def compare(spec: ModelSpec, targets: np.ndarray, fp32: np.ndarray, int8: np.ndarray,
@@ -169,11 +231,10 @@ def _set_spec(proto, spec: ModelSpec) -> None:
     set_onnx_spec(proto, spec)
 
 
-def _scored(path: Path, backend: str, images: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Any]:
+def _scored(path: Path, backend: str, images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     from scenetag.model.backends import create_predictor
 
-    predictor = create_predictor(path, backend=backend, device="cpu", spec=spec)
-    return predict_all(predictor, images), predictor
+    return predict_all(create_predictor(path, backend=backend, device="cpu", spec=spec), images)
 
 
 def quantize_model(
@@ -203,8 +264,11 @@ def quantize_model(
     samples-F2, or when ``force``.  Otherwise raises :class:`ModelError` and
     writes nothing.
     """
+    from scenetag.model.backends.registry import AUTO, auto_backend
+
     onnx = require("onnx", "torch")
     model_path, out = Path(model_path), Path(out)
+    backend_name = auto_backend(model_path, "cpu") if backend == AUTO else backend
     if recipe not in RECIPES:
         raise OptionError(f"--recipe {recipe!r} is unknown: use one of {', '.join(RECIPES)}")
     if model_path.suffix.lower() != ".onnx":
@@ -229,21 +293,26 @@ def quantize_model(
     # Evenly spread over the training split (it is stored in a fixed, shuffled order).
     pick = np.unique(np.linspace(0, len(train) - 1, min(calibration_chips, len(train))).astype(int))
     calib = load_images(images_dir, [train[i] for i in pick], spec.chip_size, on_wrong_size)
+    picked = set(pick.tolist())
+    rest = [name for i, name in enumerate(train) if i not in picked][:CALIBRATION_CHIPS]
+    holdout = (load_images(images_dir, rest, spec.chip_size, on_wrong_size)
+               if rest and RECIPES[recipe].accuracy_control else None)
     val_table = table.subset(val)
     val_images = load_images(images_dir, val_table.names, spec.chip_size, on_wrong_size)
 
-    quantized = quantize_onnx(proto, spec, calib, RECIPES[recipe])
+    with _nncf_on_stderr():
+        quantized = quantize_onnx(proto, spec, calib, RECIPES[recipe], holdout)
     with tempfile.TemporaryDirectory(prefix="scenetag-int8-", dir=out.parent if out.parent.exists() else None) as tmp:
         tmp_model = Path(tmp) / out.name
         onnx.save(quantized, str(tmp_model))
-        fp32, _ = _scored(model_path, backend, val_images, spec)
-        int8, predictor = _scored(tmp_model, backend, val_images, spec)
+        fp32 = _scored(model_path, backend_name, val_images, spec)
+        int8 = _scored(tmp_model, backend_name, val_images, spec)
     comparison = compare(spec, val_table.targets, fp32, int8, min_support, max_tag_change, max_f2_drop)
     comparison.update({
         "source": model_path.name, "source_sha256": file_sha256(model_path),
         "recipe": recipe, "recipe_description": RECIPES[recipe].description,
         "calibration": {"split": "train", "n_chips": int(len(calib))},
-        "evaluation": {"split": "val", "split_source": val_source, "backend": type(predictor).__name__},
+        "evaluation": {"split": "val", "split_source": val_source, "backend": backend_name},
         "forced": bool(force and not comparison["within_bar"]),
     })
     int8_spec = replace(spec, name=f"{spec.name}-int8", extra={**spec.extra, SPEC_KEY: comparison})
