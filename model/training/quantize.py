@@ -161,12 +161,16 @@ def quantize_onnx(proto, spec: ModelSpec, chips: np.ndarray, recipe: Recipe, hol
     batches = [holdout[i:i + 8] for i in range(0, len(holdout), 8)]
     validation = nncf.Dataset(range(len(batches)), lambda i: {input_name: normalize(batches[i], spec)})
 
-    def agreement(model, items) -> tuple[float, None]:
-        """Share of the fp32 model's tag decisions on the held-out chips that ``model`` keeps."""
+    def agreement(model, items) -> tuple[float, list[float]]:
+        """Share of the fp32 model's tag decisions on the held-out chips that ``model`` keeps, and per item.
+
+        The per-item values let NNCF rank layers without calling this once per item.
+        """
         index = list(items)
         probs = _onnx_probs(model, spec, np.concatenate([batches[i] for i in index]))
-        ref = np.concatenate([reference[i * 8:i * 8 + len(batches[i])] for i in index])
-        return float(np.mean(spec.tags(probs) == ref)), None
+        same = spec.tags(probs) == np.concatenate([reference[i * 8:i * 8 + len(batches[i])] for i in index])
+        bounds = np.cumsum([0] + [len(batches[i]) for i in index])
+        return float(same.mean()), [float(same[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])]
 
     return nncf.quantize_with_accuracy_control(
         proto, dataset, validation, agreement, max_drop=CONTROL_MAX_CHANGE, drop_type=nncf.DropType.ABSOLUTE,
