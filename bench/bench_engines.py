@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--int8", type=Path, default=DEFAULT_MODEL.with_name("scenetag-default-int8.onnx"))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ort-int8", action="store_true", help="also ONNX Runtime on the INT8 model")
     ap.add_argument("--seconds", type=float, default=6.0, help="model-only seconds per measurement")
     ap.add_argument("--valid-chips", type=int, default=400, help="chips in the fully valid scene")
     ap.add_argument("--sparse-size", type=int, default=8192, help="side of the sparse scene, px")
@@ -120,7 +121,8 @@ def main() -> None:
     engines = {"ORT fp32": (args.model, "onnx"), "OpenVINO fp32": (args.model, "openvino")}
     if args.int8.exists():
         engines["OpenVINO INT8"] = (args.int8, "openvino")
-        engines["ORT INT8"] = (args.int8, "onnx")
+        if args.ort_int8:
+            engines["ORT INT8"] = (args.int8, "onnx")
     else:
         print(f"no INT8 model at {args.int8}: make one with `scenetag quantize` and pass --int8")
     print(f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f} at start; {args.rounds} interleaved rounds; "

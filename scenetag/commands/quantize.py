@@ -26,7 +26,8 @@ from scenetag.model.training.quantize import DEFAULT_RECIPE, RECIPES
                     required=True)
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default=DEFAULT_RECIPE, show_default=True,
               help="How NNCF quantises: " + "; ".join(f"{n}: {r.description}" for n, r in RECIPES.items())
-              + ". The default met the bar on the default model (docs/performance.md, \"INT8\").")
+              + ". The default came closest to the bar on the default model, which no recipe met "
+              "(docs/performance.md, \"INT8\").")
 @click.option("--calibration-chips", type=click.IntRange(min=1), default=None,
               help="Training-split chips to calibrate on (default 300, or all if fewer).")
 @click.option("--max-tag-change", type=click.FloatRange(0, 1), default=None,
