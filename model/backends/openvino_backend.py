@@ -117,10 +117,8 @@ class OpenVinoPredictor:
         try:
             model = core.read_model(self.path)
         except Exception as exc:  # OpenVINO raises its own untyped errors
-            raise ModelLoadError(
-                f"model {self.path!r} could not be read by OpenVINO: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from exc
+            raise ModelLoadError(f"model {self.path!r} could not be read by OpenVINO (is it a valid ONNX "
+                                 f"file?): {_reason(exc)}") from exc
         self.spec = spec if spec is not None else read_openvino_spec(model, self.path)
         self._check_shapes(model)
         self.hint = (hint or PERFORMANCE_HINT).upper()
@@ -130,8 +128,7 @@ class OpenVinoPredictor:
         try:
             self.compiled = core.compile_model(_with_normalisation(ov, model, self.spec), "CPU", config)
         except Exception as exc:
-            raise ModelLoadError(f"model {self.path!r} could not be compiled by OpenVINO: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise ModelLoadError(f"model {self.path!r} could not be compiled by OpenVINO: {_reason(exc)}") from exc
         self.requests = int(requests or INFER_REQUESTS)
         self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
         self._queue.set_callback(_finished)
@@ -223,6 +220,13 @@ class OpenVinoPredictor:
     def close(self) -> None:
         """Wait for every queued batch."""
         self._queue.wait_all()
+
+
+def _reason(exc: BaseException) -> str:
+    """The telling line of an OpenVINO error (its first lines name C++ source files)."""
+    lines = [ln.strip() for ln in str(exc).splitlines()
+             if ln.strip() and not ln.strip().startswith("Exception from src/")]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _finished(request, userdata) -> None:
