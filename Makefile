@@ -30,7 +30,7 @@ $(VENV)/.run-installed: $(BIN)/python setup.cfg pyproject.toml
 
 $(VENV)/.all-installed: $(VENV)/.run-installed
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[cpu,torch,remote,dev]'
+	$(BIN)/pip install -q -e '.[cpu,torch,remote,openvino,dev]'
 	touch $@
 
 install: $(VENV)/.run-installed

@@ -20,7 +20,8 @@ import numpy as np
 
 from scenetag.tiler.cloud import gdal_env
 from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
-from scenetag.model.backends import Predictor
+from scenetag.model.backends import Pending, Predictor
+from scenetag.model.backends.base import queues_work
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipReader, RunRead
@@ -98,6 +99,21 @@ def classify_cells(
     batch_meta: list[tuple] = []
     skipped = 0
     infer_seconds = 0.0
+    # A predictor that queues its own work (OpenVINO's infer requests) classifies a batch
+    # while this thread gathers the next: one batch in flight, collected at the next flush.
+    in_flight: deque[tuple[list[tuple], Pending]] = deque()
+    asynchronous = queues_work(predictor)
+
+    def collect(keep: int) -> None:
+        nonlocal infer_seconds
+        while len(in_flight) > keep:
+            meta, pending = in_flight.popleft()
+            t0 = time.perf_counter()
+            p = pending.result()
+            infer_seconds += time.perf_counter() - t0
+            tables.append(ChipTable.from_rows(meta, p))
+            if progress:
+                progress(len(meta))
 
     def timed_read(reader: ChipReader, cell: GridCell) -> RunRead:
         t0 = time.perf_counter()
@@ -111,11 +127,17 @@ def classify_cells(
         if not batch:
             return
         t0 = time.perf_counter()
-        p = predictor.predict(np.stack(batch))
-        infer_seconds += time.perf_counter() - t0
-        tables.append(ChipTable.from_rows(batch_meta, p))
-        if progress:
-            progress(len(batch))
+        if asynchronous:
+            # One copy: submit gathers the chips into its own batch.
+            in_flight.append((list(batch_meta), predictor.submit([c[None] for c in batch])))
+            infer_seconds += time.perf_counter() - t0
+            collect(keep=1)
+        else:
+            p = predictor.predict(np.stack(batch))
+            infer_seconds += time.perf_counter() - t0
+            tables.append(ChipTable.from_rows(batch_meta, p))
+            if progress:
+                progress(len(batch))
         batch.clear()
         batch_meta.clear()
 
@@ -133,6 +155,7 @@ def classify_cells(
             if len(batch) >= bs:
                 flush()
         flush()
+        collect(keep=0)
     table = ChipTable.concat(tables, plan.spec.n_labels)
     table.n_skipped_nodata = skipped
     table.seconds_read = read_seconds[0]

@@ -23,6 +23,7 @@ COMMANDS = {
     "calibrate": "calibrate",
     "export": "export",
     "spec": "spec",
+    "quantize": "quantize",
 }
 
 

@@ -69,11 +69,11 @@ def fake_backend(tmp_path):
 
 
 def test_backend_names_list_the_registered_backends_auto_first(fake_backend):
-    assert backend_names() == ("auto", "onnx", "torch", "fake")
+    assert backend_names() == ("auto", "onnx", "openvino", "torch", "fake")
 
 
 def test_an_unknown_backend_is_an_error_naming_the_choices(tiny_model):
-    with pytest.raises(ModelLoadError, match=r"backend 'nope' is unknown: use one of auto, onnx, torch"):
+    with pytest.raises(ModelLoadError, match=r"backend 'nope' is unknown: use one of auto, onnx, openvino, torch"):
         create_predictor(tiny_model, backend="nope")
 
 
@@ -90,9 +90,11 @@ def test_auto_picks_a_backend_by_suffix(fake_backend):
         ["onnx", "torch", "torch", "torch", "fake", "onnx"]  # an unclaimed suffix: ONNX Runtime
 
 
-def test_auto_loads_an_onnx_file_with_onnx_runtime(tiny_model):
+def test_auto_loads_an_onnx_file_with_onnx_runtime_without_openvino(tiny_model, monkeypatch):
+    from scenetag.model.backends import openvino_backend
     from scenetag.model.backends.onnx_backend import OnnxPredictor
 
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
     pred = create_predictor(tiny_model)
     assert isinstance(pred, OnnxPredictor) and isinstance(pred, Predictor)
     assert pred.device == "cpu" and pred.on_gpu is False and pred.batch_size == 8

@@ -115,8 +115,9 @@ class _Threaded:
 class Submitter:
     """Runs a predictor asynchronously, so the caller can prepare the next batch meanwhile.
 
-    An :class:`AsyncPredictor` on a GPU (the torch backend on CUDA: pinned
-    staging, upload on a copy stream, compute queued behind it) submits itself.
+    A predictor that queues its own work (:func:`queues_work`: the torch
+    backend on CUDA, with pinned staging, upload on a copy stream and compute
+    queued behind it; OpenVINO's infer requests on the CPU) submits itself.
     Any other predictor runs on one worker thread; the parts are copied into one
     batch on the caller's thread before :meth:`submit` returns, so the caller
     may reuse their memory at once in both cases.
@@ -130,8 +131,7 @@ class Submitter:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         #: The predictor itself where it queues its own work, else None (a worker thread does).
-        self._own: AsyncPredictor | None = (
-            predictor if isinstance(predictor, AsyncPredictor) and predictor.on_gpu else None)
+        self._own: AsyncPredictor | None = predictor if queues_work(predictor) else None
         self._pool = None if self._own is not None else ThreadPoolExecutor(1, thread_name_prefix="inference")
         #: Whether parts are uploaded from the caller's memory (see :meth:`uploading_from`).
         self.direct = False
@@ -170,6 +170,19 @@ class Submitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def queues_work(predictor: Predictor) -> bool:
+    """Whether ``predictor.submit`` returns before its batch is classified, so no worker thread is needed.
+
+    An :class:`AsyncPredictor` says so with a ``queues_work`` attribute
+    (OpenVINO's infer requests on the CPU); without one, an asynchronous
+    predictor queues work only on a GPU (the torch backend on CUDA; on the CPU it
+    classifies inside ``submit``).
+    """
+    if not isinstance(predictor, AsyncPredictor):
+        return False
+    return bool(getattr(predictor, "queues_work", predictor.on_gpu))
 
 
 def checked_probabilities(probs: np.ndarray, spec: ModelSpec, model: str) -> np.ndarray:

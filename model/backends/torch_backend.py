@@ -18,7 +18,9 @@ It owns its device, precision and batching:
   are uploaded from where they were read, without a host copy
   (``submit(parts, direct=True)``);
 * on CUDA, batch shapes that repeat replay a captured CUDA graph
-  (``cuda_graphs``), so the feeding thread does not launch every kernel from Python.
+  (``cuda_graphs``), so the feeding thread does not launch every kernel from Python;
+* on the CPU, glibc's malloc thresholds are raised (:mod:`.glibc_malloc`), so
+  each batch reuses the memory the last one freed instead of faulting it in again.
 
 Why each of these was chosen, with the measurements, is in docs/performance.md ("Backends").
 """
@@ -103,6 +105,12 @@ class TorchPredictor:
             model = model.to(memory_format=torch.channels_last)
         if on_cuda:
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: let cuDNN pick its kernels once
+        else:
+            from scenetag.model.backends.glibc_malloc import keep_freed_memory
+
+            # Freed activations stay in the heap for the next batch, instead of an munmap and
+            # page faults each batch (glibc only; see the module).
+            keep_freed_memory()
         self.model = model
         scale, offset = scale_offset(self.spec)
         self._scale = torch.from_numpy(scale).to(self.device)

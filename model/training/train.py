@@ -191,6 +191,10 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if device == "cpu":
+        from scenetag.model.backends.glibc_malloc import keep_freed_memory
+
+        keep_freed_memory()  # eager torch reuses freed activations instead of page-faulting them in again
     torch.manual_seed(cfg.seed)
 
     table = read_labels(labels_csv, cfg.labels)
