@@ -27,9 +27,11 @@ OPTION = re.compile(r"(?<![\w/.-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 
 def command_options(name: str) -> set[str]:
+    """The long options of command ``name`` (with a group's, e.g. ``spec``, those of its subcommands)."""
     command = main.get_command(None, name)
-    return {o for p in command.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
-            if o.startswith("--")} | {"--help"}
+    commands = [command, *getattr(command, "commands", {}).values()]
+    return {o for c in commands for p in c.params
+            for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ())) if o.startswith("--")} | {"--help"}
 
 
 def assert_names_own_options(name: str, text: str) -> set[str]:
