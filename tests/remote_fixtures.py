@@ -312,3 +312,22 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 def env_without(*names: str) -> dict[str, str]:
     """A copy of the environment without ``names`` (for subprocesses)."""
     return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def chips(path):
+    """The ``chips`` layer of a GeoPackage, as a GeoDataFrame."""
+    import pyogrio
+
+    return pyogrio.read_dataframe(path, layer="chips")
+
+
+def runs(path) -> dict:
+    """The last row of a GeoPackage's ``runs`` table, as a dict."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    try:
+        return dict(con.execute("SELECT * FROM runs ORDER BY rowid DESC LIMIT 1").fetchone())
+    finally:
+        con.close()

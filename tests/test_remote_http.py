@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 
 import numpy as np
-import pyogrio
 import pytest
 import rasterio
 
@@ -18,7 +16,7 @@ from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
-from tests.remote_fixtures import closed_port, scene_server, scenes_or_skip
+from tests.remote_fixtures import chips, closed_port, runs, scene_server, scenes_or_skip
 
 #: Real scenes of each kind of validity: internal tiles (uint16), an alpha band, nodata (uint16, 4 bands).
 CASES = {"landsat8_rgb16.tif": None, "drone_rgba_alpha.tif": None, "planetscope_borneo_3m_analytic.tif": (3, 2, 1)}
@@ -33,19 +31,6 @@ def server():
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
     return create_predictor(tiny_model)
-
-
-def chips(path):
-    return pyogrio.read_dataframe(path, layer="chips")
-
-
-def runs(path) -> dict:
-    con = sqlite3.connect(path)
-    con.row_factory = sqlite3.Row
-    try:
-        return dict(con.execute("SELECT * FROM runs ORDER BY rowid DESC LIMIT 1").fetchone())
-    finally:
-        con.close()
 
 
 def assert_same_chips(a, b):

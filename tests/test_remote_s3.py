@@ -6,7 +6,6 @@ import json
 import sqlite3
 
 import numpy as np
-import pyogrio
 import pytest
 
 from scenetag.errors import RemoteSceneError
@@ -18,7 +17,7 @@ from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
-from tests.remote_fixtures import S3_UNSET, moto_server, s3_client, s3_environment, scenes_or_skip, set_env
+from tests.remote_fixtures import S3_UNSET, chips, moto_server, s3_client, s3_environment, scenes_or_skip, set_env
 
 BUCKET = "scenes"
 NAMES = ("landsat8_rgb16.tif", "drone_rgba_alpha.tif")
@@ -48,10 +47,6 @@ def s3_env(s3, monkeypatch):
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
     return create_predictor(tiny_model)
-
-
-def chips(path):
-    return pyogrio.read_dataframe(path, layer="chips")
 
 
 def test_run_of_an_s3_object_gives_the_local_geopackage(s3_env, predictor, tmp_path):

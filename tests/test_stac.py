@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 
 import pyogrio
 import pytest
@@ -17,7 +16,7 @@ from scenetag.jobs.stac import choose_asset, read_item
 from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
-from tests.remote_fixtures import scene_server, scenes_or_skip, stac_item
+from tests.remote_fixtures import runs, scene_server, scenes_or_skip, stac_item
 
 RGB = ("red", "green", "blue")
 PLANET = ("blue", "green", "red", "nir")
@@ -76,15 +75,6 @@ def test_unusable_items_are_refused_naming_the_fix(tmp_path, assets, bands, asse
     with pytest.raises(StacError) as err:
         choose(tmp_path, assets, bands=bands, asset=asset)
     assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def runs(path) -> dict:
-    con = sqlite3.connect(path)
-    con.row_factory = sqlite3.Row
-    try:
-        return dict(con.execute("SELECT * FROM runs").fetchone())
-    finally:
-        con.close()
 
 
 def test_run_of_an_item_names_the_output_by_its_id_and_keeps_its_provenance(server, tiny_model, tmp_path,
