@@ -50,6 +50,20 @@ def test_compare_counts_changed_decisions_and_each_model_s_scores():
     assert same["within_bar"] and same["tag_decisions_changed"] == 0.0 and q.refusal(same) == ""
 
 
+def test_compare_scores_the_tags_the_spec_makes_with_its_structure():
+    from scenetag.model.structure import LabelStructure
+
+    structure = LabelStructure({"weather": ("clear", "haze")}, {})
+    spec = small_spec(labels=("clear", "haze"), thresholds=0.5, structure=structure)
+    targets = np.array([[1, 0], [0, 1]], bool)
+    probs = np.array([[0.9, 0.6], [0.7, 0.8]], np.float32)  # thresholds alone tag both labels on both chips
+    c = q.compare(spec, targets, probs, probs, min_support=1)
+    # The exclusive group keeps the likelier label: chip 0 clear, chip 1 haze; every tag right.
+    assert c["samples_f2"]["fp32"] == pytest.approx(1.0)
+    plain = q.compare(small_spec(labels=("clear", "haze"), thresholds=0.5), targets, probs, probs, min_support=1)
+    assert plain["samples_f2"]["fp32"] == pytest.approx(5 / 6)  # tp 1, fp 1 per chip: F2 = 5/6
+
+
 @pytest.fixture(scope="module")
 def forced(labelled, tmp_path_factory):
     """The small model quantised with the plain recipe, written whatever its accuracy: (result, out)."""

@@ -197,11 +197,13 @@ def compare(spec: ModelSpec, targets: np.ndarray, fp32: np.ndarray, int8: np.nda
 
     ``tag_decisions_changed`` is the share of (chip, label) decisions at the
     spec's thresholds that differ; samples-F2 and macro-F1 are those of
-    :func:`~scenetag.model.training.metrics.evaluate` for each model.
+    :func:`~scenetag.model.training.metrics.evaluate` for each model, on the
+    tags the spec makes (its label structure applied, as in ``run``).
     """
     changed = float(np.mean(spec.tags(fp32) != spec.tags(int8)))
-    m32 = evaluate(targets, fp32, spec.thresholds, spec.labels, min_support)
-    m8 = evaluate(targets, int8, spec.thresholds, spec.labels, min_support)
+    # Scored on the tags the job makes: thresholds, then the spec's label structure.
+    m32 = evaluate(targets, fp32, spec.thresholds, spec.labels, min_support, structure=spec.structure)
+    m8 = evaluate(targets, int8, spec.thresholds, spec.labels, min_support, structure=spec.structure)
     drop = m32["samples_f2"] - m8["samples_f2"]
     return {
         "n_images": int(len(targets)),
