@@ -57,7 +57,7 @@ def bench_readers(scene: Path, spec, n_cells: int, threads: int, workers: int) -
     import rasterio
 
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
     from scenetag.config import gdal_cachemax_mb
     from scenetag.tiler.feed import ProcessFeed
 
@@ -150,7 +150,7 @@ def end_to_end(scene: Path, predictor, workers: int | None, batch: int | None, d
     """
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.classify import classify_cells
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
 
     predictor.gpu_seconds = 0.0
     if not direct:

@@ -47,7 +47,7 @@ def without_nodata(scene: Path) -> Path:
 def main() -> None:
     from bench.scenes import build_scene, load_chips
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
     from scenetag.model.default import default_model_path
     from scenetag.model.backends.onnx_backend import read_onnx_spec
     from scenetag.config import gdal_cachemax_mb

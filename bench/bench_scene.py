@@ -55,7 +55,7 @@ def measure_model_only(scene: str, model: str, batch_size: int) -> dict:
     import numpy as np
 
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
     from scenetag.model.backends import create_predictor
 
     pred = create_predictor(model)

@@ -27,7 +27,7 @@ from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipReader, RunRead
 
 if TYPE_CHECKING:
-    from scenetag.jobs.scene_job import ScenePlan
+    from scenetag.jobs.planning import ScenePlan
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A dry run takes the steps a job takes before its first chip is read, and
 only those: the output checks and the up-to-date decision of
 :func:`~jobs.scene_job.prepare_scene` (with :func:`~jobs.scene_job.output_state`),
-and the plan of :func:`~jobs.scene_job.plan_scene` (bands, resolution, grid,
+and the plan of :func:`~jobs.planning.plan_scene` (bands, resolution, grid,
 stretch).  Nothing is written, no lock is taken, no cluster is started, and
 the model is read only for its spec (:class:`~jobs.models.PlannedModel`).
 What it cannot know without reading every chip is said so: chips with too
@@ -20,7 +20,8 @@ from typing import Sequence
 from scenetag.errors import OutputError, ScenetagError
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
-from scenetag.jobs.scene_job import ScenePlan, output_state, plan_scene, prepare_scene
+from scenetag.jobs.planning import ScenePlan, plan_scene
+from scenetag.jobs.scene_job import output_state, prepare_scene
 from scenetag.outputs_schema.outputs import SceneOutputs
 from scenetag.tiler.location import display_name
 

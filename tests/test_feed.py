@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells, reader_mode
-from scenetag.jobs.scene_job import plan_scene
+from scenetag.jobs.planning import plan_scene
 from scenetag.model.backends import Submitter, create_predictor
 from scenetag.tiler.feed import ProcessFeed
 from tests.tiler_rasters import holey_scene

@@ -14,7 +14,7 @@ from rasterio.windows import Window, bounds as window_bounds
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells
 from scenetag.jobs.runner import run_scene
-from scenetag.jobs.scene_job import plan_scene
+from scenetag.jobs.planning import plan_scene
 from scenetag.model.backends import create_predictor
 from scenetag.model.preprocess import normalize
 from scenetag.outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names

@@ -46,7 +46,8 @@ def borneo(tmp_path_factory, tiny_model):
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.classify import classify_cells
     from scenetag.jobs.models import LocalModel
-    from scenetag.jobs.scene_job import Prepared, plan_scene, write_scene
+    from scenetag.jobs.planning import plan_scene
+    from scenetag.jobs.scene_job import Prepared, write_scene
     from scenetag.model.backends import create_predictor
 
     scene = real_scene(BORNEO)

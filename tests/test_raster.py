@@ -159,7 +159,7 @@ def test_real_scene_grid_raster_covers_the_scene(tmp_path, tiny_model):
     """Borneo through the scene job: one pixel per grid position, NaN where chips were skipped."""
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.classify import classify_cells
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
     from scenetag.model.backends import create_predictor
 
     scene = real_scene("planetscope_borneo_3m_analytic.tif")
@@ -197,7 +197,7 @@ def job_raster(tmp_path, scene, model, **options):
     """``scene`` through the scene job with ``--raster``: (plan, table, raster path)."""
     from scenetag.jobs.classify import classify_cells
     from scenetag.jobs.options import RunOptions
-    from scenetag.jobs.scene_job import plan_scene
+    from scenetag.jobs.planning import plan_scene
     from scenetag.model.backends import create_predictor
     from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
     from tests.qgis_fixtures import fake_run

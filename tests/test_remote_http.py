@@ -13,24 +13,15 @@ from scenetag.errors import RemoteSceneError
 from scenetag.jobs.failures import is_retryable
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
-from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
-from tests.remote_fixtures import chips, closed_port, runs, scene_server, scenes_or_skip
+from tests.remote_fixtures import chips, closed_port, runs, scene_server
+
+#: The shared fixtures (``server``, ``predictor``) of tests/remote_fixtures.py.
+pytest_plugins = ("tests.remote_fixtures",)
 
 #: Real scenes of each kind of validity: internal tiles (uint16), an alpha band, nodata (uint16, 4 bands).
 CASES = {"landsat8_rgb16.tif": None, "drone_rgba_alpha.tif": None, "planetscope_borneo_3m_analytic.tif": (3, 2, 1)}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with scene_server(scenes_or_skip()) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
 
 
 def assert_same_chips(a, b):

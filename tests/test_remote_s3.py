@@ -14,10 +14,12 @@ from scenetag.jobs.failures import is_retryable
 from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
-from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
 from tests.remote_fixtures import S3_UNSET, chips, moto_server, s3_client, s3_environment, scenes_or_skip, set_env
+
+#: The shared fixtures (``server``, ``predictor``) of tests/remote_fixtures.py.
+pytest_plugins = ("tests.remote_fixtures",)
 
 BUCKET = "scenes"
 NAMES = ("landsat8_rgb16.tif", "drone_rgba_alpha.tif")
@@ -42,11 +44,6 @@ def s3_env(s3, monkeypatch):
     host, port, client = s3
     set_env(monkeypatch, s3_environment(host, port), S3_UNSET)
     return client
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
 
 
 def test_run_of_an_s3_object_gives_the_local_geopackage(s3_env, predictor, tmp_path):

@@ -13,24 +13,15 @@ from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
 from scenetag.jobs.stac import choose_asset, read_item
-from scenetag.model.backends import create_predictor
 from tests.cli_helpers import invoke
 from tests.conftest import real_scene
-from tests.remote_fixtures import runs, scene_server, scenes_or_skip, stac_item
+from tests.remote_fixtures import runs, scene_server, stac_item
+
+#: The shared fixtures (``server``, ``predictor``) of tests/remote_fixtures.py.
+pytest_plugins = ("tests.remote_fixtures",)
 
 RGB = ("red", "green", "blue")
 PLANET = ("blue", "green", "red", "nir")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with scene_server(scenes_or_skip()) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
 
 
 def rgb_spec():

@@ -18,19 +18,10 @@ from typing import Any, Callable
 
 import click
 
+from scenetag.commands.click_error import ScenetagClickError
 from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import DataError, ScenetagError
 from scenetag.gdal_messages import route_gdal_messages
-
-
-class ScenetagClickError(click.ClickException):
-    """A library error shown as one line, with the error's own exit code."""
-
-    def __init__(self, error: ScenetagError) -> None:
-        from scenetag.tiler.location import redact_text
-
-        super().__init__(redact_text(str(error)))  # a signed URL's query never reaches the terminal
-        self.exit_code = error.exit_code
 
 
 class Terminated(KeyboardInterrupt):
