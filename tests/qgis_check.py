@@ -248,6 +248,25 @@ def draw_legend(image: QImage, entries: list[tuple[str, QColor]], title: str) ->
     p.end()
 
 
+def render_image(layers: list, dest: QgsCoordinateReferenceSystem, extent: QgsRectangle, width: int,
+                 context=None):
+    """``layers`` (top first) rendered in ``dest`` over ``extent``, ``width`` pixels wide, on white:
+    the image and the renderer's errors ("layer: message")."""
+    height = max(1, round(width * extent.height() / extent.width())) if extent.width() > 0 else width
+    settings = QgsMapSettings()
+    settings.setDestinationCrs(dest)
+    if context is not None:
+        settings.setTransformContext(context)
+    settings.setLayers(layers)
+    settings.setExtent(extent)
+    settings.setOutputSize(QSize(width, height))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage(), [f"{e.layerID}: {e.message}" for e in job.errors()]
+
+
 def render(png: str, vectors: list[QgsVectorLayer], scene: QgsRasterLayer | None, width: int,
            legend: bool) -> dict:
     """Render ``vectors`` over ``scene`` into ``png``; returns size and blankness statistics."""
@@ -262,17 +281,7 @@ def render(png: str, vectors: list[QgsVectorLayer], scene: QgsRasterLayer | None
         if v.featureCount():
             extent.combineExtentWith(v.extent())
     extent.scale(1.03)
-    height = max(1, round(width * extent.height() / extent.width())) if extent.width() > 0 else width
-    settings = QgsMapSettings()
-    settings.setDestinationCrs(dest)
-    settings.setLayers(spatial + ([scene] if scene is not None and scene.isValid() else []))
-    settings.setExtent(extent)
-    settings.setOutputSize(QSize(width, height))
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    job = QgsMapRendererSequentialJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage()
+    image, errors = render_image(spatial + ([scene] if scene is not None and scene.isValid() else []), dest, extent, width)
     if legend:
         chips = next((v for v in spatial if v.renderer() and v.renderer().type() == "categorizedSymbol"), None)
         entries = []
@@ -287,7 +296,7 @@ def render(png: str, vectors: list[QgsVectorLayer], scene: QgsRasterLayer | None
     image.save(png, "PNG")
     return {"path": png, "width": image.width(), "height": image.height(), **image_stats(image),
             "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
-            "errors": [f"{e.layerID}: {e.message}" for e in job.errors()]}
+            "errors": errors}
 
 
 def image_stats(image: QImage, step: int = 3) -> dict:
@@ -355,22 +364,11 @@ def render_project(png: str, project: QgsProject, width: int, only: list[str] | 
             tr = QgsCoordinateTransform(lyr.crs(), dest, project)
             extent.combineExtentWith(tr.transformBoundingBox(lyr.extent()))
     extent.scale(1.03)
-    height = max(1, round(width * extent.height() / extent.width())) if extent.width() > 0 else width
-    settings = QgsMapSettings()
-    settings.setDestinationCrs(dest)
-    settings.setTransformContext(project.transformContext())
-    settings.setLayers(layers)
-    settings.setExtent(extent)
-    settings.setOutputSize(QSize(width, height))
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    job = QgsMapRendererSequentialJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage()
+    image, errors = render_image(layers, dest, extent, width, project.transformContext())
     image.save(png, "PNG")
     return {"path": png, "width": image.width(), "height": image.height(), "layers": [lyr.name() for lyr in layers],
             "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
-            **image_stats(image), "errors": [f"{e.layerID}: {e.message}" for e in job.errors()]}
+            **image_stats(image), "errors": errors}
 
 
 def gpkg_info(path: str) -> dict:

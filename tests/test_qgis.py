@@ -268,7 +268,7 @@ def borneo_project(borneo):
 def test_project_opens_with_the_scene_chips_and_a_collapsed_label_group(borneo, borneo_project):
     from scenetag.outputs_schema.run_record import read_run_record
 
-    spec, schema = borneo["spec"], OutputSchema(borneo["spec"].labels)
+    schema = OutputSchema(borneo["spec"].labels)
     project = borneo_project["report"]["project"]
     assert borneo_project["name"] == "planetscope_borneo_3m_analytic"
     assert project["read"] and project["crs"] == "EPSG:32649"
