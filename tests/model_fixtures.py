@@ -121,3 +121,20 @@ def export_constant_model(path: Path, outputs: Sequence[float], spec: ModelSpec 
     helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
     onnx.save(model, str(path))
     return Path(path)
+
+
+def generated_chips(folder: Path, tags_of, n: int = 8) -> Path:
+    """``n`` random 64 px PNG chips in ``folder/images`` and ``folder/labels.csv`` (train's layout),
+    chip ``i`` tagged ``tags_of(i)``; returns the images folder."""
+    import numpy as np
+    from PIL import Image
+
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image_name,tags"]
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"c{i}.png")
+        rows.append(f"c{i},{tags_of(i)}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return images

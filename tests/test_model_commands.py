@@ -57,20 +57,9 @@ def test_parse_thresholds_names_the_bad_text():
 @pytest.fixture
 def labelled(tmp_path):
     """Eight generated 64 px chips and their labels (the tiny model's), as train's layout."""
-    import numpy as np
-    from PIL import Image
+    from tests.model_fixtures import TINY_LABELS, generated_chips
 
-    from tests.model_fixtures import TINY_LABELS
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["image_name,tags"]
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"c{i}.png")
-        rows.append(f"c{i},{TINY_LABELS[i % 4]}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    return images
+    return generated_chips(tmp_path, lambda i: TINY_LABELS[i % 4])
 
 
 def test_evaluate_writes_its_json_output_and_refuses_to_replace_it_without_overwrite(tiny_model, labelled,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from click.testing import CliRunner
 
 from scenetag.cli import main
@@ -66,22 +65,13 @@ def test_run_thresholds_and_tta_override_the_spec_for_one_run(tiny_model, make_r
 
 
 def test_evaluate_reports_with_and_without_the_structure(tiny_model, tmp_path):
-    from PIL import Image
-
-    from tests.model_fixtures import TINY_LABELS
+    from tests.model_fixtures import TINY_LABELS, generated_chips
 
     out = tmp_path / "m2.onnx"
     structure = tmp_path / "s.json"
     structure.write_text(json.dumps({"exclusive": {"weather": ["clear", "cloudy"]}}))
     assert invoke("spec", "set", tiny_model, "--structure", structure, "--thresholds", "0.01", "-o", out).exit_code == 0
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["image_name,tags"]
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"c{i}.png")
-        rows.append(f"c{i},{TINY_LABELS[i % 2]} primary")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    images = generated_chips(tmp_path, lambda i: f"{TINY_LABELS[i % 2]} primary")
     res = invoke("evaluate", out, images, "--split", "all", "--format", "json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
