@@ -59,6 +59,10 @@ def test_make_test_passes_data_to_the_tests(tmp_path):
     dry = subprocess.run(["make", "-n", "test", f"DATA={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
     assert f'SCENETAG_DATA="{tmp_path}"' in dry.stdout, dry.stdout + dry.stderr
+    # Named by neither: nothing is passed, so a fresh machine without ../shared skips instead of failing.
+    plain = {k: v for k, v in env.items() if k not in (DATA_ENV, "DATA")}
+    dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, env=plain, capture_output=True, text=True, timeout=60)
+    assert "SCENETAG_DATA=" not in dry.stdout and "python -m pytest" in dry.stdout, dry.stdout + dry.stderr
     # Without DATA, the environment variable is what make passes on.
     dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, env={**env, DATA_ENV: str(tmp_path)},
                          capture_output=True, text=True, timeout=60)
