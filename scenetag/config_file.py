@@ -152,7 +152,7 @@ def apply_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     try:
         config = read_config(value, root, get_command)
     except ConfigError as exc:
-        from scenetag.commands.click_error import ScenetagClickError
+        from scenetag.click_error import ScenetagClickError
 
         raise ScenetagClickError(exc) from None
     ctx.meta[META_KEY] = config

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from scenetag.commands.click_error import ScenetagClickError
+from scenetag.click_error import ScenetagClickError
 from scenetag.config import DEFAULT_MAX_CHIPS, DEFAULT_RESAMPLE_MAX_FACTOR
 from scenetag.errors import DataError, ScenetagError
 from scenetag.gdal_messages import route_gdal_messages
