@@ -73,8 +73,11 @@ def classify_cells(
     predictor: Predictor,
     cells: Sequence[GridCell] | None = None,
     progress: Progress | None = None,
+    on_table: Callable[[ChipTable], None] | None = None,
 ) -> ChipTable:
     """Read and classify ``cells`` (default: the whole grid) of a planned scene.
+
+    ``on_table`` is called with each batch's table as it is collected (the streamed write).
 
     On reader threads (one chip per read, the model on this thread), or on
     reader processes with double-buffered inference (:mod:`jobs.pipeline`),
@@ -89,7 +92,7 @@ def classify_cells(
         from scenetag.jobs.pipeline import classify_with_feed
 
         return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,
-                                  batch_size=bs, workers=opts.readers, progress=progress)
+                                  batch_size=bs, workers=opts.readers, progress=progress, on_table=on_table)
     n_threads = opts.readers or DEFAULT_THREADS
     read_seconds = [0.0]
     lock = threading.Lock()
@@ -112,6 +115,8 @@ def classify_cells(
             p = pending.result()
             infer_seconds += time.perf_counter() - t0
             tables.append(ChipTable.from_rows(meta, p))
+            if on_table:
+                on_table(tables[-1])
             if progress:
                 progress(len(meta))
 
@@ -136,6 +141,8 @@ def classify_cells(
             p = predictor.predict(np.stack(batch))
             infer_seconds += time.perf_counter() - t0
             tables.append(ChipTable.from_rows(batch_meta, p))
+            if on_table:
+                on_table(tables[-1])
             if progress:
                 progress(len(batch))
         batch.clear()

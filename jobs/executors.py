@@ -28,6 +28,8 @@ class Executor(Protocol):
 
     #: Chips per classify task; None: a scene is one task (its readers and batches stay together).
     chips_per_task: int | None
+    #: Whether tasks run in this process and may share its objects (a scene's streamed write).
+    shares_objects: bool
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any,
                resources: dict | None = None, side: bool = False) -> Any:
@@ -69,6 +71,7 @@ class InProcessExecutor:
     """
 
     chips_per_task: int | None = None
+    shares_objects = True
 
     def __init__(self) -> None:
         self._side = ThreadPoolExecutor(1, thread_name_prefix="scene-side")
@@ -166,6 +169,8 @@ class DaskExecutor:
     they are not pure), named by :func:`task_key` so the dashboard shows the
     stages apart.
     """
+
+    shares_objects = False
 
     def __init__(self, client: Any, chips_per_task: int = DEFAULT_CHIPS_PER_TASK) -> None:
         from distributed import as_completed

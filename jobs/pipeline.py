@@ -48,6 +48,7 @@ def classify_with_feed(
     batch_size: int,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    on_table: Callable[[ChipTable], None] | None = None,
 ) -> ChipTable:
     """Read ``cells`` on reader processes and classify them, overlapping the stages.
 
@@ -59,6 +60,7 @@ def classify_with_feed(
         batch_size: Chips per model call.
         workers: Reader processes (default: :func:`tiler.feed.default_workers`).
         progress: Called with the number of cells done, as they are done.
+        on_table: Called with each batch's table as it is collected (the streamed write).
     """
     t_start = time.perf_counter()
     gpu_before = predictor.gpu_seconds if isinstance(predictor, AsyncPredictor) else None  # a running total
@@ -81,6 +83,8 @@ def classify_with_feed(
         p = pending.result()
         t["wait_infer"] += time.perf_counter() - t0
         batches.append(ChipTable(*grid[index].T, valid[index], p.astype(np.float32, copy=False)))
+        if on_table:
+            on_table(batches[-1])
         if progress:
             progress(len(index))
 

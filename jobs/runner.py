@@ -19,6 +19,7 @@ job and is raised.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -38,9 +39,11 @@ from scenetag.jobs.scene_job import (
     SceneResult,
     classify_strip,
     hash_scene,
+    open_write,
     prepare_scene,
     write_scene,
 )
+from scenetag.outputs_schema.outputs import SceneWrite
 from scenetag.outputs_schema.run_record import read_run_record
 from scenetag.tiler.location import is_remote, redact
 
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 
 #: ``factory(total_chips)`` → a callback taking the number of chips just done.
 ProgressFactory = Callable[[int], Progress]
+
+#: Stream the chips layer while the scene is classified (where the executor's tasks share this process).
+#: False writes it at the end: kept only for the tests and benchmarks that compare the two.
+STREAMED_WRITE = True
 
 
 @dataclass
@@ -60,6 +67,7 @@ class _Scene:
     #: What the scene is read from (the record's ``scene`` is what is shown).
     location: str = ""
     chips: SceneChips | None = None  # the chip progress of the current try
+    stream: SceneWrite | None = None  # the current try's streamed write (in this process)
     relayed: Progress | None = None  # its callback as the tasks hold it (the executor's relay)
 
 
@@ -120,6 +128,11 @@ def run_scenes(
         submit(state, "prepare", prepare_scene, state.location, state.record.output, model, options,
                skip_current, overwrite, watch=True)
 
+    def end_stream(state: _Scene) -> None:
+        if state.stream is not None:
+            state.stream.abort()  # nothing left of it (a finished write has nothing left to remove)
+            state.stream = None
+
     def end_chips(state: _Scene, written: bool) -> None:
         if state.chips is not None:
             state.chips.complete() if written else state.chips.stop()
@@ -128,6 +141,7 @@ def run_scenes(
 
     def finish(state: _Scene, status: Status) -> None:
         end_chips(state, written=status in (Status.OK, Status.EMPTY))
+        end_stream(state)
         state.record.status = status
         state.record.seconds = time.time() - state.wall_start
         state.futures.clear()  # release the scene's results on the cluster
@@ -139,6 +153,7 @@ def run_scenes(
         end_chips(state, written=False)
         executor.cancel(state.futures)
         state.futures.clear()
+        end_stream(state)
         if failure.retry and state.attempt <= retries:
             log.warning("%s failed (attempt %d of %d), trying again: %s", state.record.scene, state.attempt,
                         retries + 1, exc)
@@ -161,9 +176,15 @@ def run_scenes(
         if progress is not None:
             state.chips = SceneChips(progress(len(plan.grid)), len(plan.grid))
             state.relayed = executor.relay(state.chips)
-        tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed,
+        # Where the tasks share this process, the chips are written as they are classified: the write
+        # runs beside the classification, and only its tail after it (docs/performance.md).
+        write = write_scene
+        if STREAMED_WRITE and executor.shares_objects:
+            state.stream = open_write(prep)
+            write = functools.partial(write_scene, stream=state.stream)
+        tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed, state.stream,
                          resources=resources) for cells in strips]
-        submit(state, "write", write_scene, prep, model, identity, *tables, watch=True)
+        submit(state, "write", write, prep, model, identity, *tables, watch=True)
 
     for state in states:
         start(state)
@@ -205,6 +226,7 @@ def run_scenes(
     finally:
         for state in states:
             end_chips(state, written=False)
+            end_stream(state)
     return [s.result for s in states]
 
 

@@ -40,7 +40,7 @@ from scenetag.jobs.report import Status
 from scenetag.jobs.sources import SceneSource, resolve_source, source_identity
 from scenetag.model.spec import ModelSpec
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs
+from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs, SceneWrite
 from scenetag.outputs_schema.run_record import RunRecord, read_run_record
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
 from scenetag.tiler.grid import GridCell
@@ -208,22 +208,46 @@ def hash_scene(scene: str | SceneSource) -> SceneIdentity:
 
 
 def classify_strip(plan: ScenePlan, cells: Sequence[GridCell] | None, model: SceneModel,
-                   progress: Progress | None = None) -> ChipTable:
-    """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here."""
+                   progress: Progress | None = None, stream: SceneWrite | None = None) -> ChipTable:
+    """Classify ``cells`` of a planned scene (None: the whole grid) with the model's predictor here.
+
+    ``stream`` (:func:`open_write`, in this process) takes each batch as it is classified.
+    """
     predictor = model.predictor()
     try:
         with scene_reads(plan.info.path, "reading its chips"):
-            return classify_cells(plan, predictor, cells=cells, progress=progress)
+            return classify_cells(plan, predictor, cells=cells, progress=progress, on_table=stream)
     finally:
         flush = getattr(progress, "flush", None)  # a throttled relay (jobs.progress.ChipEvents): its last count
         if flush is not None:
             flush()
 
 
-def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable) -> SceneResult:
+def scene_frame(plan: ScenePlan) -> SceneFrame:
+    """Where the planned scene's chips lie, as the writers need it."""
+    info, grid = plan.info, plan.grid
+    return SceneFrame(info.scene_id, info.transform, info.crs, grid.shape, grid.stride, grid.chip,
+                      (info.height, info.width))
+
+
+def open_write(prep: Prepared) -> SceneWrite:
+    """Start the planned scene's write, to stream its chips as they are classified (:func:`classify_strip`).
+
+    Nothing is on disk until the first chips are written, and only under a
+    temporary name; :func:`write_scene` finishes it, or :meth:`SceneWrite.abort` drops it.
+    """
+    opts = prep.plan.options
+    return SceneOutputs(prep.out, opts.raster, opts.to_crs).open(prep.plan.spec, scene_frame(prep.plan),
+                                                                 overwrite=prep.overwrite)
+
+
+def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable,
+                stream: SceneWrite | None = None) -> SceneResult:
     """The scene's single writer: join its strips, write the outputs atomically; returns the result.
 
     ``identity`` is the scene's (:func:`hash_scene`); a bare digest is taken as a local file's sha256.
+    ``stream`` is the write that took the chips as they were classified (:func:`open_write`);
+    without it every output is written here.
     """
     if isinstance(identity, str):
         identity = SceneIdentity("sha256", identity)
@@ -270,9 +294,7 @@ def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str
         scene_source=scene_source,
         config=dict(opts.config or {}),
     )
-    frame = SceneFrame(info.scene_id, info.transform, info.crs, plan.grid.shape, plan.grid.stride, plan.grid.chip,
-                       (info.height, info.width))
-    SceneOutputs(prep.out, opts.raster, opts.to_crs).write(table, spec, frame, run, overwrite=prep.overwrite)
+    (stream or open_write(prep)).finish(table, run)
     return SceneResult(
         scene=redact(info.path), output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
         bands_used=plan.bands_used,

@@ -34,7 +34,7 @@ from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
-from scenetag.atomic import SIDECARS, atomic_path
+from scenetag.atomic import SIDECARS, publish, temporary_name
 from scenetag.errors import OutputError
 from scenetag.outputs_schema.write_errors import write_error
 
@@ -142,6 +142,125 @@ def runs_frame(run: RunRecord) -> pd.DataFrame:
     return _typed({name: [value] for name, value in run.to_row().items()}, RUN_FIELDS)
 
 
+#: Errors a write can fail with; a full disk fails in any of them (FeatureError too).
+_WRITING = (OSError, sqlite3.Error, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+            pyogrio.errors.FieldError)
+
+
+class GeoPackageWriter:
+    """One scene's GeoPackage, written into a temporary file: chips in parts, then the rest, then renamed.
+
+    :meth:`append` adds chips to the ``chips`` layer, in the order given (the
+    caller's: :class:`~scenetag.outputs_schema.stream.ChipStream` keeps grid
+    order); :meth:`finish` writes the label layers, ``runs``, styles, metadata and
+    the QGIS project and gives the file its name (:func:`~scenetag.atomic.publish`:
+    without ``replace`` never over an existing file); :meth:`abort` (also on leaving
+    a ``with`` block with an error) removes the temporary file.  A killed writer
+    leaves only the temporary, named after its pid, which
+    :func:`~scenetag.jobs.sweep.sweep_leftovers` removes later.  ``stride`` is the
+    grid's, in scene pixels (it marks the shifted chips, so each part needs it).
+    """
+
+    def __init__(self, out: str | Path, *, spec: ModelSpec, scene_id: str, transform: Affine, crs: CRS,
+                 stride: int | None, to_crs: CRS | None = None, replace: bool = False) -> None:
+        self.out = Path(out)
+        self.tmp = temporary_name(self.out)
+        self.spec, self.scene_id, self.transform, self.crs = spec, scene_id, transform, crs
+        self.stride, self.to_crs, self.replace = stride, to_crs, replace
+        self.schema = OutputSchema(spec.labels)
+        self.n_written = 0
+        #: Seconds spent in :meth:`append` (frames and writes).
+        self.seconds_appending = 0.0
+        self._started = False
+        self._bounds: np.ndarray | None = None  # the chips' total bounds, in the output CRS
+
+    def append(self, table: ChipTable) -> None:
+        """Add ``table``'s chips to the ``chips`` layer, after those already there (the first call creates it)."""
+        if self._started and not len(table):
+            return
+        t0 = time.perf_counter()
+        chips = chips_frame(table, self.schema, self.spec.tags(table.probs), self.scene_id, self.transform,
+                            self.crs, self.stride, self.spec)
+        if self.to_crs is not None:
+            chips = chips.to_crs(self.to_crs.to_wkt())
+        if len(chips):
+            b = chips.total_bounds
+            self._bounds = b if self._bounds is None else np.r_[np.minimum(self._bounds[:2], b[:2]),
+                                                                 np.maximum(self._bounds[2:], b[2:])]
+        try:
+            if not self._started:
+                self._started = True
+                _write(self.tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
+            else:
+                _write(self.tmp, chips, CHIPS_LAYER, "Polygon", append=True)
+        except _WRITING as exc:
+            raise self._error(exc) from exc
+        self.n_written += len(table)
+        self.seconds_appending += time.perf_counter() - t0
+
+    def finish(self, table: ChipTable, run: RunRecord, before: float = 0.0) -> RunRecord:
+        """Write the rest from ``table`` (every chip of the scene, in grid order) and name the file; the record written.
+
+        ``run`` gets ``seconds_write``: the time of this call plus ``before`` (the
+        caller's own part of the write that nothing overlapped), also added to its
+        ``seconds_total``.
+        Raises :class:`OutputExistsError` without ``replace`` when the output
+        exists now; on any error nothing is left.
+        """
+        t0 = time.perf_counter()
+        try:
+            if not self._started:
+                self.append(table.__class__.empty(self.spec.n_labels))
+            tagged = self.spec.tags(table.probs)
+            # Label layers are dissolved (and their areas measured) in the scene's CRS.
+            label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, self.transform, self.crs)
+                            for i, label in enumerate(self.spec.labels)]
+            if self.to_crs is not None:
+                label_frames = [f.to_crs(self.to_crs.to_wkt()) for f in label_frames]
+            try:
+                # One SQLite connection to the file after GDAL's writes of the chips: the label layers,
+                # then (beside GDAL's write of ``runs``) the styles and metadata.
+                con = sqlite3.connect(str(self.tmp), isolation_level=None)
+                try:
+                    _write_label_layers(con, self.tmp, label_frames, self.schema.label_layers)
+                    # The provenance row is written last, so it can time the layers before it.
+                    elapsed = before + time.perf_counter() - t0
+                    run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
+                    _write(self.tmp, runs_frame(run), RUNS_LAYER)
+                    _add_styles_and_metadata(con, self.spec, run)
+                    extent = tuple(self._bounds) if self._bounds is not None else None
+                    project.add_project(con, self.out, self.spec, run, self.crs, self.to_crs or self.crs, extent)
+                finally:
+                    con.close()
+            except _WRITING as exc:
+                raise self._error(exc) from exc  # judged while the temporary still takes its room
+            try:
+                publish(self.tmp, self.out, self.replace)
+            except OutputError:
+                raise  # already says what happened (an OSError too, so it must not be wrapped below)
+            except _WRITING as exc:
+                raise write_error(self.out, exc) from exc
+        finally:
+            self.abort()  # after the rename: only sidecars, if anything
+        log.info("wrote %s: %d chips, %d label layers", self.out, len(table), len(self.schema.label_layers))
+        return run
+
+    def _error(self, exc: Exception) -> Exception:
+        return write_error(self.out, exc, self.tmp)
+
+    def abort(self) -> None:
+        """Remove the temporary file and its sidecars (nothing of the output is left)."""
+        for leftover in (self.tmp, *(Path(str(self.tmp) + s) for s in SIDECARS)):
+            leftover.unlink(missing_ok=True)
+
+    def __enter__(self) -> "GeoPackageWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.abort()
+
+
 def write_geopackage(
     out: str | Path,
     *,
@@ -155,55 +274,22 @@ def write_geopackage(
     replace: bool = False,
     stride: int | None = None,
 ) -> RunRecord:
-    """Write ``chips``, one ``label_<name>`` layer per label and ``runs`` to ``out``, atomically.
+    """Write ``chips``, one ``label_<name>`` layer per label and ``runs`` to ``out``, atomically, at once.
 
     Replaces an existing ``out`` only with ``replace``; without it one that
     exists when the write ends is kept and :class:`OutputExistsError` raised
-    (:func:`~scenetag.atomic.atomic_path`).  Returns the record written: ``run`` with
+    (:func:`~scenetag.atomic.publish`).  Returns the record written: ``run`` with
     ``seconds_write`` set to the time of this write, which is also added to
     ``seconds_total``.  Tags are ``spec``'s (:meth:`ModelSpec.tags`).  ``stride`` is the
     grid's, in scene pixels, which marks the shifted chips (default: found from the chips).
+    This is :class:`GeoPackageWriter` given every chip in one part.
     """
-    out = Path(out)
-    schema = OutputSchema(spec.labels)
-    tagged = spec.tags(table.probs)
-    chips = chips_frame(table, schema, tagged, scene_id, transform, crs, stride, spec)
-    # Label layers are dissolved (and their areas measured) in the scene's CRS.
-    label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, transform, crs)
-                    for i, label in enumerate(spec.labels)]
-    if to_crs is not None:
-        wkt = to_crs.to_wkt()
-        chips = chips.to_crs(wkt)
-        label_frames = [f.to_crs(wkt) for f in label_frames]
     t0 = time.perf_counter()
-    writing = (OSError, sqlite3.Error, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
-               pyogrio.errors.FieldError)  # a full disk fails in any of them (FeatureError too)
-    try:
-        with atomic_path(out, replace=replace) as tmp:
-            try:
-                _write(tmp, chips, CHIPS_LAYER, "Polygon", dataset_options={"VERSION": GPKG_VERSION})
-                # One SQLite connection to the file after GDAL's first write: the label layers, then
-                # (beside GDAL's write of ``runs``) the styles and metadata.
-                con = sqlite3.connect(str(tmp), isolation_level=None)
-                try:
-                    _write_label_layers(con, tmp, label_frames, schema.label_layers)
-                    # The provenance row is written last, so it can time the layers before it.
-                    elapsed = time.perf_counter() - t0
-                    run = run.replace(seconds_write=elapsed, seconds_total=run.seconds_total + elapsed)
-                    _write(tmp, runs_frame(run), RUNS_LAYER)
-                    _add_styles_and_metadata(con, spec, run)
-                    extent = tuple(chips.total_bounds) if len(chips) else None
-                    project.add_project(con, out, spec, run, crs, to_crs or crs, extent)
-                finally:
-                    con.close()
-            except writing as exc:
-                raise write_error(out, exc, tmp) from exc  # judged while the temporary still takes its room
-    except OutputError:
-        raise  # already says what happened (an OSError too, so it must not be wrapped below)
-    except writing as exc:  # the rename
-        raise write_error(out, exc) from exc
-    log.info("wrote %s: %d chips, %d label layers", out, len(table), len(schema.label_layers))
-    return run
+    with GeoPackageWriter(out, spec=spec, scene_id=scene_id, transform=transform, crs=crs,
+                          stride=grid_stride(table) if stride is None else stride, to_crs=to_crs,
+                          replace=replace) as writer:
+        writer.append(table)
+        return writer.finish(table, run, before=time.perf_counter() - t0)
 
 
 def _add_styles_and_metadata(con: sqlite3.Connection, spec: ModelSpec, run: RunRecord) -> None:

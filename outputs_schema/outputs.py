@@ -171,36 +171,75 @@ class SceneOutputs:
 
     def write(self, table: "ChipTable", spec: "ModelSpec", frame: SceneFrame, run: RunRecord, *,
               overwrite: bool = False) -> RunRecord:
-        """Write every output of the scene, each atomically, replacing what is there; the record written.
+        """Write every output of the scene at once, each atomically; the record written (:meth:`open`, then
+        :meth:`SceneWrite.finish`)."""
+        return self.open(spec, frame, overwrite=overwrite).finish(table, run)
+
+    def open(self, spec: "ModelSpec", frame: SceneFrame, *, overwrite: bool = False) -> "SceneWrite":
+        """Start writing the scene's outputs: give the write its chips as they are classified, then finish it.
 
         Call :meth:`check` first.  Without ``overwrite`` an output that appeared
-        meanwhile is refused; ``overwrite`` also replaces an existing QGIS style
-        beside the raster, which is otherwise kept (it may be the user's).
+        meanwhile is refused (atomically, by the renames at the end);
+        ``overwrite`` also replaces an existing QGIS style beside the raster,
+        which is otherwise kept (it may be the user's).
         """
+        return SceneWrite(self, spec, frame, overwrite)
+
+
+class SceneWrite:
+    """One scene's outputs being written: the chips layer streams as batches come (:meth:`add`), the rest at
+    :meth:`finish`.
+
+    The GeoPackage goes through :class:`~scenetag.outputs_schema.stream.ChipStream`
+    (a temporary file, renamed at the end); the probability raster, which
+    needs every chip, is written at :meth:`finish`.  On an error, or
+    :meth:`abort`, nothing is left and nothing is replaced.
+    """
+
+    def __init__(self, outputs: SceneOutputs, spec: "ModelSpec", frame: SceneFrame, overwrite: bool) -> None:
         from rasterio.crs import CRS
 
-        from scenetag.outputs_schema.geopackage import write_geopackage
+        from scenetag.outputs_schema.geopackage import GeoPackageWriter
+        from scenetag.outputs_schema.stream import ChipStream
 
+        self.outputs, self.spec, self.frame, self.overwrite = outputs, spec, frame, overwrite
+        to_crs = CRS.from_user_input(outputs.to_crs) if outputs.to_crs else None
+        self.chips = ChipStream(
+            lambda: GeoPackageWriter(outputs.gpkg, spec=spec, scene_id=frame.scene_id, transform=frame.transform,
+                                     crs=frame.crs, stride=frame.stride, to_crs=to_crs, replace=overwrite),
+            n_cols=frame.grid_shape[1])
+
+    def add(self, table: "ChipTable") -> None:
+        """One batch of classified chips (returns at once: a thread writes them)."""
+        self.chips.add(table)
+
+    __call__ = add  # the classification's ``on_table`` callback
+
+    def finish(self, table: "ChipTable", run: RunRecord) -> RunRecord:
+        """Write the rest from ``table`` (every chip of the scene, in grid order); the record written."""
         # An output that appeared since check() is not replaced: the writers' renames refuse it
         # atomically; this first look only avoids writing the GeoPackage when the raster is taken.
-        if not overwrite:
-            for path in self.paths:
+        if not self.overwrite:
+            for path in self.outputs.paths:
                 if path.exists():
+                    self.abort()
                     raise OutputExistsError(f"output {str(path)!r} exists: it appeared while this run worked, "
                                             "and is kept; pass --overwrite to replace it")
-        to_crs = CRS.from_user_input(self.to_crs) if self.to_crs else None
-        run = write_geopackage(self.gpkg, table=table, spec=spec, scene_id=frame.scene_id,
-                               transform=frame.transform, crs=frame.crs, run=run, to_crs=to_crs,
-                               replace=overwrite, stride=frame.stride)
-        if self.raster:
+        run = self.chips.finish(table, run)
+        if self.outputs.raster:
             from scenetag.outputs_schema.raster import grid_transform, scene_layout, write_probability_raster
 
+            frame = self.frame
             layout = None if frame.scene_shape is None else scene_layout(
                 frame.transform, frame.scene_shape, frame.grid_shape, frame.stride, frame.chip)
             write_probability_raster(
-                self.raster_path, table, spec.labels, *frame.grid_shape,
+                self.outputs.raster_path, table, self.spec.labels, *frame.grid_shape,
                 grid_transform(frame.transform, frame.stride, frame.chip), frame.crs,
                 tags={"scenetag_run_id": run.run_id, "scenetag_signature": run.signature},
-                replace=overwrite, layout=layout,
+                replace=self.overwrite, layout=layout,
             )
         return run
+
+    def abort(self) -> None:
+        """Stop writing: the temporary files go, no output is written."""
+        self.chips.abort()

@@ -138,8 +138,8 @@ def test_a_retry_after_a_worker_died_past_the_write_reports_what_was_written(pre
     real = runner.write_scene
     calls = []
 
-    def write_then_die(*args):
-        result = real(*args)
+    def write_then_die(*args, **kwargs):
+        result = real(*args, **kwargs)
         calls.append(result)
         if len(calls) == 1:
             raise KilledWorker("scenetag-write-x", "tcp://127.0.0.1:1", 1)
