@@ -230,15 +230,54 @@ def scene_frame(plan: ScenePlan) -> SceneFrame:
                       (info.height, info.width))
 
 
-def open_write(prep: Prepared) -> SceneWrite:
+def open_write(prep: Prepared, in_order: bool = False) -> SceneWrite:
     """Start the planned scene's write, to stream its chips as they are classified (:func:`classify_strip`).
 
     Nothing is on disk until the first chips are written, and only under a
     temporary name; :func:`write_scene` finishes it, or :meth:`SceneWrite.abort` drops it.
+    ``in_order``: the chips come in grid order (whole strips, in turn).
     """
     opts = prep.plan.options
     return SceneOutputs(prep.out, opts.raster, opts.to_crs).open(prep.plan.spec, scene_frame(prep.plan),
-                                                                 overwrite=prep.overwrite)
+                                                                 overwrite=prep.overwrite, in_order=in_order)
+
+
+def write_strips(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, strips: str,
+                 n_strips: int) -> SceneResult | object:
+    """The scene's writer on a Dask worker: each strip's chips written as soon as the strips before it are done.
+
+    ``strips`` names the futures of the scene's ``n_strips`` classify tasks, in grid order
+    (:meth:`~jobs.executors.DaskExecutor.hand_over`); they are awaited in that order, since a strip
+    can only be written after the ones before it.  The task leaves its worker
+    thread while it waits (``secede``), so it takes no slot from the
+    classification, and comes back for the rest of the write
+    (:func:`write_scene`).  A strip's failure is returned as the write's
+    (nothing is left of the write).
+    """
+    from distributed import rejoin, secede
+
+    from scenetag.jobs.executors import take_over
+    from scenetag.jobs.failures import JobFailure, SceneFailure
+
+    futures = take_over(strips, n_strips)
+    tables: list[ChipTable] = []
+    stream = open_write(prep, in_order=True)
+    secede()
+    try:
+        for fut in futures:
+            table = fut.result()
+            if isinstance(table, (SceneFailure, JobFailure)):
+                stream.abort()
+                return table
+            stream.add(table)
+            tables.append(table)
+    except BaseException:
+        stream.abort()
+        raise
+    finally:
+        del futures
+        rejoin()
+    return write_scene(prep, model, identity, *tables, stream=stream)
 
 
 def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable,
