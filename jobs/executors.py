@@ -32,13 +32,11 @@ class Executor(Protocol):
     shares_objects: bool
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any,
-               resources: dict | None = None, side: bool = False, early: bool = False) -> Any:
+               resources: dict | None = None, side: bool = False) -> Any:
         """Start ``fn(*args)``; futures among ``args`` are replaced by their results first.
 
         ``resources`` (e.g. ``{"GPU": 1}``) restricts where it runs on a cluster;
-        ``side`` marks a task that may run beside the others (it takes no futures);
-        ``early`` one that should start before the tasks submitted before it (a task
-        that waits for them itself, having left its worker thread).
+        ``side`` marks a task that may run beside the others (it takes no futures).
         """
         ...
 
@@ -52,16 +50,6 @@ class Executor(Protocol):
 
     def cancel(self, futures: Sequence[Any]) -> None:
         """Cancel tasks that have not finished (their results are no longer wanted)."""
-        ...
-
-    # Only where tasks do not share this process's objects (``shares_objects`` False):
-
-    def hand_over(self, futures: Sequence[Any]) -> str:
-        """Pass ``futures`` to a task that waits for them itself (:func:`take_over`); the name to give it."""
-        ...
-
-    def release_hand_over(self, name: str) -> None:
-        """Drop what :meth:`hand_over` holds, once its task is over."""
         ...
 
     def relay(self, callback: Progress) -> Progress:
@@ -92,7 +80,7 @@ class InProcessExecutor:
         self._watched: set[Future] = set()
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
-               side: bool = False, early: bool = False) -> Future:
+               side: bool = False) -> Future:
         if side:
             if any(isinstance(a, Future) for a in args):
                 raise ValueError(f"a side task ({stage}) takes no futures")
@@ -162,14 +150,6 @@ class InProcessExecutor:
         self.close()
 
 
-def take_over(name: str, n: int) -> list[Any]:
-    """In a task on a worker: the ``n`` futures :meth:`DaskExecutor.hand_over` passed as ``name``, in order."""
-    from distributed import Queue
-
-    queue = Queue(name)
-    return [queue.get() for _ in range(n)]
-
-
 def task_key(stage: str) -> str:
     """A new task key whose dashboard name (Dask's ``key_split`` prefix) is ``scenetag_<stage>``.
 
@@ -199,38 +179,15 @@ class DaskExecutor:
         self.chips_per_task = chips_per_task
         self._relayed: dict[str, Progress] = {}
         self._subscribed = False
-        self._handed: dict[str, Any] = {}
         # Bound to this client's loop: by default it takes the default client's (dask/distributed#4317).
         self._pending = as_completed(loop=client.loop)
 
     def submit(self, stage: str, fn: Callable[..., Any], *args: Any, resources: dict | None = None,
-               side: bool = False, early: bool = False) -> Any:
-        return self.client.submit(fn, *args, key=task_key(stage), resources=resources, pure=False,
-                                  priority=1 if early else 0)
+               side: bool = False) -> Any:
+        return self.client.submit(fn, *args, key=task_key(stage), resources=resources, pure=False)
 
     def watch(self, future: Any) -> None:
         self._pending.add(future)
-
-    def hand_over(self, futures: Sequence[Any]) -> str:
-        """Pass ``futures`` to a task that waits for them itself (:func:`take_over`), without making it wait
-        for them before it starts; returns the name to give the task.
-
-        A future passed among a task's arguments is a dependency: the task would
-        start only when all are done.  A Dask queue is how futures reach a task
-        while they run (the scheduler then keeps their results for it).
-        """
-        from distributed import Queue
-
-        name = f"scenetag-handover-{uuid.uuid4().hex}"
-        queue = Queue(name, client=self.client)
-        for fut in futures:
-            queue.put(fut)
-        self._handed[name] = queue
-        return name
-
-    def release_hand_over(self, name: str) -> None:
-        """Drop the queue of :meth:`hand_over` (once its task is over)."""
-        self._handed.pop(name, None)
 
     def completed(self) -> Iterator[Any]:
         yield from self._pending

@@ -42,7 +42,6 @@ from scenetag.jobs.scene_job import (
     open_write,
     prepare_scene,
     write_scene,
-    write_strips,
 )
 from scenetag.outputs_schema.outputs import SceneWrite
 from scenetag.outputs_schema.run_record import read_run_record
@@ -69,7 +68,6 @@ class _Scene:
     location: str = ""
     chips: SceneChips | None = None  # the chip progress of the current try
     stream: SceneWrite | None = None  # the current try's streamed write (in this process)
-    handed: str | None = None  # on a cluster: the strips handed over to the streamed write task
     relayed: Progress | None = None  # its callback as the tasks hold it (the executor's relay)
 
 
@@ -134,9 +132,6 @@ def run_scenes(
         if state.stream is not None:
             state.stream.abort()  # nothing left of it (a finished write has nothing left to remove)
             state.stream = None
-        if state.handed is not None:
-            executor.release_hand_over(state.handed)
-            state.handed = None
 
     def end_chips(state: _Scene, written: bool) -> None:
         if state.chips is not None:
@@ -182,21 +177,16 @@ def run_scenes(
             state.chips = SceneChips(progress(len(plan.grid)), len(plan.grid))
             state.relayed = executor.relay(state.chips)
         # Where the tasks share this process, the chips are written as they are classified: the write
-        # runs beside the classification, and only its tail after it (docs/performance.md).
-        # On a cluster the write task takes the strips as they are done (jobs.scene_job.write_strips).
+        # runs beside the classification, and only its tail after it (docs/performance.md).  On a
+        # cluster the write task takes the strips' tables when all are done (a scene's write runs
+        # beside the classification of the other scenes in flight).
         write = write_scene
         if STREAMED_WRITE and executor.shares_objects:
             state.stream = open_write(prep)
             write = functools.partial(write_scene, stream=state.stream)
         tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed, state.stream,
                          resources=resources) for cells in strips]
-        if STREAMED_WRITE and not executor.shares_objects:
-            state.handed = executor.hand_over(tables)
-            # Early: it starts first, leaves its thread and writes each strip as it is done.
-            submit(state, "write", write_strips, prep, model, identity, state.handed, len(tables), watch=True,
-                   early=True)
-        else:
-            submit(state, "write", write, prep, model, identity, *tables, watch=True)
+        submit(state, "write", write, prep, model, identity, *tables, watch=True)
 
     for state in states:
         start(state)

@@ -230,54 +230,15 @@ def scene_frame(plan: ScenePlan) -> SceneFrame:
                       (info.height, info.width))
 
 
-def open_write(prep: Prepared, in_order: bool = False) -> SceneWrite:
+def open_write(prep: Prepared) -> SceneWrite:
     """Start the planned scene's write, to stream its chips as they are classified (:func:`classify_strip`).
 
     Nothing is on disk until the first chips are written, and only under a
     temporary name; :func:`write_scene` finishes it, or :meth:`SceneWrite.abort` drops it.
-    ``in_order``: the chips come in grid order (whole strips, in turn).
     """
     opts = prep.plan.options
     return SceneOutputs(prep.out, opts.raster, opts.to_crs).open(prep.plan.spec, scene_frame(prep.plan),
-                                                                 overwrite=prep.overwrite, in_order=in_order)
-
-
-def write_strips(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, strips: str,
-                 n_strips: int) -> SceneResult | object:
-    """The scene's writer on a Dask worker: each strip's chips written as soon as the strips before it are done.
-
-    ``strips`` names the futures of the scene's ``n_strips`` classify tasks, in grid order
-    (:meth:`~jobs.executors.DaskExecutor.hand_over`); they are awaited in that order, since a strip
-    can only be written after the ones before it.  The task leaves its worker
-    thread while it waits (``secede``), so it takes no slot from the
-    classification, and comes back for the rest of the write
-    (:func:`write_scene`).  A strip's failure is returned as the write's
-    (nothing is left of the write).
-    """
-    from distributed import rejoin, secede
-
-    from scenetag.jobs.executors import take_over
-    from scenetag.jobs.failures import JobFailure, SceneFailure
-
-    futures = take_over(strips, n_strips)
-    tables: list[ChipTable] = []
-    stream = open_write(prep, in_order=True)
-    secede()
-    try:
-        for fut in futures:
-            table = fut.result()
-            if isinstance(table, (SceneFailure, JobFailure)):
-                stream.abort()
-                return table
-            stream.add(table)
-            tables.append(table)
-    except BaseException:
-        stream.abort()
-        raise
-    finally:
-        del futures
-        rejoin()
-    return write_scene(prep, model, identity, *tables, stream=stream)
+                                                                 overwrite=prep.overwrite)
 
 
 def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable,
@@ -333,13 +294,16 @@ def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str
         scene_source=scene_source,
         config=dict(opts.config or {}),
     )
-    (stream or open_write(prep)).finish(table, run)
+    write = stream or open_write(prep)
+    write.finish(table, run)
     return SceneResult(
         scene=redact(info.path), output=str(prep.out), status=status, reason=reason, warnings=plan.warnings,
         bands_used=plan.bands_used,
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,
+        # "write": what the scene waited for; "write_streamed": what its writer thread did beside the classification.
         timings={"read": table.seconds_read, "infer": table.seconds_infer,
-                 "write": time.perf_counter() - t_write, **table.extra.get("timings", {})},
+                 "write": time.perf_counter() - t_write, "write_streamed": write.chips.seconds_streaming,
+                 **table.extra.get("timings", {})},
     )

@@ -175,17 +175,15 @@ class SceneOutputs:
         :meth:`SceneWrite.finish`)."""
         return self.open(spec, frame, overwrite=overwrite).finish(table, run)
 
-    def open(self, spec: "ModelSpec", frame: SceneFrame, *, overwrite: bool = False,
-             in_order: bool = False) -> "SceneWrite":
+    def open(self, spec: "ModelSpec", frame: SceneFrame, *, overwrite: bool = False) -> "SceneWrite":
         """Start writing the scene's outputs: give the write its chips as they are classified, then finish it.
 
         Call :meth:`check` first.  Without ``overwrite`` an output that appeared
         meanwhile is refused (atomically, by the renames at the end);
         ``overwrite`` also replaces an existing QGIS style beside the raster,
-        which is otherwise kept (it may be the user's).  ``in_order``: the chips will come in grid order
-        (a scene's strips, one after the other), so none is held back to be sorted.
+        which is otherwise kept (it may be the user's).
         """
-        return SceneWrite(self, spec, frame, overwrite, in_order)
+        return SceneWrite(self, spec, frame, overwrite)
 
 
 class SceneWrite:
@@ -198,8 +196,7 @@ class SceneWrite:
     :meth:`abort`, nothing is left and nothing is replaced.
     """
 
-    def __init__(self, outputs: SceneOutputs, spec: "ModelSpec", frame: SceneFrame, overwrite: bool,
-                 in_order: bool = False) -> None:
+    def __init__(self, outputs: SceneOutputs, spec: "ModelSpec", frame: SceneFrame, overwrite: bool) -> None:
         from rasterio.crs import CRS
 
         from scenetag.outputs_schema.geopackage import GeoPackageWriter
@@ -210,7 +207,7 @@ class SceneWrite:
         self.chips = ChipStream(
             lambda: GeoPackageWriter(outputs.gpkg, spec=spec, scene_id=frame.scene_id, transform=frame.transform,
                                      crs=frame.crs, stride=frame.stride, to_crs=to_crs, replace=overwrite),
-            n_cols=frame.grid_shape[1], window=0 if in_order else None)
+            n_cols=frame.grid_shape[1])
 
     def add(self, table: "ChipTable") -> None:
         """One batch of classified chips (returns at once: a thread writes them)."""

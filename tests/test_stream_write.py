@@ -305,34 +305,3 @@ def test_batch_on_a_local_cluster_equals_run_with_the_streamed_write(make_raster
     assert report.succeeded
     assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
 
-
-def test_on_a_cluster_the_write_task_streams_the_strips_as_they_are_done(make_raster, tiny_model, predictor,
-                                                                        tmp_path, small_parts, monkeypatch):
-    """Workers in this process (so the count of parts reaches the test): the strips are appended before the
-    last is done, and the file is the one of the write at the end."""
-    from distributed import LocalCluster
-
-    from scenetag.api import run_batch
-
-    scene = make_raster(width=640, height=448)
-    import scenetag.jobs.scene_job as scene_job
-
-    done_strips: list[int] = []
-    real = scene_job.classify_cells
-
-    def classify_cells(*args, **kwargs):  # the tasks are pickled: only a module's attribute reaches the worker
-        table = real(*args, **kwargs)
-        done_strips.append(len(small_parts))  # parts appended when this strip was done
-        return table
-
-    monkeypatch.setattr(scene_job, "classify_cells", classify_cells)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
-        report = run_batch([scene], tmp_path / "streamed", model=tiny_model, backend="onnx",
-                           scheduler=cluster.scheduler_address, options=RunOptions(batch_size=4), chips_per_task=10)
-        assert report.succeeded and len(done_strips) == 7
-        assert done_strips[-1] > 0  # parts were written before the last strip was done
-        monkeypatch.setattr(runner, "STREAMED_WRITE", False)
-        report = run_batch([scene], tmp_path / "at_end", model=tiny_model, backend="onnx",
-                           scheduler=cluster.scheduler_address, options=RunOptions(batch_size=4), chips_per_task=10)
-        assert report.succeeded
-    assert contents(tmp_path / "streamed" / "scene.gpkg") == contents(tmp_path / "at_end" / "scene.gpkg")
