@@ -58,12 +58,21 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--tiny-chip", type=int, default=64)
     ap.add_argument("--chips-per-task", type=int, default=256)
+    ap.add_argument("--part-rows", type=int, default=None, help="chips per append (default stream.PART_ROWS)")
+    ap.add_argument("--window", type=int, default=None, help="reorder window (default stream.REORDER_WINDOW)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("scenetag.tiler.scene").setLevel(logging.ERROR)
+    logging.getLogger("scenetag.jobs.planning").setLevel(logging.ERROR)  # the resolution warning
 
     import scenetag.jobs.runner as runner
+    import scenetag.outputs_schema.stream as stream
+
+    if args.part_rows is not None:
+        stream.PART_ROWS = args.part_rows
+    if args.window is not None:
+        stream.REORDER_WINDOW = args.window
     from scenetag.jobs.batch import run_batch
     from scenetag.jobs.cluster import connect
     from scenetag.jobs.options import RunOptions
