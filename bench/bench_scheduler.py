@@ -42,11 +42,14 @@ Measured, in one run:
     4096 chips of a 4096² scene, so that the per-task cost is not hidden by
     the pixels: wall time, classify tasks, and the fit ``classify task =
     a + b x chips`` over the settings' medians (``a`` is what a task costs
-    besides its chips).
+    besides its chips);
+(d) **stored bytes per chip** of 256² px, for 3 x uint8 (the mosaic) and
+    4 x uint16 (the real Borneo PlanetScope analytic scene, its fully valid
+    tiles), uncompressed and with GDAL's usual compressions.
 
 Usage::
 
-    python bench/bench_scheduler.py [--scenes 1000] [--workers 2] [--sweep-scenes 4] [--sweep-side 4096]
+    python bench/bench_scheduler.py [--scenes 600] [--workers 2] [--sweep-scenes 4] [--sweep-side 4096]
                                     [--chips-per-task 64,256,1024,4096] [--json out.json]
 
 The figures (and the command) are in docs/scale.md.
@@ -226,6 +229,59 @@ def sweep_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, side: 
     return paths
 
 
+#: Compressions whose stored bytes per chip are measured: name → GDAL creation options.
+COMPRESSIONS = {
+    "none": {},
+    "deflate-1": {"compress": "deflate", "zlevel": 1},
+    "deflate-6 + predictor 2": {"compress": "deflate", "zlevel": 6, "predictor": 2},
+    "lzw + predictor 2": {"compress": "lzw", "predictor": 2},
+    "jpeg q90 (uint8 only)": {"compress": "jpeg", "jpeg_quality": 90, "photometric": "ycbcr"},
+}
+
+
+def bytes_per_chip(block: np.ndarray, transform: Any, work: Path, chip: int = 256) -> dict:
+    """Stored bytes of one ``chip``² chip: 3 x uint8 (the mosaic) and 4 x uint16 (the Borneo PlanetScope scene).
+
+    The mosaic is fully valid: its file's size over its chips. The Borneo scene
+    (B, G, R, NIR analytic, 27% valid) is stored in 64 px tiles, pixel-interleaved,
+    and only its fully valid tiles are counted (a nodata tile compresses to
+    almost nothing), scaled to a ``chip``² chip.
+    """
+    import rasterio
+
+    folder = work / "bytes"
+    folder.mkdir(exist_ok=True)
+    _, h, w = block.shape
+    out: dict = {"3 x uint8": {}, "4 x uint16": {}}
+    chips = (h // chip) * (w // chip)
+    for name, opts in COMPRESSIONS.items():
+        path = folder / "rgb.tif"
+        profile = {k: v for k, v in _profile(w, h, transform).items() if k not in ("compress", "zlevel")}
+        with rasterio.open(path, "w", **{**profile, **opts}) as dst:
+            dst.write(block)
+        out["3 x uint8"][name] = path.stat().st_size / chips
+    with rasterio.open(DATA / "scenes" / "planetscope_borneo_3m_analytic.tif") as src:
+        data, profile = src.read(), src.profile
+    valid = (data != 0).any(axis=0)
+    tile = 64
+    n = data.shape[1] // tile
+    full = [(i, j) for i in range(n) for j in range(n)
+            if valid[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile].all()]
+    for name, opts in COMPRESSIONS.items():
+        if "jpeg" in name:
+            continue
+        path = folder / "analytic.tif"
+        with rasterio.open(path, "w", **{**profile, "tiled": True, "blockxsize": tile, "blockysize": tile,
+                                         "compress": None, **opts}) as dst:
+            dst.write(data)
+        with rasterio.open(path) as dst:
+            sizes = [dst.block_size(1, i, j) for i, j in full]
+        out["4 x uint16"][name] = float(np.mean(sizes)) * (chip / tile) ** 2
+    out["raw"] = {"3 x uint8": 3 * chip * chip, "4 x uint16": 4 * 2 * chip * chip}
+    out["borneo_full_tiles"] = len(full)
+    return out
+
+
 def stand_in_model(folder: Path, chip_size: int = 256) -> tuple[Path, Any]:
     """The stand-in ONNX model (constant outputs) with the default model's spec, TTA off, at ``chip_size``."""
     from scenetag.model.backends import create_predictor
@@ -381,15 +437,16 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenes", type=int, default=1000, help="small scenes (512² px, 4 chips of 256 px)")
+    ap.add_argument("--scenes", type=int, default=600, help="small scenes (512² px, 4 chips of 256 px)")
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes, 1 thread each")
     ap.add_argument("--noop-tasks", type=int, default=4000, help="empty tasks submitted at once")
-    ap.add_argument("--noop-scenes", type=int, default=1000, help="scenes of empty tasks in the job's shape")
+    ap.add_argument("--noop-scenes", type=int, default=2000, help="scenes of empty tasks in the job's shape")
     ap.add_argument("--sweep-scenes", type=int, default=4, help="large scenes for the chips-per-task sweep")
     ap.add_argument("--sweep-side", type=int, default=4096, help="pixels on a side of a large scene")
     ap.add_argument("--sweep-chip", type=int, default=64, help="chip size of the sweep's stand-in model")
     ap.add_argument("--chips-per-task", default="64,256,1024,4096", help="settings of the sweep, comma-separated")
     ap.add_argument("--no-skip-pass", action="store_true", help="leave out the batch again over up-to-date scenes")
+    ap.add_argument("--no-bytes", action="store_true", help="leave out the stored bytes per chip")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--work", default=None, help="build the scenes here (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
@@ -420,6 +477,11 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"built {len(small)} small scenes and {len(large)} large ones in {time.perf_counter() - t0:.1f} s "
             f"({work})")
         options = RunOptions()
+        if not args.no_bytes:
+            b = figures["bytes_per_chip"] = bytes_per_chip(block, transform, work)
+            for kind in ("3 x uint8", "4 x uint16"):
+                say(f"(d) stored bytes per 256² chip, {kind} (raw {b['raw'][kind] / 1000:.1f} kB): " + ", ".join(
+                    f"{k} {v / 1000:.1f} kB" for k, v in b[kind].items()))
         with stock_cluster(work, args.workers) as cluster, Client(cluster.address) as client:
             say(f"cluster: {cluster.address}, {args.workers} workers x 1 thread (dask scheduler / dask worker)")
             say(f"load average at the start: {os.getloadavg()[0]:.2f}")
