@@ -182,9 +182,9 @@ def build_mosaic(work: Path) -> tuple[np.ndarray, Any]:
     return block, Affine(3.0, 0, 500000.0, 0, -3.0, 9000000.0)
 
 
-def _profile(width: int, height: int, transform: Any) -> dict:
+def _profile(width: int, height: int, transform: Any, tile: int = 256) -> dict:
     return dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32721",
-                transform=transform, nodata=0, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                transform=transform, nodata=0, tiled=True, blockxsize=tile, blockysize=tile, compress="deflate",
                 zlevel=1)
 
 
@@ -207,8 +207,12 @@ def small_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, seed: 
     return paths
 
 
-def sweep_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, side: int) -> list[Path]:
-    """``n`` scenes of ``side``² px: the mosaic repeated (and cut at ``side``), each shifted east of the one before."""
+def sweep_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, side: int, tile: int) -> list[Path]:
+    """``n`` scenes of ``side``² px: the mosaic repeated (and cut at ``side``), each shifted east of the one before.
+
+    Tiled ``tile`` px, the sweep's chip size: each chip is then one tile, as 256 px chips are in
+    256 px tiles, so that a strip of one chip row decodes no tile that another strip decodes too.
+    """
     import rasterio
     from affine import Affine
     from rasterio.windows import Window
@@ -221,7 +225,7 @@ def sweep_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, side: 
     for i in range(n):
         t = Affine(transform.a, 0, transform.c + (i + 1) * side * transform.a, 0, transform.e, transform.f)
         path = folder / f"large_{i:02d}.tif"
-        with rasterio.open(path, "w", **_profile(side, side, t)) as dst:
+        with rasterio.open(path, "w", **_profile(side, side, t, tile)) as dst:
             for top in range(0, side, h):
                 rows = min(h, side - top)
                 dst.write(row[:, :rows], window=Window(0, top, side, rows))
@@ -401,7 +405,7 @@ def _per_task(m: dict, tasks: int, scenes: int | None = None) -> dict:
 
 
 def job(cluster: Cluster, client: Any, scenes: list[Path], out_dir: Path, predictor: Any, options: Any, *,
-        chips_per_task: int, force: bool = True) -> dict:
+        chips_per_task: int, force: bool = True, floor: dict | None = None) -> dict:
     """``run_batch`` over ``scenes`` on the cluster (the project's path), measured."""
     from scenetag.jobs.batch import run_batch
 
@@ -419,17 +423,80 @@ def job(cluster: Cluster, client: Any, scenes: list[Path], out_dir: Path, predic
              scheduler_cpu_ms_per_task=1000 * m["cpu_s"]["scheduler"] / max(tasks, 1),
              client_cpu_ms_per_scene=1000 * m["cpu_s"]["client"] / n,
              workers_cpu_ms_per_scene=1000 * m["cpu_s"]["workers"] / n)
+    net_of_idle(m, floor, tasks)
     t0 = time.perf_counter()
     report.write(out_dir / "report-again.json")
     m["report_write_s"] = time.perf_counter() - t0
     return m
 
 
+def idle(cluster: Cluster, seconds: float) -> dict:
+    """CPU seconds per second of the scheduler and workers with no tasks (heartbeats, monitors): the floor."""
+    cpu0, t0 = cluster.cpu(), time.perf_counter()
+    time.sleep(seconds)
+    cpu1, wall = cluster.cpu(), time.perf_counter() - t0
+    return {"seconds": wall, "scheduler_cpu_per_s": (cpu1["scheduler"] - cpu0["scheduler"]) / wall,
+            "workers_cpu_per_s": (cpu1["workers"] - cpu0["workers"]) / wall}
+
+
+def net_of_idle(m: dict, floor: dict | None, tasks: int) -> None:
+    """Add the scheduler's CPU per task less what it spends idle over the same wall time."""
+    if floor is not None and tasks:
+        net = m["cpu_s"]["scheduler"] - floor["scheduler_cpu_per_s"] * m["wall_s"]
+        m["scheduler_cpu_ms_per_task_net"] = 1000 * max(net, 0.0) / tasks
+
+
+def payloads(scene: Path, work: Path, predictor: Any, options: Any) -> dict:
+    """Pickled bytes of what travels between the client, the scheduler and the workers for one small scene.
+
+    A classify task and the write carry the scene's :class:`~jobs.planning.ScenePlan` (in the
+    ``Prepared`` the client got back from prepare); the write gets the strips' chip tables from
+    their workers and sends a :class:`~jobs.scene_job.SceneResult` back.
+    """
+    import cloudpickle
+
+    from scenetag.jobs.models import LocalModel, ShippedModel
+    from scenetag.jobs.scene_job import classify_strip, hash_scene, prepare_scene, write_scene
+
+    model = LocalModel(predictor)
+    prep = prepare_scene(str(scene), str(work / "payload.gpkg"), model, options, False, True)
+    table = classify_strip(prep.plan, None, model)
+    result = write_scene(prep, model, hash_scene(str(scene)), table)
+    shipped = ShippedModel(model.path, model.sha256, model.spec)
+    return {name: len(cloudpickle.dumps(obj)) for name, obj in
+            {"prepared (plan)": prep, "model (shipped)": shipped, "options": options,
+             "chip table (4 chips)": table, "scene result": result}.items()}
+
+
 def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares ``y = a + b x``; returns ``(a, b)``."""
+    """Least squares ``y = a + b x`` on relative errors (the settings span 64x in x); returns ``(a, b)``."""
     x, y = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-    b, a = np.polyfit(x, y, 1) if len(points) > 1 else (y[0] / x[0], 0.0)
+    b, a = np.polyfit(x, y, 1, w=1 / y) if len(points) > 1 else (y[0] / x[0], 0.0)
     return float(a), float(b)
+
+
+def classify_in_process(scene: Path, work: Path, predictor: Any, options: Any, rounds: int = 5) -> dict:
+    """``classify_strip`` in this process on 1 to 4 chips of a small scene: median seconds, and the fit.
+
+    No scheduler and no worker: what a classify task of the job costs by itself (open the scene,
+    start the reader threads, read, scale, predict), and how much of it is per task.
+    """
+    from scenetag.jobs.models import LocalModel
+    from scenetag.jobs.scene_job import classify_strip, prepare_scene
+
+    model = LocalModel(predictor)
+    plan = prepare_scene(str(scene), str(work / "in_process.gpkg"), model, options, False, True).plan
+    cells = list(plan.grid)
+    times: dict[int, list[float]] = {k: [] for k in range(1, len(cells) + 1)}
+    classify_strip(plan, cells[:1], model)  # warm: the predictor's session, GDAL's drivers
+    for _ in range(rounds):
+        for k in times:
+            t0 = time.perf_counter()
+            classify_strip(plan, cells[:k], model)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: _median(v) for k, v in times.items()}
+    a, b = fit_line(list(med.items()))
+    return {"median_s": med, "per_task_s": a, "per_chip_s": b}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -446,6 +513,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep-chip", type=int, default=64, help="chip size of the sweep's stand-in model")
     ap.add_argument("--chips-per-task", default="64,256,1024,4096", help="settings of the sweep, comma-separated")
     ap.add_argument("--no-skip-pass", action="store_true", help="leave out the batch again over up-to-date scenes")
+    ap.add_argument("--idle-seconds", type=float, default=10.0,
+                    help="seconds of an idle cluster, the scheduler's floor of CPU a second (0: not measured)")
     ap.add_argument("--no-bytes", action="store_true", help="leave out the stored bytes per chip")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--work", default=None, help="build the scenes here (default: a temporary folder, removed)")
@@ -470,48 +539,65 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         block, transform = build_mosaic(work)
         small = small_scenes(block, transform, work / "small", args.scenes)
-        large = sweep_scenes(block, transform, work / "large", args.sweep_scenes, args.sweep_side) \
+        large = sweep_scenes(block, transform, work / "large", args.sweep_scenes, args.sweep_side,
+                             args.sweep_chip) \
             if args.sweep_scenes and settings else []
         model_path, predictor = stand_in_model(work)
         sweep_model = stand_in_model(work, args.sweep_chip)[1] if large else None
         say(f"built {len(small)} small scenes and {len(large)} large ones in {time.perf_counter() - t0:.1f} s "
             f"({work})")
+        figures["small_scene_bytes_mean"] = sum(p.stat().st_size for p in small) / max(len(small), 1)
+        figures["large_scene_bytes_mean"] = sum(p.stat().st_size for p in large) / max(len(large), 1)
         options = RunOptions()
         if not args.no_bytes:
             b = figures["bytes_per_chip"] = bytes_per_chip(block, transform, work)
             for kind in ("3 x uint8", "4 x uint16"):
                 say(f"(d) stored bytes per 256² chip, {kind} (raw {b['raw'][kind] / 1000:.1f} kB): " + ", ".join(
                     f"{k} {v / 1000:.1f} kB" for k, v in b[kind].items()))
+        figures["payload_bytes"] = pay = payloads(small[0], work, predictor, options)
+        say("pickled bytes: " + ", ".join(f"{k} {v / 1000:.1f} kB" for k, v in pay.items()))
+        c = figures["classify_in_process"] = classify_in_process(small[0], work, predictor, options)
+        say("(b) classify_strip in this process: " + ", ".join(
+            f"{k} chip{'s' if k > 1 else ''} {1000 * v:.0f} ms" for k, v in c["median_s"].items())
+            + f" (median): {1000 * c['per_task_s']:.0f} ms a task + {1000 * c['per_chip_s']:.1f} ms a 256 px chip")
         with stock_cluster(work, args.workers) as cluster, Client(cluster.address) as client:
             say(f"cluster: {cluster.address}, {args.workers} workers x 1 thread (dask scheduler / dask worker)")
             say(f"load average at the start: {os.getloadavg()[0]:.2f}")
             client.submit(_noop, 0, pure=False).result()  # the workers have imported what a task needs
+            floor = figures["idle"] = idle(cluster, args.idle_seconds) if args.idle_seconds else None
+            if floor:
+                say(f"idle: scheduler {1000 * floor['scheduler_cpu_per_s']:.1f} ms CPU a second, workers "
+                    f"{1000 * floor['workers_cpu_per_s']:.1f}")
 
             if args.noop_tasks:
                 r = figures["noop_burst"] = noop_burst(cluster, client, args.noop_tasks)
+                net_of_idle(r, floor, args.noop_tasks)
                 say(f"(a) {args.noop_tasks} empty tasks at once: {r['tasks_per_s']:.0f} tasks/s; scheduler CPU "
-                    f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task, workers {r['workers_cpu_ms_per_task']:.2f}, "
+                    f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task "
+                    f"({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} net of idle), workers {r['workers_cpu_ms_per_task']:.2f}, "
                     f"client {r['client_cpu_ms_per_task']:.2f}")
             if args.noop_scenes:
                 r = figures["noop_scenes"] = noop_scenes(cluster, client, args.noop_scenes)
+                net_of_idle(r, floor, 4 * args.noop_scenes)
                 say(f"(a) {args.noop_scenes} scenes of empty tasks (4 each): {r['tasks_per_s']:.0f} tasks/s, "
                     f"{r['scenes_per_s']:.1f} scenes/s; scheduler CPU {r['scheduler_cpu_ms_per_task']:.2f} ms/task, "
                     f"client {r['client_cpu_ms_per_task']:.2f}; gap between tasks on a worker "
                     f"{1000 * r['stream']['gap_between_tasks_median_s']:.2f} ms (median)")
 
             r = figures["job_small"] = job(cluster, client, small, work / "out_small", predictor, options,
-                                           chips_per_task=256)
+                                           chips_per_task=256, floor=floor)
             st = r["stream"]["stages"]
             say(f"(b) batch, {len(small)} new scenes: {r['wall_s']:.1f} s, {r['scenes_per_s']:.2f} scenes/s, "
                 f"{r['tasks_per_s']:.0f} tasks/s ({r['tasks_per_scene']:.1f} a scene); scheduler CPU "
-                f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task; workers {r['workers_cpu_ms_per_scene']:.0f} ms CPU "
+                f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task ({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} "
+                f"net of idle); workers {r['workers_cpu_ms_per_scene']:.0f} ms CPU "
                 f"a scene, client {r['client_cpu_ms_per_scene']:.1f}; busy {r['stream']['worker_busy_share']:.0%}, "
                 f"gap {1000 * r['stream']['gap_between_tasks_median_s']:.2f} ms (median)")
             say("    median on a worker: " + ", ".join(f"{k} {1000 * v['median_s']:.1f} ms" for k, v in st.items())
                 + f"; report write {1000 * r['report_write_s']:.0f} ms")
             if not args.no_skip_pass:
                 r = figures["job_small_skipped"] = job(cluster, client, small, work / "out_small", predictor,
-                                                       options, chips_per_task=256, force=False)
+                                                       options, chips_per_task=256, force=False, floor=floor)
                 say(f"(b) batch again, {len(small)} scenes up to date: {r['wall_s']:.1f} s, "
                     f"{r['scenes_per_s']:.1f} scenes/s; prepare (the skip check) "
                     f"{1000 * r['stream']['stages'].get('prepare', {}).get('median_s', float('nan')):.1f} ms median")
@@ -521,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "scenes": len(large), "settings": {}}
             for cpt in settings if large else []:
                 out = work / f"out_large_{cpt}"
-                r = job(cluster, client, large, out, sweep_model, options, chips_per_task=cpt)
+                r = job(cluster, client, large, out, sweep_model, options, chips_per_task=cpt, floor=floor)
                 shutil.rmtree(out, ignore_errors=True)
                 cls = r["stream"]["stages"].get("classify", {})
                 r["chips_per_strip"] = r["chips"] / max(r["strips"], 1)
@@ -536,6 +622,17 @@ def main(argv: list[str] | None = None) -> dict:
                        for r in sweep["settings"].values()]
                 a, b = fit_line(pts)
                 sweep["classify_fit"] = {"per_task_s": a, "per_chip_s": b}
+                many, few = sweep["settings"][min(settings)], sweep["settings"][max(settings)]
+                extra = many["strips"] - few["strips"]
+                if extra:
+                    # What each extra task adds to the job: classify time on the workers, and the wall.
+                    sweep["extra_classify_s_per_task"] = (
+                        many["stream"]["stages"]["classify"]["total_s"]
+                        - few["stream"]["stages"]["classify"]["total_s"]) / extra
+                    sweep["extra_wall_s_per_task"] = (many["wall_s"] - few["wall_s"]) * args.workers / extra
+                    say(f"(c) each extra classify task ({max(settings)} → {min(settings)} chips per task): "
+                        f"{1000 * sweep['extra_classify_s_per_task']:.0f} ms of classify time on a worker, "
+                        f"{1000 * sweep['extra_wall_s_per_task']:.0f} ms of worker wall")
                 say(f"(c) classify task = {1000 * a:.1f} ms + {1000 * b:.3f} ms x chips "
                     f"({args.sweep_chip} px chips, stand-in model)")
         figures["load_average_end"] = os.getloadavg()
