@@ -28,8 +28,10 @@ Measured, in one run:
 (a) **the scheduler alone**: ``--noop-tasks`` empty tasks submitted at once,
     and ``--noop-scenes`` scenes of empty tasks of the job's shape (prepare;
     then hash, classify and a write that takes the three), submitted as
-    :func:`~jobs.runner.run_scenes` does: tasks per second, and the
-    scheduler process's CPU time per task (from ``/proc``, through psutil);
+    :func:`~jobs.runner.run_scenes` does, once carrying nothing and once
+    carrying a real scene's plan as the job does: tasks per second, and the
+    scheduler process's CPU time per task (from ``/proc``, through psutil),
+    less its CPU when idle (measured first, ``--idle-seconds``);
 (b) **the job on small scenes**: ``run_batch`` over the small scenes, all
     new: scenes per second, the scheduler's CPU per task, the workers' and
     this process's CPU per scene, and, from the scheduler's task stream
@@ -70,15 +72,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scenes import DATA, load_chips  # noqa: E402
+from bench.scenes import DATA, load_chips
 
 #: The command-line tools of this Python's environment.
 DASK = Path(sys.executable).with_name("dask")
@@ -93,7 +96,7 @@ STAND_IN_PROBS = {"primary": 0.95, "clear": 0.9, "agriculture": 0.3, "road": 0.2
 # -------------------------------------------------------------------------------------------- the cluster
 
 
-def _cpu(proc: "Any") -> float:
+def _cpu(proc: Any) -> float:
     """CPU seconds (user + system) of a psutil process and its children, alive ones."""
     import psutil
 
@@ -183,15 +186,16 @@ def build_mosaic(work: Path) -> tuple[np.ndarray, Any]:
 
 
 def _profile(width: int, height: int, transform: Any, tile: int = 256) -> dict:
-    return dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32721",
-                transform=transform, nodata=0, tiled=True, blockxsize=tile, blockysize=tile, compress="deflate",
-                zlevel=1)
+    return {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
+            "crs": "EPSG:32721", "transform": transform, "nodata": 0, "tiled": True, "blockxsize": tile,
+            "blockysize": tile, "compress": "deflate", "zlevel": 1}
 
 
 def small_scenes(block: np.ndarray, transform: Any, folder: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` crops of ``SMALL``² px of the mosaic, at random offsets, each georeferenced where it lies."""
     import rasterio
-    from rasterio.windows import Window, transform as window_transform
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -290,6 +294,7 @@ def stand_in_model(folder: Path, chip_size: int = 256) -> tuple[Path, Any]:
     """The stand-in ONNX model (constant outputs) with the default model's spec, TTA off, at ``chip_size``."""
     from scenetag.model.backends import create_predictor
     from scenetag.model.default import DEFAULT_MODEL
+
     from tests.model_fixtures import export_constant_model
 
     spec = create_predictor(DEFAULT_MODEL, backend="onnx").spec
@@ -362,7 +367,6 @@ def measured(cluster: Cluster, client: Any) -> Iterator[dict]:
 def noop_burst(cluster: Cluster, client: Any, n: int) -> dict:
     """``n`` independent empty tasks, submitted at once (one key each, as the job's tasks)."""
     from distributed import wait
-
     from scenetag.jobs.executors import task_key
 
     with measured(cluster, client) as m:
@@ -372,23 +376,35 @@ def noop_burst(cluster: Cluster, client: Any, n: int) -> dict:
     return _per_task(m, n)
 
 
-def noop_scenes(cluster: Cluster, client: Any, n: int) -> dict:
-    """``n`` scenes of empty tasks in the job's shape, submitted as run_scenes does: 4 tasks a scene."""
-    from distributed import as_completed
+def _echo(value: Any) -> Any:
+    """An empty task that returns its argument (an empty prepare step handing back a scene's plan)."""
+    return value
 
+
+def noop_scenes(cluster: Cluster, client: Any, n: int, payload: Any = 0) -> dict:
+    """``n`` scenes of empty tasks in the job's shape, submitted as run_scenes does: 4 tasks a scene.
+
+    As in :func:`~jobs.runner.run_scenes`: prepare's result comes back to this process, then hash,
+    classify (given that result as a value, as the job gives a strip its plan) and the write
+    (the result again, and the futures of hash and classify); the write's result comes back too.
+    ``payload`` is what prepare returns: 0, or a real scene's ``Prepared`` (its plan) to see what
+    carrying it costs.
+    """
+    from distributed import as_completed
     from scenetag.jobs.executors import task_key
 
-    def submit(stage: str, *args: Any) -> Any:
-        return client.submit(_noop, *args, key=task_key(stage), pure=False)
+    def submit(stage: str, fn: Callable, *args: Any) -> Any:
+        return client.submit(fn, *args, key=task_key(stage), pure=False)
 
     with measured(cluster, client) as m:
-        pending = as_completed([submit("prepare", i) for i in range(n)])
+        pending = as_completed([submit("prepare", _echo, payload) for _ in range(n)])
         kept = []
         for fut in pending:
+            value = fut.result()
             if fut.key.startswith("scenetag_prepare"):
-                hashed, table = submit("hash", 0), submit("classify", fut)
-                pending.add(submit("write", fut, hashed, table))
-                kept += [fut, hashed, table]
+                hashed, table = submit("hash", _noop, 0), submit("classify", _noop, value)
+                pending.add(submit("write", _noop, value, hashed, table))
+                kept += [hashed, table]
         del kept
     return _per_task(m, 4 * n, scenes=n)
 
@@ -446,26 +462,32 @@ def net_of_idle(m: dict, floor: dict | None, tasks: int) -> None:
         m["scheduler_cpu_ms_per_task_net"] = 1000 * max(net, 0.0) / tasks
 
 
-def payloads(scene: Path, work: Path, predictor: Any, options: Any) -> dict:
+def payloads(scene: Path, work: Path, predictor: Any, options: Any) -> tuple[dict, Any]:
     """Pickled bytes of what travels between the client, the scheduler and the workers for one small scene.
 
     A classify task and the write carry the scene's :class:`~jobs.planning.ScenePlan` (in the
     ``Prepared`` the client got back from prepare); the write gets the strips' chip tables from
-    their workers and sends a :class:`~jobs.scene_job.SceneResult` back.
+    their workers and sends a :class:`~jobs.scene_job.SceneResult` back.  Returns the sizes and
+    the ``Prepared``.
     """
     import cloudpickle
-
     from scenetag.jobs.models import LocalModel, ShippedModel
-    from scenetag.jobs.scene_job import classify_strip, hash_scene, prepare_scene, write_scene
+    from scenetag.jobs.scene_job import (
+        classify_strip,
+        hash_scene,
+        prepare_scene,
+        write_scene,
+    )
 
     model = LocalModel(predictor)
     prep = prepare_scene(str(scene), str(work / "payload.gpkg"), model, options, False, True)
     table = classify_strip(prep.plan, None, model)
     result = write_scene(prep, model, hash_scene(str(scene)), table)
     shipped = ShippedModel(model.path, model.sha256, model.spec)
-    return {name: len(cloudpickle.dumps(obj)) for name, obj in
-            {"prepared (plan)": prep, "model (shipped)": shipped, "options": options,
-             "chip table (4 chips)": table, "scene result": result}.items()}
+    sizes = {name: len(cloudpickle.dumps(obj)) for name, obj in
+             {"prepared (plan)": prep, "model (shipped)": shipped, "options": options,
+              "chip table (4 chips)": table, "scene result": result}.items()}
+    return sizes, prep
 
 
 def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -490,10 +512,10 @@ def classify_in_process(scene: Path, work: Path, predictor: Any, options: Any, r
     times: dict[int, list[float]] = {k: [] for k in range(1, len(cells) + 1)}
     classify_strip(plan, cells[:1], model)  # warm: the predictor's session, GDAL's drivers
     for _ in range(rounds):
-        for k in times:
+        for k, seconds in times.items():
             t0 = time.perf_counter()
             classify_strip(plan, cells[:k], model)
-            times[k].append(time.perf_counter() - t0)
+            seconds.append(time.perf_counter() - t0)
     med = {k: _median(v) for k, v in times.items()}
     a, b = fit_line(list(med.items()))
     return {"median_s": med, "per_task_s": a, "per_chip_s": b}
@@ -523,8 +545,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("scenetag").setLevel(logging.ERROR)
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
+    import cloudpickle
     from distributed import Client
-
     from scenetag.jobs.options import RunOptions
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_scheduler_"))
@@ -534,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                      "load_average_start": os.getloadavg(), "workers": args.workers, "threads_per_worker": 1}
-    say: Callable[[str], None] = lambda s: print(s, flush=True)  # noqa: E731
+    say: Callable[[str], None] = lambda s: print(s, flush=True)
     try:
         t0 = time.perf_counter()
         block, transform = build_mosaic(work)
@@ -542,7 +564,7 @@ def main(argv: list[str] | None = None) -> dict:
         large = sweep_scenes(block, transform, work / "large", args.sweep_scenes, args.sweep_side,
                              args.sweep_chip) \
             if args.sweep_scenes and settings else []
-        model_path, predictor = stand_in_model(work)
+        predictor = stand_in_model(work)[1]
         sweep_model = stand_in_model(work, args.sweep_chip)[1] if large else None
         say(f"built {len(small)} small scenes and {len(large)} large ones in {time.perf_counter() - t0:.1f} s "
             f"({work})")
@@ -554,7 +576,8 @@ def main(argv: list[str] | None = None) -> dict:
             for kind in ("3 x uint8", "4 x uint16"):
                 say(f"(d) stored bytes per 256² chip, {kind} (raw {b['raw'][kind] / 1000:.1f} kB): " + ", ".join(
                     f"{k} {v / 1000:.1f} kB" for k, v in b[kind].items()))
-        figures["payload_bytes"] = pay = payloads(small[0], work, predictor, options)
+        pay, prepared = payloads(small[0], work, predictor, options)
+        figures["payload_bytes"] = pay
         say("pickled bytes: " + ", ".join(f"{k} {v / 1000:.1f} kB" for k, v in pay.items()))
         c = figures["classify_in_process"] = classify_in_process(small[0], work, predictor, options)
         say("(b) classify_strip in this process: " + ", ".join(
@@ -583,6 +606,14 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{r['scenes_per_s']:.1f} scenes/s; scheduler CPU {r['scheduler_cpu_ms_per_task']:.2f} ms/task, "
                     f"client {r['client_cpu_ms_per_task']:.2f}; gap between tasks on a worker "
                     f"{1000 * r['stream']['gap_between_tasks_median_s']:.2f} ms (median)")
+
+            if args.noop_scenes:
+                r = figures["noop_scenes_payload"] = noop_scenes(cluster, client, args.noop_scenes, prepared)
+                net_of_idle(r, floor, 4 * args.noop_scenes)
+                say(f"(a) the same, prepare handing back a real scene's plan ({len(cloudpickle.dumps(prepared)) / 1000:.1f} "
+                    f"kB pickled): {r['tasks_per_s']:.0f} tasks/s; scheduler CPU {r['scheduler_cpu_ms_per_task']:.2f} "
+                    f"ms/task ({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} net of idle), "
+                    f"client {r['client_cpu_ms_per_task']:.2f}")
 
             r = figures["job_small"] = job(cluster, client, small, work / "out_small", predictor, options,
                                            chips_per_task=256, floor=floor)

@@ -32,13 +32,19 @@ def test_bench_scheduler_tiny(tmp_path):
         [sys.executable, str(SCRIPT), "--scenes", "3", "--noop-tasks", "20", "--noop-scenes", "5",
          "--sweep-scenes", "1", "--sweep-side", "1024", "--sweep-chip", "64", "--chips-per-task", "16,256",
          "--work", str(work), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     fig = json.loads(out.read_text())
 
+    assert fig["idle"]["scheduler_cpu_per_s"] >= 0 and "scheduler_cpu_ms_per_task_net" in fig["noop_burst"]
+    assert set(fig["classify_in_process"]["median_s"]) == {"1", "2", "3", "4"}  # the 4 chips of a small scene
+    b = fig["bytes_per_chip"]
+    assert b["raw"] == {"3 x uint8": 3 * 256 * 256, "4 x uint16": 8 * 256 * 256}
+    assert b["4 x uint16"]["deflate-1"] < b["4 x uint16"]["none"] and b["borneo_full_tiles"] > 0
     assert fig["noop_burst"]["stream"]["tasks"] == 20
     assert fig["noop_scenes"]["stream"]["tasks"] == 4 * 5
     assert set(fig["noop_scenes"]["stream"]["stages"]) == {"prepare", "hash", "classify", "write"}
+    assert fig["noop_scenes_payload"]["stream"]["tasks"] == 4 * 5
 
     small = fig["job_small"]
     assert small["counts"]["ok"] == 3
