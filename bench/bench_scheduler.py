@@ -526,7 +526,11 @@ def classify_in_process(scene: Path, work: Path, predictor: Any, options: Any, r
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenes", type=int, default=600, help="small scenes (512² px, 4 chips of 256 px)")
+    ap.add_argument("--scenes", type=int, default=600,
+                    help="small scenes (512² px, 4 chips of 256 px) for the job; 0 leaves the job out")
+    ap.add_argument("--direct-to-workers", action="store_true",
+                    help="clients (this one's and run_batch's) fetch results from the workers, not through the "
+                         "scheduler (dask's distributed.client.direct-to-workers)")
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes, 1 thread each")
     ap.add_argument("--noop-tasks", type=int, default=4000, help="empty tasks submitted at once")
     ap.add_argument("--noop-scenes", type=int, default=2000, help="scenes of empty tasks in the job's shape")
@@ -549,18 +553,23 @@ def main(argv: list[str] | None = None) -> dict:
     from distributed import Client
     from scenetag.jobs.options import RunOptions
 
+    if args.direct_to_workers:
+        import dask
+
+        dask.config.set({"distributed.client.direct-to-workers": True})
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_scheduler_"))
     work.mkdir(parents=True, exist_ok=True)
     settings = [int(s) for s in args.chips_per_task.split(",") if s.strip()]
     figures: dict = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                     "load_average_start": os.getloadavg(), "workers": args.workers, "threads_per_worker": 1}
+                     "load_average_start": os.getloadavg(), "workers": args.workers, "threads_per_worker": 1,
+                     "direct_to_workers": args.direct_to_workers}
     say: Callable[[str], None] = lambda s: print(s, flush=True)
     try:
         t0 = time.perf_counter()
         block, transform = build_mosaic(work)
-        small = small_scenes(block, transform, work / "small", args.scenes)
+        small = small_scenes(block, transform, work / "small", max(args.scenes, 1))  # 1: for the payloads
         large = sweep_scenes(block, transform, work / "large", args.sweep_scenes, args.sweep_side,
                              args.sweep_chip) \
             if args.sweep_scenes and settings else []
@@ -615,24 +624,25 @@ def main(argv: list[str] | None = None) -> dict:
                     f"ms/task ({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} net of idle), "
                     f"client {r['client_cpu_ms_per_task']:.2f}")
 
-            r = figures["job_small"] = job(cluster, client, small, work / "out_small", predictor, options,
-                                           chips_per_task=256, floor=floor)
-            st = r["stream"]["stages"]
-            say(f"(b) batch, {len(small)} new scenes: {r['wall_s']:.1f} s, {r['scenes_per_s']:.2f} scenes/s, "
-                f"{r['tasks_per_s']:.0f} tasks/s ({r['tasks_per_scene']:.1f} a scene); scheduler CPU "
-                f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task ({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} "
-                f"net of idle); workers {r['workers_cpu_ms_per_scene']:.0f} ms CPU "
-                f"a scene, client {r['client_cpu_ms_per_scene']:.1f}; busy {r['stream']['worker_busy_share']:.0%}, "
-                f"gap {1000 * r['stream']['gap_between_tasks_median_s']:.2f} ms (median)")
-            say("    median on a worker: " + ", ".join(f"{k} {1000 * v['median_s']:.1f} ms" for k, v in st.items())
-                + f"; report write {1000 * r['report_write_s']:.0f} ms")
-            if not args.no_skip_pass:
-                r = figures["job_small_skipped"] = job(cluster, client, small, work / "out_small", predictor,
-                                                       options, chips_per_task=256, force=False, floor=floor)
-                say(f"(b) batch again, {len(small)} scenes up to date: {r['wall_s']:.1f} s, "
-                    f"{r['scenes_per_s']:.1f} scenes/s; prepare (the skip check) "
-                    f"{1000 * r['stream']['stages'].get('prepare', {}).get('median_s', float('nan')):.1f} ms median")
-            shutil.rmtree(work / "out_small", ignore_errors=True)
+            if args.scenes:
+                r = figures["job_small"] = job(cluster, client, small, work / "out_small", predictor, options,
+                                               chips_per_task=256, floor=floor)
+                st = r["stream"]["stages"]
+                say(f"(b) batch, {len(small)} new scenes: {r['wall_s']:.1f} s, {r['scenes_per_s']:.2f} scenes/s, "
+                    f"{r['tasks_per_s']:.0f} tasks/s ({r['tasks_per_scene']:.1f} a scene); scheduler CPU "
+                    f"{r['scheduler_cpu_ms_per_task']:.2f} ms/task ({r.get('scheduler_cpu_ms_per_task_net', float('nan')):.2f} "
+                    f"net of idle); workers {r['workers_cpu_ms_per_scene']:.0f} ms CPU "
+                    f"a scene, client {r['client_cpu_ms_per_scene']:.1f}; busy {r['stream']['worker_busy_share']:.0%}, "
+                    f"gap {1000 * r['stream']['gap_between_tasks_median_s']:.2f} ms (median)")
+                say("    median on a worker: " + ", ".join(f"{k} {1000 * v['median_s']:.1f} ms" for k, v in st.items())
+                    + f"; report write {1000 * r['report_write_s']:.0f} ms")
+                if not args.no_skip_pass:
+                    r = figures["job_small_skipped"] = job(cluster, client, small, work / "out_small", predictor,
+                                                           options, chips_per_task=256, force=False, floor=floor)
+                    say(f"(b) batch again, {len(small)} scenes up to date: {r['wall_s']:.1f} s, "
+                        f"{r['scenes_per_s']:.1f} scenes/s; prepare (the skip check) "
+                        f"{1000 * r['stream']['stages'].get('prepare', {}).get('median_s', float('nan')):.1f} ms median")
+                shutil.rmtree(work / "out_small", ignore_errors=True)
 
             sweep = figures["sweep"] = {"chip_size": args.sweep_chip, "scene_px": args.sweep_side,
                                         "scenes": len(large), "settings": {}}
