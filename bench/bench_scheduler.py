@@ -21,7 +21,9 @@ to edge as 8 x 8 chips (2048² px), georeferenced at 3 m (EPSG:32721), nodata
 0 (a 0 pixel becomes 1). The small scenes are ``--scenes`` crops of 512² px
 (4 chips of 256 px) at different offsets of the mosaic, each with its own
 geotransform; the sweep scenes are the mosaic repeated to ``--sweep-side``
-px and cut there. All tiled 256, DEFLATE level 1.
+px and cut there, tiled as their chips (``--sweep-chip``: each chip one
+tile, as 256 px chips in 256 px tiles); the small scenes are tiled 256. All
+DEFLATE level 1.
 
 Measured, in one run:
 
@@ -37,14 +39,17 @@ Measured, in one run:
     this process's CPU per scene, and, from the scheduler's task stream
     (``distributed.get_task_stream``), the median time of each step on its
     worker and the idle time between tasks on a worker; then the same batch
-    again, every scene up to date (skipped); and the report's write alone;
+    again, every scene up to date (skipped); the report's write alone;
+    ``classify_strip`` in this process on 1 to 4 chips (the cost per task
+    without Dask); and the pickled size of what the tasks carry;
 (c) **chips per task**: ``run_batch`` over ``--sweep-scenes`` large scenes
     with each ``--chips-per-task`` (strips are whole rows of chips, so a
     strip holds at least one row); a 64 px stand-in (``--sweep-chip``) makes
     4096 chips of a 4096² scene, so that the per-task cost is not hidden by
     the pixels: wall time, classify tasks, and the fit ``classify task =
     a + b x chips`` over the settings' medians (``a`` is what a task costs
-    besides its chips);
+    besides its chips), and what each extra task adds between the settings
+    with the most and the fewest tasks;
 (d) **stored bytes per chip** of 256² px, for 3 x uint8 (the mosaic) and
     4 x uint16 (the real Borneo PlanetScope analytic scene, its fully valid
     tiles), uncompressed and with GDAL's usual compressions.
@@ -52,7 +57,8 @@ Measured, in one run:
 Usage::
 
     python bench/bench_scheduler.py [--scenes 600] [--workers 2] [--sweep-scenes 4] [--sweep-side 4096]
-                                    [--chips-per-task 64,256,1024,4096] [--json out.json]
+                                    [--chips-per-task 64,256,1024,4096] [--direct-to-workers]
+                                    [--json out.json]
 
 The figures (and the command) are in docs/scale.md.
 """
