@@ -68,12 +68,21 @@ class ClusterInfo:
     n_workers: int
     n_threads: int
     gpu_workers: int
+    #: Workers that may not start reader processes (daemonic: Dask's default); they read with threads.
+    thread_reader_workers: int = 0
 
 
 def describe(client) -> ClusterInfo:
     """Workers, threads and GPU resources of the cluster behind ``client``."""
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
     workers = info.get("workers", {})
+    from scenetag.jobs.classify import can_start_readers
+
+    try:
+        readers = client.run(can_start_readers, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot answer is counted as one that may
+        log.debug("could not ask the workers whether they may start reader processes: %s", exc)
+        readers = {}
     return ClusterInfo(
         scheduler=client.scheduler.address,
         dashboard=_dashboard(client),
@@ -81,7 +90,28 @@ def describe(client) -> ClusterInfo:
         n_workers=len(workers),
         n_threads=sum(w.get("nthreads", 0) for w in workers.values()),
         gpu_workers=sum(1 for w in workers.values() if w.get("resources", {}).get("GPU", 0) > 0),
+        thread_reader_workers=sum(1 for may in readers.values() if may is False),
     )
+
+
+def warn_thread_readers(info: ClusterInfo, reader: str, device: str, resources: dict | None) -> str | None:
+    """Say once, when the batch starts, that workers will read with threads where processes were meant.
+
+    Processes are meant with ``--reader processes``, and with ``auto`` when
+    the classify tasks go to GPU workers with a model not on the CPU.  Returns
+    the warning (None when there is nothing to say).
+    """
+    from scenetag.jobs.classify import NON_DAEMONIC_HINT, THREADS_COST
+
+    reader = getattr(reader, "value", reader)
+    meant = reader == "processes" or (reader == "auto" and bool(resources) and device != "cpu")
+    if not meant or not info.thread_reader_workers:
+        return None
+    message = (f"{info.thread_reader_workers} of the {info.n_workers} Dask workers at {info.scheduler} are "
+               f"daemonic processes (Dask's default) and may not start reader processes: they read with "
+               f"threads, and {THREADS_COST}; {NON_DAEMONIC_HINT}")
+    log.warning("%s", message)
+    return message
 
 
 def _takes_n_workers(client) -> bool:
@@ -127,7 +157,23 @@ def connect(
     with contextlib.ExitStack() as stack:
         if address is None:  # the dashboard's web server runs in this process
             stack.enter_context(dashboard_noise_filtered())
+            stack.enter_context(non_daemonic_workers())
         yield from _connected(address, workers, threads, gpu, dashboard_address, timeout, announce)
+
+
+@contextlib.contextmanager
+def non_daemonic_workers() -> Iterator[None]:
+    """Within the block, the nannies of this process start non-daemonic workers, which may start reader processes.
+
+    ``distributed.worker.daemon`` is read by a nanny each time it starts its
+    worker (also after a worker died), so it is set for the LocalCluster's
+    whole life.  A worker still dies with its nanny (distributed's own pipe),
+    and its readers with it (:func:`scenetag.tiler.feed._die_with_owner`).
+    """
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        yield
 
 
 def _connected(address: str | None, workers: int | None, threads: int | None, gpu: bool,
