@@ -447,6 +447,12 @@ class ReaderPool:
         self._stop_readers()
         self._free_block()
 
+    def __enter__(self) -> "ReaderPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 _shared: dict[tuple[int, int], ReaderPool] = {}
 _shared_lock = threading.Lock()
@@ -467,6 +473,15 @@ def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> R
                 atexit.register(close_shared_pools)
             pool = _shared[key] = ReaderPool(*key)
         return pool
+
+
+def pool_state() -> dict:
+    """This process's shared pools: reader starts and the reader PIDs now (what ``batch`` tests ask workers)."""
+    with _shared_lock:
+        pools = [p for p in _shared.values() if not p.closed]
+    return {"pid": os.getpid(), "starts": sum(p.starts for p in pools),
+            "readers": sorted(pid for p in pools for pid in p.reader_pids()),
+            "blocks": [p.shm_name for p in pools if p.shm_name]}
 
 
 def close_shared_pools() -> None:
