@@ -281,3 +281,26 @@ def test_small_strips_of_a_large_scene_read_with_processes_for_a_gpu(make_raster
     table = classify_cells(plan, _GpuLike(inner), cells=strip)
     assert table.extra.get("timings", {}).get("readers") == 2, "the strip was read with threads"
     assert len(table) == len(strip)
+
+
+def test_batch_names_daemonic_workers_once_and_our_local_cluster_has_none(caplog):
+    """Stock workers are daemonic (Dask's default): the batch says so once, with the cost and the fix."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from scenetag.jobs.cluster import connect, describe, warn_thread_readers
+
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as (_, info):
+        assert info.n_workers == 1 and info.thread_reader_workers == 0  # ours may start readers
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as stock, \
+            Client(stock) as client:
+        info = describe(client)
+    assert info.thread_reader_workers == 2
+    with caplog.at_level(logging.WARNING, logger="scenetag.jobs.cluster"):
+        assert warn_thread_readers(info, "auto", "cpu", None) is None  # threads were meant anyway
+        assert warn_thread_readers(info, "auto", "auto", {"GPU": 1}) is not None
+        message = warn_thread_readers(info, "processes", "cpu", None)
+    assert message.startswith("2 of the 2 Dask workers") and "chips/s" in message
+    assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in message
+    assert caplog.text.count("may not start reader processes") == 2
