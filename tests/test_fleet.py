@@ -99,7 +99,16 @@ def cli_cluster(tmp_path_factory):
                          "--name", f"w{i}", env=env, log=folder / f"worker{i}.log") for i in range(2)]
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
-        yield CliCluster(address, scheduler, nannies)
+        cluster = CliCluster(address, scheduler, nannies)
+        yield cluster
+        # Stopped as a user stops them (SIGTERM): each worker closes its reader pool on the way out.
+        workers = cluster.worker_pids()
+        tree = [pid for w in workers for pid in descendants(w)] + workers
+        _stop([*nannies, scheduler])
+        deadline = time.time() + 10
+        while (alive(tree) or _blocks_of(workers)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert alive(tree) == [] and _blocks_of(workers) == []
     finally:
         _stop([*nannies, scheduler])
 

@@ -25,12 +25,12 @@ and page-locks their slots once, not per scene.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import enum
 import hashlib
 import logging
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import pickle
 import signal
@@ -456,6 +456,7 @@ class ReaderPool:
 
 _shared: dict[tuple[int, int], ReaderPool] = {}
 _shared_lock = threading.Lock()
+_finalizer: mp_util.Finalize | None = None
 
 
 def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> ReaderPool:
@@ -465,12 +466,15 @@ def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> R
     scenes and strips, read through it, so readers start and their slots are
     page-locked once per process.
     """
+    global _finalizer
     key = (int(workers or default_workers()), gdal_cachemax_mb(cachemax_mb))
     with _shared_lock:
         pool = _shared.get(key)
         if pool is None or pool.closed or pool.owner != os.getpid():
-            if not _shared:
-                atexit.register(close_shared_pools)
+            if _finalizer is None:
+                # Not atexit: a multiprocessing child (a Dask worker under its nanny) ends with os._exit,
+                # after multiprocessing's own finalizers, which also run at a main program's exit.
+                _finalizer = mp_util.Finalize(None, close_shared_pools, exitpriority=100)
             pool = _shared[key] = ReaderPool(*key)
         return pool
 
