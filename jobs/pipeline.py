@@ -7,7 +7,8 @@ Reading, upload, compute and result collection overlap:
 * this thread gathers kept chips (views into those slots) into a batch and
   hands it to a :class:`scenetag.model.backends.Submitter`, which returns at once (on
   CUDA the upload and compute are queued behind each other on the GPU);
-* on CUDA the slots are page-locked for the scene, so a batch is uploaded
+* on CUDA the slots are page-locked once for the process (they belong to
+  its reader pool, kept from scene to scene), so a batch is uploaded
   straight from where the readers wrote it, with no copy on the host; a run's
   slot goes back to the readers once the upload of the last batch that uses
   it has finished.  Elsewhere the chips are copied when submitted and the
@@ -33,7 +34,7 @@ import numpy as np
 
 from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.tiler.feed import ProcessFeed, ReaderPool, Run, shared_pool
+from scenetag.tiler.feed import ProcessFeed, ReaderPool, Run, shared_pool, shared_pools
 from scenetag.tiler.grid import GridCell, cell_array
 
 #: Batches in flight at once: one computing, one queued behind it.
@@ -42,6 +43,12 @@ DEPTH = 2
 
 def _submitter_key(predictor: Predictor) -> tuple:
     return ("submitter", id(predictor))
+
+
+def forget_predictor(predictor: Predictor) -> None:
+    """Undo what the reader pools keep for ``predictor`` (its page-locking), so it can be let go."""
+    for pool in shared_pools():
+        pool.detach(_submitter_key(predictor))
 
 
 def pinned_submitter(pool: ReaderPool, predictor: Predictor) -> tuple[Submitter, bool]:

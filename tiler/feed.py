@@ -479,10 +479,15 @@ def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> R
         return pool
 
 
+def shared_pools() -> list[ReaderPool]:
+    """This process's open shared pools."""
+    with _shared_lock:
+        return [p for p in _shared.values() if not p.closed]
+
+
 def pool_state() -> dict:
     """This process's shared pools: reader starts and the reader PIDs now (what ``batch`` tests ask workers)."""
-    with _shared_lock:
-        pools = [p for p in _shared.values() if not p.closed]
+    pools = shared_pools()
     return {"pid": os.getpid(), "starts": sum(p.starts for p in pools),
             "readers": sorted(pid for p in pools for pid in p.reader_pids()),
             "blocks": [p.shm_name for p in pools if p.shm_name]}
