@@ -12,7 +12,8 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells, reader_mode
 from scenetag.jobs.planning import plan_scene
 from scenetag.model.backends import Submitter, create_predictor
-from scenetag.tiler.feed import ProcessFeed, close_shared_pools
+from scenetag.jobs.pipeline import forget_predictor
+from scenetag.tiler.feed import ProcessFeed
 from tests.tiler_rasters import holey_scene
 
 
@@ -114,9 +115,12 @@ def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_mode
     b = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="processes")), predictor)
     _same_tables(a, b)
     assert b.extra["timings"]["direct_upload"] is direct
-    if direct:  # the slots were page-locked once, kept for the next scene, and let go with the pool
+    if direct:  # the slots were page-locked once, kept for the next scene, and let go with the model
         assert len(predictor.registered) == 1 and predictor.unregistered == []
-        close_shared_pools()
+        c = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="processes")), predictor)
+        _same_tables(a, c)
+        assert len(predictor.registered) == 1 and predictor.unregistered == []  # not again for the next scene
+        forget_predictor(predictor)
         assert predictor.unregistered == predictor.registered
 
 
