@@ -169,8 +169,8 @@ def run_batch(
             write_report()
         else:
             with _model_on_cluster(predictor, device, scheduler, gpu=gpu, chips_per_task=chips_per_task,
-                                   reader=options.reader, workers=workers, threads=threads, dashboard_address=dashboard_address,
-                                   announce=announce) as session:
+                                   reader=options.reader, workers=workers, threads=threads,
+                                   dashboard_address=dashboard_address, announce=announce) as session:
                 info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
                 if forward_logs:
