@@ -100,7 +100,9 @@ def batch_rates(scenes: list[Path], model: Path, readers: int, rounds: int, work
     predictor = create_predictor(model)
     out: dict = {}
     with connect(workers=2, threads=1, dashboard_address=None) as (client, info):
-        assert info.thread_reader_workers == 0
+        from scenetag.jobs.cluster import thread_reader_workers
+
+        assert thread_reader_workers(client) == 0
         for reader in ("processes", "threads", "processes", "threads")[: 2 * max(1, rounds)]:
             opts = RunOptions(reader=reader, readers=readers)
             folder = Path(tempfile.mkdtemp(dir=work))

@@ -62,7 +62,7 @@ def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu
     """
     with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
-        warn_thread_readers(info, reader, device, resources)
+        warn_thread_readers(client, info, reader, device, resources)
         with shipped(client, predictor, device) as model:
             executor = DaskExecutor(client, chips_per_task)
             try:

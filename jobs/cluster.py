@@ -68,21 +68,12 @@ class ClusterInfo:
     n_workers: int
     n_threads: int
     gpu_workers: int
-    #: Workers that may not start reader processes (daemonic: Dask's default); they read with threads.
-    thread_reader_workers: int = 0
 
 
 def describe(client) -> ClusterInfo:
     """Workers, threads and GPU resources of the cluster behind ``client``."""
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
     workers = info.get("workers", {})
-    from scenetag.jobs.classify import can_start_readers
-
-    try:
-        readers = client.run(can_start_readers, on_error="return")
-    except Exception as exc:  # noqa: BLE001 - a worker that cannot answer is counted as one that may
-        log.debug("could not ask the workers whether they may start reader processes: %s", exc)
-        readers = {}
     return ClusterInfo(
         scheduler=client.scheduler.address,
         dashboard=_dashboard(client),
@@ -90,24 +81,37 @@ def describe(client) -> ClusterInfo:
         n_workers=len(workers),
         n_threads=sum(w.get("nthreads", 0) for w in workers.values()),
         gpu_workers=sum(1 for w in workers.values() if w.get("resources", {}).get("GPU", 0) > 0),
-        thread_reader_workers=sum(1 for may in readers.values() if may is False),
     )
 
 
-def warn_thread_readers(info: ClusterInfo, reader: str, device: str, resources: dict | None) -> str | None:
+def thread_reader_workers(client) -> int:
+    """How many workers of ``client``'s cluster may not start reader processes (daemonic: Dask's default)."""
+    from scenetag.jobs.classify import can_start_readers
+
+    try:
+        answers = client.run(can_start_readers, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot answer is counted as one that may
+        log.debug("could not ask the workers whether they may start reader processes: %s", exc)
+        return 0
+    return sum(1 for may in answers.values() if may is False)
+
+
+def warn_thread_readers(client, info: ClusterInfo, reader: str, device: str,
+                        resources: dict | None) -> str | None:
     """Say once, when the batch starts, that workers will read with threads where processes were meant.
 
     Processes are meant with ``--reader processes``, and with ``auto`` when
-    the classify tasks go to GPU workers with a model not on the CPU.  Returns
-    the warning (None when there is nothing to say).
+    the classify tasks go to GPU workers with a model not on the CPU; only
+    then are the workers asked.  Returns the warning (None when there is nothing to say).
     """
     from scenetag.jobs.classify import NON_DAEMONIC_HINT, THREADS_COST
 
     reader = getattr(reader, "value", reader)
     meant = reader == "processes" or (reader == "auto" and bool(resources) and device != "cpu")
-    if not meant or not info.thread_reader_workers:
+    n = thread_reader_workers(client) if meant else 0
+    if not n:
         return None
-    message = (f"{info.thread_reader_workers} of the {info.n_workers} Dask workers at {info.scheduler} are "
+    message = (f"{n} of the {info.n_workers} Dask workers at {info.scheduler} are "
                f"daemonic processes (Dask's default) and may not start reader processes: they read with "
                f"threads, and {THREADS_COST}; {NON_DAEMONIC_HINT}")
     log.warning("%s", message)

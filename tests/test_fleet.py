@@ -298,18 +298,18 @@ def test_batch_names_daemonic_workers_once_and_our_local_cluster_has_none(caplog
 
     from distributed import LocalCluster
 
-    from scenetag.jobs.cluster import connect, describe, warn_thread_readers
+    from scenetag.jobs.cluster import connect, describe, thread_reader_workers, warn_thread_readers
 
-    with connect(workers=1, dashboard_address="127.0.0.1:0") as (_, info):
-        assert info.n_workers == 1 and info.thread_reader_workers == 0  # ours may start readers
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as (client, info):
+        assert info.n_workers == 1 and thread_reader_workers(client) == 0  # ours may start readers
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as stock, \
             Client(stock) as client:
         info = describe(client)
-    assert info.thread_reader_workers == 2
-    with caplog.at_level(logging.WARNING, logger="scenetag.jobs.cluster"):
-        assert warn_thread_readers(info, "auto", "cpu", None) is None  # threads were meant anyway
-        assert warn_thread_readers(info, "auto", "auto", {"GPU": 1}) is not None
-        message = warn_thread_readers(info, "processes", "cpu", None)
+        assert thread_reader_workers(client) == 2
+        with caplog.at_level(logging.WARNING, logger="scenetag.jobs.cluster"):
+            assert warn_thread_readers(client, info, "auto", "cpu", None) is None  # threads were meant anyway
+            assert warn_thread_readers(client, info, "auto", "auto", {"GPU": 1}) is not None
+            message = warn_thread_readers(client, info, "processes", "cpu", None)
     assert message.startswith("2 of the 2 Dask workers") and "chips/s" in message
     assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in message
     assert caplog.text.count("may not start reader processes") == 2
