@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from scenetag.errors import OutputError
 from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterInfo, connect, gpu_resources,
-                                   local_gpu_count)
+                                   local_gpu_count, warn_thread_readers)
 from scenetag.jobs.executors import DaskExecutor
 from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.tiler.location import redact
@@ -55,10 +55,15 @@ class _Session:
 
 @contextlib.contextmanager
 def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu: bool | None,
-                      chips_per_task: int, backend: str = "auto", **connect_kwargs: Any) -> Iterator[_Session]:
-    """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session."""
+                      chips_per_task: int, backend: str = "auto", reader: str = "auto",
+                      **connect_kwargs: Any) -> Iterator[_Session]:
+    """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session.
+
+    Workers that will read with threads where ``reader`` meant processes are named once, here.
+    """
     with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
+        warn_thread_readers(client, info, reader, device, resources)
         with shipped(client, predictor, device, backend) as model:
             executor = DaskExecutor(client, chips_per_task)
             try:
@@ -167,9 +172,8 @@ def run_batch(
             write_report()
         else:
             with _model_on_cluster(predictor, device, scheduler, gpu=gpu, chips_per_task=chips_per_task,
-                                   backend=backend, workers=workers, threads=threads,
-                                   dashboard_address=dashboard_address,
-                                   announce=announce) as session:
+                                   backend=backend, reader=options.reader, workers=workers, threads=threads,
+                                   dashboard_address=dashboard_address, announce=announce) as session:
                 info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
                 if forward_logs:
@@ -222,6 +226,6 @@ def run_scene_on_cluster(
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
-                           backend=backend, announce=announce) as session:
+                           backend=backend, reader=options.reader, announce=announce) as session:
         return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
                        resources=session.resources, progress=progress)

@@ -46,11 +46,13 @@ class ModelPlugin(WorkerPlugin):
             _shipped[self.name] = (self.model, self.data)
 
     def teardown(self, worker: Any) -> None:
+        from scenetag.jobs.pipeline import forget_predictor
+
         with _lock:
             _shipped.pop(self.name, None)
             if not any(ref.sha256 == self.model.sha256 for ref, _ in _shipped.values()):
                 for key in [k for k in _predictors if k[0] == self.model.sha256]:
-                    del _predictors[key]
+                    forget_predictor(_predictors.pop(key))  # the reader pool stays; its hold on the model goes
 
 
 def worker_predictor(model: ShippedModel) -> Any:
