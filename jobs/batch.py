@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from scenetag.errors import OutputError
 from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterInfo, connect, gpu_resources,
-                                   local_gpu_count)
+                                   local_gpu_count, warn_thread_readers)
 from scenetag.jobs.executors import DaskExecutor
 from scenetag.jobs.inputs import expand_inputs, output_paths
 from scenetag.tiler.location import redact
@@ -55,11 +55,16 @@ class _Session:
 
 @contextlib.contextmanager
 def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu: bool | None,
-                      chips_per_task: int, **connect_kwargs: Any) -> Iterator[_Session]:
-    """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session."""
+                      chips_per_task: int, backend: str = "auto", reader: str = "auto",
+                      **connect_kwargs: Any) -> Iterator[_Session]:
+    """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session.
+
+    Workers that will read with threads where ``reader`` meant processes are named once, here.
+    """
     with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
-        with shipped(client, predictor, device) as model:
+        warn_thread_readers(client, info, reader, device, resources)
+        with shipped(client, predictor, device, backend) as model:
             executor = DaskExecutor(client, chips_per_task)
             try:
                 yield _Session(executor, info, model, resources)
@@ -92,6 +97,7 @@ def run_batch(
     options: RunOptions,
     *,
     device: str = "cpu",
+    backend: str = "auto",
     scheduler: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
@@ -112,7 +118,8 @@ def run_batch(
     """Classify every scene of ``inputs`` into ``out_dir`` on a Dask cluster; returns the report.
 
     ``predictor`` is the model as loaded on the client (its file is shipped to
-    the workers, which load it on ``device``).  The report is also written as
+    the workers, which load it on ``device`` with ``backend``: "auto" picks on
+    each worker, for its device).  The report is also written as
     JSON to ``report_path`` (default ``out_dir/batch-report.json``).  Per-scene
     failures are in the report; :attr:`BatchReport.succeeded` says whether
     there were any.  Raises :class:`~scenetag.errors.LockedError` when another
@@ -165,8 +172,8 @@ def run_batch(
             write_report()
         else:
             with _model_on_cluster(predictor, device, scheduler, gpu=gpu, chips_per_task=chips_per_task,
-                                   workers=workers, threads=threads, dashboard_address=dashboard_address,
-                                   announce=announce) as session:
+                                   backend=backend, reader=options.reader, workers=workers, threads=threads,
+                                   dashboard_address=dashboard_address, announce=announce) as session:
                 info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
                 if forward_logs:
@@ -207,6 +214,7 @@ def run_scene_on_cluster(
     *,
     overwrite: bool = False,
     device: str = "cpu",
+    backend: str = "auto",
     scheduler: str | None = None,
     chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
     announce: Callable[[ClusterInfo], None] | None = None,
@@ -218,6 +226,6 @@ def run_scene_on_cluster(
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
-                           announce=announce) as session:
+                           backend=backend, reader=options.reader, announce=announce) as session:
         return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
                        resources=session.resources, progress=progress)

@@ -23,6 +23,7 @@ from scenetag.jobs.options import DEFAULT_THREADS, RunOptions
 from scenetag.model.backends import Pending, Predictor
 from scenetag.model.backends.base import queues_work
 from scenetag.outputs_schema.records import ChipTable
+from scenetag.tiler.feed import ReaderMode
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.reader import ChipReader, RunRead
 
@@ -52,20 +53,45 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_in
             fut.cancel()
 
 
+#: What a worker that may not start reader processes costs, as the warnings say it.
+THREADS_COST = ("reader threads feed a GPU at a fraction of its rate (4-8k chips/s against 11.9k with reader "
+                "processes on the H200 host, docs/performance.md)")
+#: How to start Dask workers that may start reader processes (docs/batch.md).
+NON_DAEMONIC_HINT = "start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (docs/batch.md)"
+
+_warned_daemonic = False
+
+
+def can_start_readers() -> bool:
+    """Whether this process may start reader processes: not in a daemonic one (a Dask worker, by default).
+
+    multiprocessing refuses children to a daemonic process (an assertion in
+    ``Process.start``, whatever the start method; the readers would be the
+    fork server's children and would die with this process anyway).  Dask
+    workers are daemonic unless ``distributed.worker.daemon`` is False.
+    """
+    return not multiprocessing.current_process().daemon
+
+
 def reader_mode(options: RunOptions, predictor: Predictor, n_cells: int) -> str:
     """The reader for this job, "threads" or "processes" (``auto``: processes to feed a GPU on a large grid).
 
-    A daemonic process (a Dask worker) may not start children, so it reads
-    with threads whatever was asked.
+    A process that may not start reader processes (:func:`can_start_readers`)
+    reads with threads, and says so once (``batch`` says so on the client, for
+    all its workers, when it starts: :func:`scenetag.jobs.cluster.warn_thread_readers`).
     """
-    if multiprocessing.current_process().daemon:
-        if options.reader == "processes":
-            log.warning("--reader processes: this process (a Dask worker?) may not start reader processes; "
-                        "reading with threads")
-        return "threads"
+    global _warned_daemonic
     if options.reader != "auto":
-        return options.reader
-    return "processes" if predictor.on_gpu and n_cells >= PROCESS_MIN_CELLS else "threads"
+        wanted = ReaderMode(options.reader).value
+    else:
+        wanted = "processes" if predictor.on_gpu and n_cells >= PROCESS_MIN_CELLS else "threads"
+    if wanted == "processes" and not can_start_readers():
+        if not _warned_daemonic:
+            _warned_daemonic = True
+            log.warning("this process (a daemonic Dask worker) may not start reader processes: it reads with "
+                        "threads, and %s; %s", THREADS_COST, NON_DAEMONIC_HINT)
+        return "threads"
+    return wanted
 
 
 def classify_cells(
@@ -88,7 +114,8 @@ def classify_cells(
     cells = plan.grid if cells is None else cells
     opts = plan.options
     bs = opts.batch_size or predictor.batch_size
-    if reader_mode(opts, predictor, len(cells)) == "processes":
+    # Processes pay for themselves by the scene's size (a strip of it reads with the same readers).
+    if reader_mode(opts, predictor, len(plan.grid)) == "processes":
         from scenetag.jobs.pipeline import classify_with_feed
 
         return classify_with_feed(plan.reader(), predictor, cells, plan.spec.n_labels,

@@ -84,6 +84,40 @@ def describe(client) -> ClusterInfo:
     )
 
 
+def thread_reader_workers(client) -> int:
+    """How many workers of ``client``'s cluster may not start reader processes (daemonic: Dask's default)."""
+    from scenetag.jobs.classify import can_start_readers
+
+    try:
+        answers = client.run(can_start_readers, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot answer is counted as one that may
+        log.debug("could not ask the workers whether they may start reader processes: %s", exc)
+        return 0
+    return sum(1 for may in answers.values() if may is False)
+
+
+def warn_thread_readers(client, info: ClusterInfo, reader: str, device: str,
+                        resources: dict | None) -> str | None:
+    """Say once, when the batch starts, that workers will read with threads where processes were meant.
+
+    Processes are meant with ``--reader processes``, and with ``auto`` when
+    the classify tasks go to GPU workers with a model not on the CPU; only
+    then are the workers asked.  Returns the warning (None when there is nothing to say).
+    """
+    from scenetag.jobs.classify import NON_DAEMONIC_HINT, THREADS_COST
+
+    reader = getattr(reader, "value", reader)
+    meant = reader == "processes" or (reader == "auto" and bool(resources) and device != "cpu")
+    n = thread_reader_workers(client) if meant else 0
+    if not n:
+        return None
+    message = (f"{n} of the {info.n_workers} Dask workers at {info.scheduler} are "
+               f"daemonic processes (Dask's default) and may not start reader processes: they read with "
+               f"threads, and {THREADS_COST}; {NON_DAEMONIC_HINT}")
+    log.warning("%s", message)
+    return message
+
+
 def _takes_n_workers(client) -> bool:
     import inspect
 
@@ -127,7 +161,23 @@ def connect(
     with contextlib.ExitStack() as stack:
         if address is None:  # the dashboard's web server runs in this process
             stack.enter_context(dashboard_noise_filtered())
+            stack.enter_context(non_daemonic_workers())
         yield from _connected(address, workers, threads, gpu, dashboard_address, timeout, announce)
+
+
+@contextlib.contextmanager
+def non_daemonic_workers() -> Iterator[None]:
+    """Within the block, the nannies of this process start non-daemonic workers, which may start reader processes.
+
+    ``distributed.worker.daemon`` is read by a nanny each time it starts its
+    worker (also after a worker died), so it is set for the LocalCluster's
+    whole life.  A worker still dies with its nanny (distributed's own pipe),
+    and its readers with it (:func:`scenetag.tiler.feed._die_with_owner`).
+    """
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        yield
 
 
 def _connected(address: str | None, workers: int | None, threads: int | None, gpu: bool,

@@ -56,6 +56,8 @@ class ShippedModel:
     sha256: str
     spec: ModelSpec
     device: str = "cpu"
+    #: The backend asked for: "auto" resolves on each worker, for its own device.
+    backend: str = "auto"
 
     def predictor(self) -> Any:
         from scenetag.jobs.shipping import worker_predictor

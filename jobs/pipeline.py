@@ -7,7 +7,8 @@ Reading, upload, compute and result collection overlap:
 * this thread gathers kept chips (views into those slots) into a batch and
   hands it to a :class:`scenetag.model.backends.Submitter`, which returns at once (on
   CUDA the upload and compute are queued behind each other on the GPU);
-* on CUDA the slots are page-locked for the scene, so a batch is uploaded
+* on CUDA the slots are page-locked once for the process (they belong to
+  its reader pool, kept from scene to scene), so a batch is uploaded
   straight from where the readers wrote it, with no copy on the host; a run's
   slot goes back to the readers once the upload of the last batch that uses
   it has finished.  Elsewhere the chips are copied when submitted and the
@@ -33,11 +34,37 @@ import numpy as np
 
 from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.tiler.feed import ProcessFeed, Run
+from scenetag.tiler.feed import ProcessFeed, ReaderPool, Run, shared_pool, shared_pools
 from scenetag.tiler.grid import GridCell, cell_array
 
 #: Batches in flight at once: one computing, one queued behind it.
 DEPTH = 2
+
+
+def _submitter_key(predictor: Predictor) -> tuple:
+    return ("submitter", id(predictor))
+
+
+def forget_predictor(predictor: Predictor) -> None:
+    """Undo what the reader pools keep for ``predictor`` (its page-locking), so it can be let go."""
+    for pool in shared_pools():
+        pool.detach(_submitter_key(predictor))
+
+
+def pinned_submitter(pool: ReaderPool, predictor: Predictor) -> tuple[Submitter, bool]:
+    """A :class:`Submitter` for ``predictor`` that uploads from ``pool``'s slots, and whether it does so directly.
+
+    Made once per predictor and slot block and kept with the pool
+    (:meth:`ReaderPool.attached`): page-locking the slots on CUDA is paid
+    once per process, not per scene or strip, and undone before the block
+    is freed.  The predictor is kept alive with it, so its ``id`` is not reused.
+    """
+    def enter(stack):
+        submitter = stack.enter_context(Submitter(predictor))
+        return submitter, stack.enter_context(submitter.uploading_from(pool.memory)), predictor
+
+    submitter, direct, _ = pool.attached(_submitter_key(predictor), enter)
+    return submitter, direct
 
 
 def classify_with_feed(
@@ -124,12 +151,13 @@ def classify_with_feed(
         return len(held) + sum(len(runs) for runs, _ in uploading)
 
     # The reads (and their GDAL settings) are the reader processes'; this thread does none.
-    with ProcessFeed(reader, cells, workers=workers, hold_chips=2 * batch_size) as feed, \
-            Submitter(predictor) as submitter:
+    # The pool (readers, slots) is this process's, kept from one scene or strip to the next.
+    with ProcessFeed(reader, cells, workers=workers, hold_chips=2 * batch_size, pool=shared_pool(workers)) as feed:
         feed.start()  # the readers start up while the slots are page-locked
         t0 = time.perf_counter()
-        with submitter.uploading_from(feed.memory) as direct:  # page-locks the slots on CUDA
-            t["host_register"] = time.perf_counter() - t0
+        submitter, direct = pinned_submitter(feed.pool, predictor)  # page-locks the slots on CUDA, once
+        t["host_register"] = time.perf_counter() - t0
+        try:
             runs = iter(feed)
             while True:
                 t0 = time.perf_counter()
@@ -165,6 +193,10 @@ def classify_with_feed(
             release_uploaded(keep=0)
             while in_flight:
                 collect_one()
+        except BaseException:
+            # Uploads may still read the slots the next feed takes: wait for them, page-lock afresh next time.
+            feed.pool.detach(_submitter_key(predictor))
+            raise
 
     wall = time.perf_counter() - t_start
     table = ChipTable.concat(batches, n_labels)  # into grid order

@@ -46,11 +46,13 @@ class ModelPlugin(WorkerPlugin):
             _shipped[self.name] = (self.model, self.data)
 
     def teardown(self, worker: Any) -> None:
+        from scenetag.jobs.pipeline import forget_predictor
+
         with _lock:
             _shipped.pop(self.name, None)
             if not any(ref.sha256 == self.model.sha256 for ref, _ in _shipped.values()):
                 for key in [k for k in _predictors if k[0] == self.model.sha256]:
-                    del _predictors[key]
+                    forget_predictor(_predictors.pop(key))  # the reader pool stays; its hold on the model goes
 
 
 def worker_predictor(model: ShippedModel) -> Any:
@@ -64,20 +66,36 @@ def worker_predictor(model: ShippedModel) -> Any:
             # Not shipped to this process (an in-process call): read the file, and check it.
             log.info("model %s was not shipped to this process; reading %s", model.sha256[:12], model.path)
             data = Path(model.path).read_bytes()
-        from scenetag.model.backends.onnx_backend import OnnxPredictor
-
-        # One ONNX Runtime thread per task: tasks run side by side on a worker.
         from scenetag.model.backends.tta import with_tta
 
         # spec.tta is the TTA the caller chose (the spec's own, or --tta): the wrapper applies it.
-        predictor = with_tta(OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1,
-                                           model_bytes=data))
+        predictor = with_tta(_engine(model, data))
         if predictor.sha256 != model.sha256:
             raise ModelLoadError(f"model {model.path!r} changed during the batch "
                                  f"(sha256 {predictor.sha256[:12]}, expected {model.sha256[:12]})")
         _predictors[key] = predictor
         _loads.append(model.sha256)
         return predictor
+
+
+def _engine(model: ShippedModel, data: bytes) -> Any:
+    """The ONNX Runtime or OpenVINO predictor for the shipped bytes, as ``model.backend`` and this worker's device say.
+
+    One inference thread per task: tasks run side by side on a worker (one
+    per thread), so that is a core each.
+    """
+    from scenetag.model.backends.registry import AUTO, CPU_BACKEND, auto_backend
+
+    name = auto_backend(model.path, model.device) if model.backend == AUTO else model.backend
+    if name == CPU_BACKEND:
+        from scenetag.model.backends.openvino_backend import OpenVinoPredictor
+
+        return OpenVinoPredictor(model.path, device=model.device, spec=model.spec, threads=1, model_bytes=data)
+    if name != "onnx":
+        raise ModelLoadError(f"--backend {name}: a cluster runs ONNX models on onnx or openvino")
+    from scenetag.model.backends.onnx_backend import OnnxPredictor
+
+    return OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1, model_bytes=data)
 
 
 def model_loads() -> list[str]:
@@ -99,9 +117,12 @@ def model_bytes(predictor: Any) -> bytes:
 
 
 @contextlib.contextmanager
-def shipped(client: Any, predictor: Any, device: str) -> Iterator[ShippedModel]:
-    """The model's bytes on every worker of ``client`` (a worker plugin) while the block runs."""
-    model = ShippedModel(str(predictor.path), predictor.sha256, predictor.spec, device)
+def shipped(client: Any, predictor: Any, device: str, backend: str = "auto") -> Iterator[ShippedModel]:
+    """The model's bytes on every worker of ``client`` (a worker plugin) while the block runs.
+
+    The workers build their predictors with ``backend`` (on ``device``).
+    """
+    model = ShippedModel(str(predictor.path), predictor.sha256, predictor.spec, device, backend)
     plugin = ModelPlugin(model, model_bytes(predictor))
     client.register_plugin(plugin, name=plugin.name)
     try:

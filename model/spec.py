@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: Key of the spec in the ONNX ``metadata_props``.
 METADATA_KEY = "scenetag.spec"
 SPEC_VERSION = 2  # 2: structure (exclusive groups, suppression rules) and tta
+#: Key of ``extra`` under which ``scenetag quantize`` records an INT8 model's comparison with its source.
+QUANTIZATION_KEY = "quantization"
 
 #: The 17 labels of Planet's "Understanding the Amazon from Space", sorted.
 PLANET_LABELS: tuple[str, ...] = (
@@ -106,6 +108,11 @@ class ModelSpec:
     tta: str = "none"
     extra: Mapping[str, Any] = field(default_factory=dict)
     spec_version: int = SPEC_VERSION
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the model is an INT8 copy made by ``scenetag quantize`` (its comparison is in ``extra``)."""
+        return QUANTIZATION_KEY in self.extra
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so equal specs compare and hash equal.

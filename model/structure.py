@@ -119,3 +119,9 @@ def planet_structure(labels: Sequence[str]) -> LabelStructure:
     """Planet's weather group and the rule that ``cloudy`` removes every non-weather label."""
     others = tuple(lab for lab in labels if lab not in PLANET_WEATHER)
     return LabelStructure({WEATHER_GROUP: PLANET_WEATHER}, {"cloudy": others})
+
+
+def structure_for(labels: Sequence[str]) -> LabelStructure:
+    """The structure a new model trained on ``labels`` declares: Planet's (:func:`planet_structure`)
+    where all four Planet weather labels are among them, none otherwise (nothing is known of them)."""
+    return planet_structure(labels) if set(PLANET_WEATHER) <= set(labels) else LabelStructure()

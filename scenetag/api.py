@@ -33,9 +33,13 @@ _DEFAULT = object()
 
 
 def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, backend: str = "auto",
-               device: str = "auto", precision: str = "fp32", tta: str | None = None,
+               device: str = "auto", precision: str = "auto", tta: str | None = None,
                thresholds: Any = None) -> Any:
     """The predictor for ``model`` (default: the shipped model), with the spec of the ``spec`` JSON if given.
+
+    ``precision`` "auto" runs a model as it was made; for the shipped model it
+    takes the INT8 copy where OpenVINO runs it, the fp32 file elsewhere
+    (:func:`~scenetag.model.default.default_for`).
 
     ``tta`` ("none", "flips", "d4") replaces the spec's test-time augmentation
     (a warning says when it is not the one the thresholds were fitted with);
@@ -43,15 +47,30 @@ def load_model(model: PathLike | None = None, spec: PathLike | None = None, *, b
     for this predictor only.
     """
     from scenetag.model.backends import create_predictor
-    from scenetag.model.default import default_model_path
+    from scenetag.model.default import default_for
     from scenetag.model.spec import ModelSpec
 
     spec_value = ModelSpec.from_file(spec) if spec else None
-    predictor = create_predictor(model or default_model_path(), backend=backend, device=device, spec=spec_value,
-                                 precision=precision, tta=tta)
+    predictor = create_predictor(model or default_for(backend, device, precision), backend=backend, device=device,
+                                 spec=spec_value, precision=precision, tta=tta)
     if thresholds is not None:
         predictor.spec = predictor.spec.with_thresholds(thresholds)
     return predictor
+
+
+def default_for_cluster(backend: str, device: str, precision: str) -> Path:
+    """The shipped default file for workers that load it on ``device`` (``cuda`` for GPU workers).
+
+    As :func:`~scenetag.model.default.default_for`, except that a device left
+    to "auto" is taken as the CPU only where this machine has no GPU either:
+    the workers are not asked, and their GPUs run the fp32 file.
+    """
+    from scenetag.jobs.cluster import local_gpu_count
+    from scenetag.model.default import default_for
+
+    if device == "auto" and local_gpu_count():
+        device = "cuda"
+    return default_for(backend, device, precision)
 
 
 def _options(predictor: Any, options: "RunOptions | None", values: dict) -> "RunOptions":
@@ -75,7 +94,8 @@ def _check_before_loading(out: PathLike | None, options: "RunOptions | None", va
 
 
 def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend: str,
-                   tta: str | None = None, thresholds: Any = None) -> Any:
+                   tta: str | None = None, thresholds: Any = None, device: str = "auto",
+                   precision: str = "auto") -> Any:
     """The model as a dry run needs it: its file, checksum and spec (:class:`~jobs.models.PlannedModel`),
     with ``tta`` and ``thresholds`` applied to the spec as :func:`load_model` applies them."""
     import dataclasses
@@ -83,12 +103,12 @@ def _planned_model(model: PathLike | Any | None, spec: PathLike | None, backend:
     from scenetag.hashing import file_sha256
     from scenetag.jobs.models import LocalModel, PlannedModel
     from scenetag.model.backends.registry import read_model_spec
-    from scenetag.model.default import default_model_path
+    from scenetag.model.default import default_for
     from scenetag.model.spec import ModelSpec
 
     if _is_predictor(model):
         return LocalModel(model)
-    path = Path(model or default_model_path())
+    path = Path(model or default_for(backend, device, precision))
     spec_value = read_model_spec(path, backend, ModelSpec.from_file(spec) if spec else None)
     if tta is not None:
         spec_value = dataclasses.replace(spec_value, tta=tta)
@@ -115,7 +135,7 @@ def run_scene(
     spec: PathLike | None = None,
     backend: str = "auto",
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     tta: str | None = None,
     thresholds: Any = None,
     options: "RunOptions | None" = None,
@@ -152,6 +172,8 @@ def run_scene(
     _check_before_loading(out, options, option_values)
     on_cluster = resolve_scheduler(scheduler) is not None
     # On a cluster the workers load the model on ``device``; here it is only read.
+    if on_cluster and model is None:  # the file the workers' device takes, not this process's
+        model = default_for_cluster(backend, device, precision)
     predictor = model if _is_predictor(model) else load_model(
         model, spec, backend=backend, device="cpu" if on_cluster else device, precision=precision, tta=tta,
         thresholds=thresholds)
@@ -160,7 +182,7 @@ def run_scene(
         from scenetag.jobs.batch import run_scene_on_cluster
 
         return run_scene_on_cluster(scene, out, predictor, opts, overwrite=overwrite, device=device,
-                                    scheduler=scheduler, announce=announce, progress=progress)
+                                    backend=backend, scheduler=scheduler, announce=announce, progress=progress)
     from scenetag.jobs.runner import run_scene as run_here
 
     return run_here(str(scene), str(out), predictor, opts, overwrite=overwrite, progress=progress)
@@ -174,7 +196,7 @@ def run_batch(
     spec: PathLike | None = None,
     backend: str = "auto",
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     tta: str | None = None,
     thresholds: Any = None,
     options: "RunOptions | None" = None,
@@ -210,11 +232,12 @@ def run_batch(
 
     _check_before_loading(None, options, option_values)
     # The workers load the model on ``device``; here it is only read.
+    model = default_for_cluster(backend, "cuda" if gpu else device, precision) if model is None else model
     predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
                                                               precision=precision, tta=tta, thresholds=thresholds)
     opts = _options(predictor, options, option_values)
-    return batch(inputs, Path(out_dir), predictor, opts, device=device, scheduler=scheduler, force=force,
-                 retries=retries, workers=workers, threads=threads, gpu=gpu,
+    return batch(inputs, Path(out_dir), predictor, opts, device=device, backend=backend, scheduler=scheduler,
+                 force=force, retries=retries, workers=workers, threads=threads, gpu=gpu,
                  chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
                  forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done,
@@ -228,6 +251,8 @@ def plan_run(
     model: PathLike | Any | None = None,
     spec: PathLike | None = None,
     backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
     tta: str | None = None,
     thresholds: Any = None,
     options: "RunOptions | None" = None,
@@ -243,7 +268,7 @@ def plan_run(
 
     out = Path(out) if out is not None else _default_out(scene)
     _check_before_loading(None, options, option_values)
-    planned = _planned_model(model, spec, backend, tta, thresholds)
+    planned = _planned_model(model, spec, backend, tta, thresholds, device, precision)
     opts = _options(planned, options, option_values)
     return preview_scene(scene, out, planned, opts, skip_current=False, overwrite=overwrite)
 
@@ -255,6 +280,8 @@ def plan_batch(
     model: PathLike | Any | None = None,
     spec: PathLike | None = None,
     backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
     tta: str | None = None,
     thresholds: Any = None,
     options: "RunOptions | None" = None,
@@ -271,7 +298,8 @@ def plan_batch(
     _check_before_loading(None, options, option_values)
     scenes = expand_inputs(inputs)
     outs = output_paths(scenes, Path(out_dir))
-    planned = _planned_model(model, spec, backend, tta, thresholds)
+    model = default_for_cluster(backend, device, precision) if model is None else model
+    planned = _planned_model(model, spec, backend, tta, thresholds, device, precision)
     return preview_batch(scenes, outs, planned, _options(planned, options, option_values), force=force)
 
 

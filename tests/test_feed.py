@@ -12,6 +12,7 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells, reader_mode
 from scenetag.jobs.planning import plan_scene
 from scenetag.model.backends import Submitter, create_predictor
+from scenetag.jobs.pipeline import forget_predictor
 from scenetag.tiler.feed import ProcessFeed
 from tests.tiler_rasters import holey_scene
 
@@ -53,7 +54,7 @@ class _PoisonedFeed(ProcessFeed):
         _PoisonedFeed.made.append(self)
 
     def _release(self, slot: int) -> None:
-        self._slots[slot] = 77
+        self._slots[slot][...] = 77
         super()._release(slot)
 
 
@@ -114,8 +115,13 @@ def test_slots_go_back_only_once_their_chips_are_uploaded(make_raster, tiny_mode
     b = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="processes")), predictor)
     _same_tables(a, b)
     assert b.extra["timings"]["direct_upload"] is direct
-    if direct:  # the slots were page-locked for the scene, and let go after it
-        assert len(predictor.registered) == 1 and predictor.unregistered == predictor.registered
+    if direct:  # the slots were page-locked once, kept for the next scene, and let go with the model
+        assert len(predictor.registered) == 1 and predictor.unregistered == []
+        c = classify_cells(plan_scene(path, inner.spec, replace(opts, reader="processes")), predictor)
+        _same_tables(a, c)
+        assert len(predictor.registered) == 1 and predictor.unregistered == []  # not again for the next scene
+        forget_predictor(predictor)
+        assert predictor.unregistered == predictor.registered
 
 
 def test_a_sparse_scene_does_not_starve_the_readers_of_slots(make_raster, tiny_model, monkeypatch):
@@ -163,12 +169,15 @@ def test_a_daemonic_process_reads_with_threads_even_when_processes_are_asked(tin
     import scenetag.jobs.classify
 
     class FakeGpu:
-        device = "cuda:0"
+        device, on_gpu = "cuda:0", True
     monkeypatch.setattr(scenetag.jobs.classify.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    monkeypatch.setattr(scenetag.jobs.classify, "_warned_daemonic", False)
     with caplog.at_level(logging.WARNING, logger="scenetag.jobs.classify"):
         assert reader_mode(RunOptions(reader="processes"), FakeGpu(), 10_000) == "threads"
-    assert "may not start reader processes" in caplog.text
-    assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "threads"
+        assert reader_mode(RunOptions(), FakeGpu(), 10_000) == "threads"
+    # Once per process, not per task: what it costs and how to start workers that may.
+    assert caplog.text.count("may not start reader processes") == 1
+    assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in caplog.text and "chips/s" in caplog.text
 
 
 def test_process_path_times_inference_per_call_not_over_the_predictor_life(make_raster, tiny_model):

@@ -138,3 +138,16 @@ def test_the_geopackage_has_one_weather_tag_per_chip_and_a_weather_style(tmp_pat
     styles = {row["styleName"]: row for row in read_styles(out) if row["f_table_name"] == "chips"}
     assert "weather" in styles and not styles["weather"]["useAsDefault"]
     assert 'attr="weather"' in styles["weather"]["styleQML"]
+
+
+def test_a_new_model_on_planet_labels_declares_planet_structure_and_other_labels_none():
+    from scenetag.model.spec import PLANET_LABELS
+    from scenetag.model.structure import planet_structure, structure_for
+    from scenetag.model.training.train import TrainConfig, _make_spec
+
+    split = {"method": "m", "seed": 0, "val_fraction": 0.2, "data_digest": "d", "train": [1], "val": [2]}
+    spec = _make_spec(TrainConfig(name="n", arch="a"), PLANET_LABELS, split)
+    assert spec.structure == planet_structure(PLANET_LABELS) and spec.structure
+    # Three of the four weather labels: no exclusive group can be declared from them.
+    assert not structure_for(("clear", "haze", "cloudy", "primary"))
+    assert not _make_spec(TrainConfig(name="n", arch="a"), ("forest", "water"), split).structure

@@ -16,23 +16,33 @@ straight from the slot (the whole :attr:`ProcessFeed.memory`
 can be page-locked for that), and calls :meth:`Run.release` once it is done
 with them, so the slot can take another run.  At most
 ``slots`` runs are in flight, so memory stays flat whatever the scene size.
+
+The processes and the block belong to a :class:`ReaderPool`, which a feed
+borrows: :func:`shared_pool` keeps one per process, so that a program (``run``
+over many scenes, a Dask worker over its scenes and strips) starts readers
+and page-locks their slots once, not per scene.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import hashlib
 import logging
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
+import pickle
 import signal
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -230,27 +240,266 @@ def _die_with_owner(owner: int) -> None:
 
 # --- in the reader processes -------------------------------------------------
 
-_worker: dict = {}
+#: Scenes whose opened :class:`ChipReader` a reader process keeps (the scene being read and the one
+#: before it, whose last runs may still come), so that the strips of one scene open it once per process.
+READERS_KEPT = 2
+
+_worker: dict = {"readers": OrderedDict()}
 
 
-def _init_worker(reader: ChipReader, shm_name: str, shape: tuple[int, ...], cachemax_mb: int,
-                 owner: int) -> None:
+def _init_worker(cachemax_mb: int, owner: int) -> None:
     _die_with_owner(owner)
-    shm = SharedMemory(name=shm_name)
-    _worker["shm"] = shm  # keep the mapping alive
-    _worker["slots"] = np.ndarray(shape, np.uint8, buffer=shm.buf)
-    _worker["reader"] = reader
     _worker["env"] = gdal_env(cachemax_mb)
     _worker["env"].__enter__()
 
 
-def _read_run(cells: list[GridCell], slot: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _slot_block(shm_name: str, n_slots: int, slot_bytes: int) -> np.ndarray:
+    """The pool's block of slots as ``(n_slots, slot_bytes)``, attached once per block (it is re-made when it grows)."""
+    if _worker.get("shm_name") != shm_name:
+        old = _worker.pop("shm", None)
+        _worker["block"] = None
+        if old is not None:
+            try:
+                old.close()
+            except BufferError:  # pragma: no cover - a view outlived its read; the mapping goes with the process
+                pass
+        shm = SharedMemory(name=shm_name)
+        _worker["shm"], _worker["shm_name"] = shm, shm_name  # keep the mapping alive
+        _worker["block"] = np.ndarray((n_slots, slot_bytes), np.uint8, buffer=shm.buf)
+    return _worker["block"]
+
+
+def _scene_reader(token: str, blob: bytes) -> ChipReader:
+    """The opened reader of scene ``token`` (unpickled from ``blob`` the first time), the last few kept."""
+    readers: OrderedDict[str, ChipReader] = _worker["readers"]
+    reader = readers.get(token)
+    if reader is None:
+        reader = readers[token] = pickle.loads(blob)
+        while len(readers) > READERS_KEPT:
+            readers.popitem(last=False)[1].close()
+    else:
+        readers.move_to_end(token)
+    return reader
+
+
+def _read_run(shm_name: str, n_slots: int, slot_bytes: int, token: str, blob: bytes,
+              shape: tuple[int, ...], cells: list[GridCell], slot: int) -> tuple[np.ndarray, np.ndarray, float]:
     t0 = time.perf_counter()
-    r = _worker["reader"].read_run(cells, out=_worker["slots"][slot])
+    room = _slot_block(shm_name, n_slots, slot_bytes)[slot, :int(np.prod(shape))].reshape(shape)
+    r = _scene_reader(token, blob).read_run(cells, out=room)
     return r.kept, r.valid, time.perf_counter() - t0
 
 
+def _pid() -> int:
+    return os.getpid()
+
+
 # --- in the consumer ---------------------------------------------------------
+
+
+class ReaderPool:
+    """Reader processes and a shared-memory block of slots, kept from one feed (scene, strip) to the next.
+
+    Starting readers and page-locking their slots costs a few tenths of a
+    second (docs/performance.md); a pool pays it once for all the scenes and
+    strips its process reads, where a feed of its own pays it per feed.  Each
+    :class:`ProcessFeed` borrows the pool (one feed at a time) and sends its
+    scene's pickled :class:`ChipReader` with every run; a reader process
+    opens it once and keeps the last :data:`READERS_KEPT`.  The block grows
+    (is made again) when a feed needs more or larger slots than any before;
+    the readers attach to the new one by name.
+
+    Things tied to the block (the page-locking of it for a predictor) are
+    kept with :meth:`attached` and undone before the block is freed.
+
+    The processes come from a fork server (:func:`_context`) and die with the
+    pool's process, even when it is killed (:func:`_die_with_owner`); the
+    block is named by its owner (:data:`SHM_PREFIX`) so that a killed owner's
+    block is freed by the next feed on the machine (:func:`sweep_segments`).
+    """
+
+    def __init__(self, workers: int | None = None, cachemax_mb: int | None = None) -> None:
+        self.workers = int(workers or default_workers())
+        self.cachemax_mb = gdal_cachemax_mb(cachemax_mb)
+        self.owner = os.getpid()
+        self.n_slots = 0
+        self.slot_bytes = 0
+        #: How often reader processes were started (once, unless they died).
+        self.starts = 0
+        self.closed = False
+        self._executor: ProcessPoolExecutor | None = None
+        self._shm: SharedMemory | None = None
+        self._block: np.ndarray | None = None
+        self._lent = threading.Lock()
+        self._attached: OrderedDict[Any, tuple[contextlib.ExitStack, Any]] = OrderedDict()
+
+    @property
+    def shm_name(self) -> str:
+        return self._shm.name if self._shm is not None else ""
+
+    @property
+    def memory(self) -> np.ndarray:
+        """Every slot, as one contiguous array in shared memory (for page-locking it)."""
+        return self._block
+
+    def try_lend(self) -> bool:
+        """Take the pool for one feed; False when another feed has it (it is lent to one at a time)."""
+        return not self.closed and self._lent.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._lent.release()
+
+    def prepare(self, n_slots: int, slot_bytes: int) -> int:
+        """Readers running and room for ``n_slots`` slots of ``slot_bytes``; returns the slots there are.
+
+        Fewer than asked when /dev/shm is short (at least two, else a :class:`SceneReadError`).
+        """
+        if self._executor is not None and getattr(self._executor, "_broken", False):
+            self._stop_readers()  # a reader died (killed, out of memory): start them again
+        if self._executor is None:
+            _sweep_segments_once()
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_init_worker,
+                                                 initargs=(self.cachemax_mb, self.owner))
+            self.starts += 1
+        if n_slots > self.n_slots or slot_bytes > self.slot_bytes:
+            self._grow(max(n_slots, self.n_slots), max(slot_bytes, self.slot_bytes))
+        return min(n_slots, self.n_slots)
+
+    def _grow(self, n_slots: int, slot_bytes: int) -> None:
+        room = _shm_free_bytes()
+        if self._shm is not None and room is not None:
+            room += self.n_slots * self.slot_bytes  # the old block goes first
+        if room is not None and n_slots * slot_bytes > room // 2:
+            fit = int(room // 2 // slot_bytes)
+            if fit < 2:
+                raise SceneReadError(
+                    f"shared memory (/dev/shm) has {room / 2**20:.0f} MiB free, too little for the reader "
+                    f"processes ({2 * slot_bytes / 2**20:.0f} MiB at least): enlarge /dev/shm or use --reader threads"
+                )
+            log.warning("/dev/shm has %.0f MiB free: %d reader slots instead of %d", room / 2**20, fit, n_slots)
+            n_slots = fit
+        self._free_block()
+        self._shm = SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}", create=True,
+                                 size=max(1, n_slots * slot_bytes))
+        self._block = np.ndarray((n_slots, slot_bytes), np.uint8, buffer=self._shm.buf)
+        self.n_slots, self.slot_bytes = n_slots, slot_bytes
+
+    def attached(self, key: Any, enter: Callable[[contextlib.ExitStack], Any], keep: int = 2) -> Any:
+        """What ``enter(stack)`` returned for ``key`` on this block, made once; the stack is closed when
+        the block is freed, or when more than ``keep`` keys are held (the oldest goes)."""
+        if key in self._attached:
+            self._attached.move_to_end(key)
+            return self._attached[key][1]
+        stack = contextlib.ExitStack()
+        try:
+            value = enter(stack)
+        except BaseException:
+            stack.close()
+            raise
+        self._attached[key] = (stack, value)
+        while len(self._attached) > keep:
+            self._attached.popitem(last=False)[1][0].close()
+        return value
+
+    def detach(self, key: Any) -> None:
+        """Undo what :meth:`attached` made for ``key`` (after a failure: it waits for the uploads in flight)."""
+        entry = self._attached.pop(key, None)
+        if entry is not None:
+            entry[0].close()
+
+    def submit(self, *args: Any) -> Future:
+        return self._executor.submit(_read_run, self.shm_name, self.n_slots, self.slot_bytes, *args)
+
+    def reader_pids(self) -> list[int]:
+        """PIDs of the reader processes running now (for tests and diagnostics)."""
+        procs = getattr(self._executor, "_processes", None) or {}
+        return sorted(p.pid for p in procs.values() if p.is_alive())
+
+    def _free_block(self) -> None:
+        while self._attached:
+            self._attached.popitem(last=False)[1][0].close()
+        if self._shm is None:
+            return
+        self._block = None
+        try:
+            self._shm.close()
+        except BufferError:  # a consumer still holds a view; the mapping goes with it
+            pass
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:  # pragma: no cover - swept meanwhile
+            pass
+        self._shm = None
+        self.n_slots = self.slot_bytes = 0
+
+    def _stop_readers(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        """Stop the processes and free the shared memory."""
+        if self.closed:
+            return
+        self.closed = True
+        if os.getpid() != self.owner:  # pragma: no cover - a forked copy: the owner closes it
+            return
+        self._stop_readers()
+        self._free_block()
+
+    def __enter__(self) -> "ReaderPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_shared: dict[tuple[int, int], ReaderPool] = {}
+_shared_lock = threading.Lock()
+_finalizer: mp_util.Finalize | None = None
+
+
+def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> ReaderPool:
+    """This process's :class:`ReaderPool` of ``workers`` readers, started on first use and closed at exit.
+
+    ``run`` over several scenes in one program, and a Dask worker over its
+    scenes and strips, read through it, so readers start and their slots are
+    page-locked once per process.
+    """
+    global _finalizer
+    key = (int(workers or default_workers()), gdal_cachemax_mb(cachemax_mb))
+    with _shared_lock:
+        pool = _shared.get(key)
+        if pool is None or pool.closed or pool.owner != os.getpid():
+            if _finalizer is None:
+                # Not atexit: a multiprocessing child (a Dask worker under its nanny) ends with os._exit,
+                # after multiprocessing's own finalizers, which also run at a main program's exit.
+                _finalizer = mp_util.Finalize(None, close_shared_pools, exitpriority=100)
+            pool = _shared[key] = ReaderPool(*key)
+        return pool
+
+
+def shared_pools() -> list[ReaderPool]:
+    """This process's open shared pools."""
+    with _shared_lock:
+        return [p for p in _shared.values() if not p.closed]
+
+
+def pool_state() -> dict:
+    """This process's shared pools: reader starts and the reader PIDs now (what ``batch`` tests ask workers)."""
+    pools = shared_pools()
+    return {"pid": os.getpid(), "starts": sum(p.starts for p in pools),
+            "readers": sorted(pid for p in pools for pid in p.reader_pids()),
+            "blocks": [p.shm_name for p in pools if p.shm_name]}
+
+
+def close_shared_pools() -> None:
+    """Close this process's shared pools (at exit; also when a worker's model is withdrawn)."""
+    with _shared_lock:
+        pools = list(_shared.values())
+        _shared.clear()
+    for pool in pools:
+        pool.close()
 
 
 class ProcessFeed:
@@ -266,43 +515,45 @@ class ProcessFeed:
         cachemax_mb: GDAL block cache per process (default :func:`scenetag.config.gdal_cachemax_mb`).
         hold_chips: Chips the consumer keeps in slots at once (say, the batch being
             gathered and the one being uploaded); their slots come on top of the readers'.
+        pool: The :class:`ReaderPool` to read with (say :func:`shared_pool`), kept open after
+            the feed; None, or a pool another feed has now, reads with a pool of the feed's own,
+            closed with it.
     """
 
     def __init__(self, reader: ChipReader, cells: Sequence[GridCell], workers: int | None = None,
                  per_run: int = CELLS_PER_RUN, slots: int | None = None, cachemax_mb: int | None = None,
-                 hold_chips: int = 0) -> None:
-        self.workers = int(workers or default_workers())
+                 hold_chips: int = 0, pool: ReaderPool | None = None) -> None:
         # The runs are cut as the readers need them (a grid is lazy: listing its
         # runs would hold a Python object per cell); only their shape is needed here.
         self.per_run, self.n_runs = run_shape(cells, per_run)
+        if pool is not None and not pool.try_lend():
+            log.debug("the reader pool is reading another feed: this one starts readers of its own")
+            pool = None
+        self._own = pool is None
+        self.pool = ReaderPool(workers, cachemax_mb) if pool is None else pool
+        if self._own:
+            self.pool.try_lend()
+        self._closed = False
+        self.workers = self.pool.workers
         mean_run = len(cells) / max(1, self.n_runs)
         hold = -(-int(hold_chips) // max(1, int(mean_run))) + 1 if hold_chips > 0 else 0
-        self.n_slots = int(slots or 2 * self.workers + 2 + hold)
         nb, size = len(reader.bands), reader.chip_size
-        slot_bytes = self.per_run * nb * size * size
-        room = _shm_free_bytes()
-        if room is not None and self.n_slots * slot_bytes > room // 2:
-            fit = int(room // 2 // slot_bytes)
-            if fit < 2:
-                raise SceneReadError(
-                    f"shared memory (/dev/shm) has {room / 2**20:.0f} MiB free, too little for the reader "
-                    f"processes ({2 * slot_bytes / 2**20:.0f} MiB at least): enlarge /dev/shm or use --reader threads"
-                )
-            log.warning("/dev/shm has %.0f MiB free: %d reader slots instead of %d", room / 2**20, fit, self.n_slots)
-            self.n_slots = fit
-        self._shape = (self.n_slots, self.per_run, nb, size, size)
-        _sweep_segments_once()
-        self._shm = SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}", create=True,
-                                 size=max(1, int(np.prod(self._shape))))
-        self._slots = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)
+        self._shape = (self.per_run, nb, size, size)
+        try:
+            self.n_slots = self.pool.prepare(int(slots or 2 * self.workers + 2 + hold), int(np.prod(self._shape)))
+        except BaseException:
+            self.close()
+            raise
+        need = int(np.prod(self._shape))
+        block = self.pool.memory
+        self._slots = [block[i, :need].reshape(self._shape) for i in range(self.n_slots)]
+        # Pickled once, sent with every run: a reader process unpickles (opens) it once per scene.
+        self._blob = pickle.dumps(reader)
+        self._token = hashlib.blake2b(self._blob, digest_size=12).hexdigest()
         self._free = list(range(self.n_slots))
         self._lock = threading.Lock()
         self.startup_seconds = 0.0
         self._t0 = time.perf_counter()
-        self._pool = ProcessPoolExecutor(
-            self.workers, mp_context=_context(), initializer=_init_worker,
-            initargs=(reader, self._shm.name, self._shape, gdal_cachemax_mb(cachemax_mb), os.getpid()))
-        self._closed = False
         self._pending: dict[Future, tuple[list[GridCell], int, int]] = {}
         self._todo = iter_runs(cells, per_run)
         self._first = 0  # index of the next run's first cell
@@ -311,7 +562,7 @@ class ProcessFeed:
     @property
     def memory(self) -> np.ndarray:
         """Every slot, as one array in shared memory (for page-locking it; see :class:`Run`)."""
-        return self._slots
+        return self.pool.memory
 
     @property
     def max_held(self) -> int:
@@ -345,7 +596,8 @@ class ProcessFeed:
                 self._release(slot)
                 self._exhausted = True
                 return
-            self._pending[self._pool.submit(_read_run, cells, slot)] = cells, slot, self._first
+            fut = self.pool.submit(self._token, self._blob, self._shape, cells, slot)
+            self._pending[fut] = cells, slot, self._first
             self._first += len(cells)
 
     def __iter__(self) -> Iterator[Run]:
@@ -364,24 +616,25 @@ class ProcessFeed:
                     if not started:
                         self.startup_seconds = time.perf_counter() - self._t0
                         started = True
-                    yield Run(tuple(cells), kept, valid, self._slots[slot, :len(kept)], first, seconds,
+                    yield Run(tuple(cells), kept, valid, self._slots[slot][:len(kept)], first, seconds,
                               _Lease(self, slot))
         finally:
             for fut in self._pending:
                 fut.cancel()
 
     def close(self) -> None:
-        """Stop the processes and free the shared memory."""
+        """Give the pool back once no run of this feed is being read (and close the feed's own pool)."""
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._slots = None  # type: ignore[assignment]
-        try:
-            self._shm.close()
-        except BufferError:  # a consumer still holds a view; the mapping goes with it
-            pass
-        self._shm.unlink()
+        pending = list(getattr(self, "_pending", {}))
+        for fut in pending:
+            fut.cancel()
+        wait(pending)  # a run still being read writes into a slot that the next feed may take
+        self._slots = []
+        self.pool.give_back()
+        if self._own:
+            self.pool.close()
 
     def __enter__(self) -> "ProcessFeed":
         return self

@@ -19,6 +19,7 @@ as every backend's does.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -94,6 +95,7 @@ class OpenVinoPredictor:
         hint: OpenVINO performance hint, "LATENCY" or "THROUGHPUT" (default :data:`PERFORMANCE_HINT`).
         requests: Infer requests in the queue (default :data:`INFER_REQUESTS`).
         batch_size: Chips per infer request (default :data:`BATCH_SIZE`).
+        model_bytes: The ONNX file's bytes (a model shipped to a Dask worker); ``path`` then only names it.
     """
 
     #: Seconds a GPU spent (none: this backend runs on the CPU).
@@ -101,7 +103,8 @@ class OpenVinoPredictor:
 
     def __init__(self, path: str | Path, device: str = "auto", spec: ModelSpec | None = None,
                  precision: str = "fp32", threads: int = 0, hint: str | None = None,
-                 requests: int | None = None, batch_size: int | None = None) -> None:
+                 requests: int | None = None, batch_size: int | None = None,
+                 model_bytes: bytes | None = None) -> None:
         if precision != "fp32":
             raise OptionError(
                 f"--precision {precision} needs the torch backend: OpenVINO runs a model in the precision "
@@ -115,7 +118,7 @@ class OpenVinoPredictor:
         self.path = str(path)
         core = ov.Core()
         try:
-            model = core.read_model(self.path)
+            model = core.read_model(model_bytes if model_bytes is not None else self.path)
         except Exception as exc:  # OpenVINO raises its own untyped errors
             raise ModelLoadError(f"model {self.path!r} could not be read by OpenVINO (is it a valid ONNX "
                                  f"file?): {_reason(exc)}") from exc
@@ -136,7 +139,8 @@ class OpenVinoPredictor:
         self._lock = threading.Lock()
         self.batch_size = int(batch_size or BATCH_SIZE)
         self.device = "cpu"
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
+                       else file_sha256(self.path))
         log.info("loaded %s (%s) on OpenVINO CPU, hint %s, %d infer requests", self.spec.name, self.path,
                  self.hint, self.requests)
 

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenetag.errors import ModelLoadError
+from scenetag.errors import ModelLoadError, OptionError
 from scenetag.model.backends.base import Predictor, check_device, is_gpu_device
 from scenetag.model.spec import ModelSpec
 
@@ -22,6 +22,12 @@ AUTO = "auto"
 FALLBACK = "onnx"
 #: The backend "auto" takes for an ONNX model on the CPU, where it is installed (see :func:`auto_backend`).
 CPU_BACKEND = "openvino"
+#: ``--precision`` values.  "auto" and "int8" run a model in the precision it was made in (for the
+#: shipped default, they choose which of its files runs: :func:`scenetag.model.default.default_for`);
+#: "int8" also checks that it is an INT8 model.  bf16/fp16 are the torch backend's autocast.
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+#: The precisions in which a model runs as it was made.
+AS_MADE = ("auto", "int8")
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ def create_predictor(
             the device (:func:`auto_backend`).
         device: "auto" (a GPU when the backend has one), "cpu", "cuda" or "cuda:N".
         spec: A spec that replaces (or supplies) the one stored with the model.
-        precision: "fp32", "bf16" or "fp16", where the backend supports it.
+        precision: One of :data:`PRECISIONS`: "auto" or "int8" (the model as it was made;
+            "int8" checks that it is INT8), "fp32", or "bf16"/"fp16" where the backend supports them.
         tta: Test-time augmentation ("none", "flips", "d4"); default: the spec's
             (see :func:`~scenetag.model.backends.tta.with_tta`).
     """
@@ -100,8 +107,15 @@ def create_predictor(
 
     path = _model_file(path)
     device = check_device(device)
-    entry = _entry(auto_backend(path, device, precision) if backend == AUTO else backend)
-    return with_tta(entry.load()(path, device=device, spec=spec, precision=precision), tta)
+    if precision not in PRECISIONS:
+        raise OptionError(f"precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
+    run_as = "fp32" if precision in AS_MADE else precision  # what the backend is asked for
+    entry = _entry(auto_backend(path, device, run_as) if backend == AUTO else backend)
+    predictor = entry.load()(path, device=device, spec=spec, precision=run_as)
+    if precision == "int8" and not predictor.spec.quantized:
+        raise OptionError(f"--precision int8: model {str(path)!r} is not an INT8 model; make one with "
+                          f"`scenetag quantize {path} --chips DIR` and pass it with --model")
+    return with_tta(predictor, tta)
 
 
 def read_model_spec(path: str | Path, backend: str = AUTO, spec: ModelSpec | None = None) -> ModelSpec:
@@ -141,7 +155,8 @@ def auto_backend(path: str | Path, device: str = "auto", precision: str = "fp32"
     ONNX Runtime on the CPU, INT8 models more so (docs/performance.md, "OpenVINO").
     """
     name = backend_for(path)
-    if name != FALLBACK or precision != "fp32" or CPU_BACKEND not in _registry or is_gpu_device(device):
+    if (name != FALLBACK or precision not in ("fp32", *AS_MADE) or CPU_BACKEND not in _registry
+            or is_gpu_device(device)):
         return name
     if device == "auto" and _ort_has_gpu():
         return name

@@ -30,7 +30,7 @@ from scenetag.atomic import atomic_path
 from scenetag.errors import DataError, ModelError, OptionError, OutputExistsError, require
 from scenetag.hashing import file_sha256
 from scenetag.model.preprocess import normalize
-from scenetag.model.spec import ModelSpec
+from scenetag.model.spec import QUANTIZATION_KEY, ModelSpec
 from scenetag.model.training.data import load_images, read_labels
 from scenetag.model.training.evaluation import default_labels_csv, predict_all, split_names
 from scenetag.model.training.metrics import evaluate
@@ -44,7 +44,7 @@ MAX_F2_DROP = 0.01
 #: Chips of the training split NNCF calibrates on (its default subset size).
 CALIBRATION_CHIPS = 300
 #: Key of the comparison in the spec's ``extra``.
-SPEC_KEY = "quantization"
+SPEC_KEY = QUANTIZATION_KEY
 
 
 @dataclass(frozen=True)

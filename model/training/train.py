@@ -43,6 +43,7 @@ from scenetag.model.training.data import (
 )
 from scenetag.model.preprocess import normalize
 from scenetag.model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from scenetag.model.structure import structure_for
 from scenetag.model.backends.torch_backend import resolve_device
 from scenetag.atomic import atomic_path
 from scenetag.errors import DataError, OutputExistsError
@@ -133,8 +134,9 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def _make_spec(cfg: TrainConfig, labels: Sequence[str], split: dict) -> ModelSpec:
+    """The new model's spec: Planet's weather structure where its labels are Planet's (:func:`structure_for`)."""
     return ModelSpec.create(
-        cfg.name, cfg.arch, labels, 0.2,
+        cfg.name, cfg.arch, labels, 0.2, structure=structure_for(labels),
         bands=("red", "green", "blue"), scaling="percentile", percentiles=(2.0, 98.0),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, chip_size=cfg.chip_size, resolution_m=cfg.resolution_m,
         extra={

@@ -194,6 +194,7 @@ def command(inputs, out_dir, model_path, spec_path, backend, device, precision, 
 
     if dry_run:
         return print_plan(plan_batch(inputs, out_dir, model=model_path, spec=spec_path, backend=backend, force=force,
+                                     device=device, precision=precision,
                                      **job), fmt, batch=True)
     quiet_third_party()  # again: importing distributed set its own levels
     handler = add_log_file(log_file) if log_file else None

@@ -229,9 +229,12 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         model_option, spec_option,
         backend_option, device_option,
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+        click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "bf16", "fp16"]), default="auto",
                      show_default=True,
-                     help="Inference precision. bf16/fp16 (autocast) need the torch backend; fp16 needs CUDA."),
+                     help="Inference precision. auto: the model as it was made; for the shipped model, its "
+                     "INT8 copy where OpenVINO runs it (the CPU), fp32 elsewhere. int8: the shipped INT8 copy, "
+                     "or check that --model is INT8 (`scenetag quantize`). fp32: the fp32 model. bf16/fp16 "
+                     "(autocast) need the torch backend; fp16 needs CUDA."),
         click.option("--bands", callback=parse_bands, metavar="I,J,K",
                      help="1-based scene bands in the model's band order, e.g. 3,2,1 for a "
                      "blue,green,red,nir scene and an RGB model. Default: by colour "

@@ -42,7 +42,8 @@ def command(scene: str, output: Path | None, model_path: str | None, spec_path: 
     from scenetag.api import plan_run, run_scene
 
     if dry_run:
-        return print_plan([plan_run(scene, output, model=model_path, spec=spec_path, backend=backend,
+        return print_plan([plan_run(scene, output, model=model_path, spec=spec_path, backend=backend, device=device,
+                                    precision=precision,
                                     overwrite=overwrite, **job)], fmt, batch=False)
     result = run_scene(scene, output, model=model_path, spec=spec_path, backend=backend, device=device,
                        precision=precision, overwrite=overwrite, scheduler=scheduler,
