@@ -35,7 +35,7 @@ DEFAULT_CHIPS_PER_TASK = 256
 #: Chips per classify task where the tasks go to GPU workers: a task fills the reader pipeline and
 #: drains the GPU with the readers idle, and 256 chips are about 20 ms of an H200's work, so small
 #: tasks leave the GPU waiting and make the scheduler the limit (docs/scale.md, docs/batch.md).
-GPU_CHIPS_PER_TASK = 8192
+GPU_CHIPS_PER_TASK = 16384
 
 
 def chips_per_task_for(resources: dict | None, chips_per_task: int | None = None) -> int:
