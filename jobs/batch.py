@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from scenetag.errors import OutputError
-from scenetag.jobs.cluster import (DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, ClusterInfo, connect, gpu_resources,
+from scenetag.jobs.cluster import (DEFAULT_DASHBOARD, ClusterInfo, chips_per_task_for, connect, gpu_resources,
                                    local_gpu_count, warn_thread_readers)
 from scenetag.jobs.executors import DaskExecutor
 from scenetag.jobs.inputs import expand_inputs, output_paths
@@ -55,7 +55,7 @@ class _Session:
 
 @contextlib.contextmanager
 def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu: bool | None,
-                      chips_per_task: int, backend: str = "auto", reader: str = "auto",
+                      chips_per_task: int | None, backend: str = "auto", reader: str = "auto",
                       **connect_kwargs: Any) -> Iterator[_Session]:
     """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session.
 
@@ -65,7 +65,7 @@ def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu
         resources = gpu_resources(info, gpu)
         warn_thread_readers(client, info, reader, device, resources)
         with shipped(client, predictor, device, backend) as model:
-            executor = DaskExecutor(client, chips_per_task)
+            executor = DaskExecutor(client, chips_per_task_for(resources, chips_per_task))
             try:
                 yield _Session(executor, info, model, resources)
             finally:
@@ -104,7 +104,7 @@ def run_batch(
     gpu: bool | None = None,
     force: bool = False,
     retries: int = 0,
-    chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
+    chips_per_task: int | None = None,
     report_path: str | os.PathLike | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     forward_logs: bool = False,
@@ -124,6 +124,9 @@ def run_batch(
     failures are in the report; :attr:`BatchReport.succeeded` says whether
     there were any.  Raises :class:`~scenetag.errors.LockedError` when another
     batch holds ``out_dir``.
+
+    ``chips_per_task`` None takes the default for where the classify tasks go
+    (:func:`~jobs.cluster.chips_per_task_for`: larger tasks for GPU workers).
 
     ``on_start`` is called with the number of scenes, ``on_done`` with each
     scene's record as it finishes, and ``progress`` (a factory, as in
@@ -216,7 +219,7 @@ def run_scene_on_cluster(
     device: str = "cpu",
     backend: str = "auto",
     scheduler: str | None = None,
-    chips_per_task: int = DEFAULT_CHIPS_PER_TASK,
+    chips_per_task: int | None = None,
     announce: Callable[[ClusterInfo], None] | None = None,
     progress: ProgressFactory | None = None,
 ) -> SceneResult:

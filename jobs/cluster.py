@@ -32,6 +32,17 @@ DEFAULT_DASHBOARD = "127.0.0.1:8787"
 #: Chips per classify task: a scene with more is split into strips of chip rows
 #: (here, not in :mod:`jobs.batch`, so that the CLI reads it without importing Dask).
 DEFAULT_CHIPS_PER_TASK = 256
+#: Chips per classify task where the tasks go to GPU workers: a task fills the reader pipeline and
+#: drains the GPU with the readers idle, and 256 chips are about 20 ms of an H200's work, so small
+#: tasks leave the GPU waiting and make the scheduler the limit (docs/scale.md, docs/batch.md).
+GPU_CHIPS_PER_TASK = 16384
+
+
+def chips_per_task_for(resources: dict | None, chips_per_task: int | None = None) -> int:
+    """``chips_per_task`` if given, else the default for where the classify tasks go (GPU workers or not)."""
+    if chips_per_task:
+        return int(chips_per_task)
+    return GPU_CHIPS_PER_TASK if resources and resources.get("GPU") else DEFAULT_CHIPS_PER_TASK
 
 
 class ClusterError(ScenetagError, ConnectionError):

@@ -228,7 +228,7 @@ def run_batch(
     Returns the :class:`~scenetag.jobs.report.BatchReport` (also written as JSON).
     """
     from scenetag.jobs.batch import run_batch as batch
-    from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
+    from scenetag.jobs.cluster import DEFAULT_DASHBOARD
 
     _check_before_loading(None, options, option_values)
     # The workers load the model on ``device``; here it is only read.
@@ -238,7 +238,7 @@ def run_batch(
     opts = _options(predictor, options, option_values)
     return batch(inputs, Path(out_dir), predictor, opts, device=device, backend=backend, scheduler=scheduler,
                  force=force, retries=retries, workers=workers, threads=threads, gpu=gpu,
-                 chips_per_task=chips_per_task or DEFAULT_CHIPS_PER_TASK, report_path=report_path,
+                 chips_per_task=chips_per_task, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,
                  forward_logs=forward_logs, announce=announce, on_start=on_start, on_done=on_done,
                  progress=progress, dashboard_hold=dashboard_hold, on_hold=on_hold)

@@ -36,3 +36,11 @@ def test_gpu_resources(gpu, gpu_workers, expected):
 def test_gpu_asked_of_workers_without_one_is_refused():
     with pytest.raises(ClusterError, match=r"none of the 2 workers at tcp://h:1 declares a GPU"):
         gpu_resources(_info(0), True)
+
+
+def test_gpu_workers_get_larger_classify_tasks_by_default_and_a_given_size_wins():
+    from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, GPU_CHIPS_PER_TASK, chips_per_task_for
+
+    assert chips_per_task_for(None) == DEFAULT_CHIPS_PER_TASK
+    assert chips_per_task_for({"GPU": 1}) == GPU_CHIPS_PER_TASK > DEFAULT_CHIPS_PER_TASK
+    assert chips_per_task_for({"GPU": 1}, 300) == chips_per_task_for(None, 300) == 300

@@ -14,7 +14,7 @@ from scenetag.commands.options import (announce_cluster, dry_run_options, handle
                                        show_progress)
 from scenetag.config import progress_interval_s
 from scenetag.errors import ScenetagError
-from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD
+from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK, DEFAULT_DASHBOARD, GPU_CHIPS_PER_TASK
 
 log = logging.getLogger("scenetag.batch")
 
@@ -30,9 +30,10 @@ def cluster_options(func):
         click.option("--gpu/--no-gpu", default=None,
                      help="Send inference tasks only to workers with a GPU resource "
                      "(dask worker --resources GPU=1). Default: when any worker declares one."),
-        click.option("--chips-per-task", type=click.IntRange(min=1), default=DEFAULT_CHIPS_PER_TASK,
-                     show_default=True,
-                     help="Scenes with more chips are split into strips of chip rows, one task each."),
+        click.option("--chips-per-task", type=click.IntRange(min=1), default=None,
+                     help="Scenes with more chips are split into strips of chip rows, one task each. "
+                     f"Default: {DEFAULT_CHIPS_PER_TASK} on CPU workers, {GPU_CHIPS_PER_TASK} where inference "
+                     "goes to GPU workers (docs/scale.md)."),
         click.option("--dashboard-address", default=DEFAULT_DASHBOARD, show_default=True, metavar="[HOST]:PORT",
                      help="Where the LocalCluster's dashboard listens (another port if taken)."),
         click.option("--dashboard-hold", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
