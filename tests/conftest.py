@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,13 @@ def real_scene(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real scene {path} is absent (shared data not laid beside the project)")
     return path
+
+
+def copy_real_scenes(folder: Path, names) -> Path:
+    """``folder`` holding copies of the real scenes ``names`` (skips the test where one is absent)."""
+    for name in names:
+        shutil.copy(real_scene(name), folder / name)
+    return folder
 
 
 def real_scenes() -> list[str]:

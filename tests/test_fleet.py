@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
 from scenetag.tiler.feed import ProcessFeed, ReaderPool, pool_state, shared_pool
 from tests.cli_helpers import alive, children_of, descendants
-from tests.conftest import ROOT, real_scene
+from tests.conftest import ROOT, copy_real_scenes
 from tests.test_jobs_batch import assert_same_chips
 from tests.tiler_rasters import holey_scene, reader_for, spec
 
@@ -120,10 +119,7 @@ def predictor(tiny_model):
 
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scenes")
-    for name in SCENES:
-        shutil.copy(real_scene(name), folder / name)
-    return folder
+    return copy_real_scenes(tmp_path_factory.mktemp("scenes"), SCENES)
 
 
 @pytest.fixture(scope="module")

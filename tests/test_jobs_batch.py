@@ -30,7 +30,7 @@ from scenetag.jobs.lock import LOCK_NAME, OutputLock
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
-from tests.conftest import ROOT, real_scene
+from tests.conftest import ROOT, copy_real_scenes, real_scene
 
 SCENES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif", "landsat8_rgb16.tif")
 #: Small enough that the larger scenes are split into several strips.
@@ -50,10 +50,7 @@ def predictor(tiny_model):
 
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scenes")
-    for name in SCENES:
-        shutil.copy(real_scene(name), folder / name)
-    return folder
+    return copy_real_scenes(tmp_path_factory.mktemp("scenes"), SCENES)
 
 
 def chips(path: Path):
