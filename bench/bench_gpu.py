@@ -209,7 +209,7 @@ def main() -> None:
     import torch
 
     from scenetag.model.backends.torch_backend import TorchPredictor
-    from scenetag.tiler.feed import default_workers
+    from scenetag.tiler.reader_pool import default_workers
 
     res: dict = {"device": args.device, "torch": torch.__version__,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -57,7 +57,7 @@ def scene_costs(scenes: list[Path], spec, readers: int, rounds: int) -> dict:
     from scenetag.jobs.classify import classify_cells
     from scenetag.jobs.options import RunOptions
     from scenetag.jobs.planning import plan_scene
-    from scenetag.tiler.feed import close_shared_pools, shared_pool
+    from scenetag.tiler.reader_pool import close_shared_pools, shared_pool
 
     predictor = FreePredictor(spec)
     plans = [plan_scene(s, spec, RunOptions(reader="processes", readers=readers)) for s in scenes]

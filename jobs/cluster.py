@@ -183,7 +183,7 @@ def non_daemonic_workers() -> Iterator[None]:
     ``distributed.worker.daemon`` is read by a nanny each time it starts its
     worker (also after a worker died), so it is set for the LocalCluster's
     whole life.  A worker still dies with its nanny (distributed's own pipe),
-    and its readers with it (:func:`scenetag.tiler.feed._die_with_owner`).
+    and its readers with it (:func:`scenetag.tiler.reader_process.die_with_owner`).
     """
     import dask
 

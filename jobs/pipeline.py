@@ -34,7 +34,8 @@ import numpy as np
 
 from scenetag.model.backends import AsyncPredictor, Pending, Predictor, Submitter
 from scenetag.outputs_schema.records import ChipTable
-from scenetag.tiler.feed import ProcessFeed, ReaderPool, Run, shared_pool, shared_pools
+from scenetag.tiler.feed import ProcessFeed, Run
+from scenetag.tiler.reader_pool import ReaderPool, shared_pool, shared_pools
 from scenetag.tiler.grid import GridCell, cell_array
 
 #: Batches in flight at once: one computing, one queued behind it.
@@ -85,7 +86,7 @@ def classify_with_feed(
         cells: Cells to classify.
         n_labels: Labels the model outputs (for an empty result).
         batch_size: Chips per model call.
-        workers: Reader processes (default: :func:`tiler.feed.default_workers`).
+        workers: Reader processes (default: :func:`tiler.reader_pool.default_workers`).
         progress: Called with the number of cells done, as they are done.
         on_table: Called with each batch's table as it is collected (the streamed write).
     """

@@ -29,7 +29,8 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.planning import plan_scene
 from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
-from scenetag.tiler.feed import ProcessFeed, ReaderPool, pool_state, shared_pool
+from scenetag.tiler.feed import ProcessFeed
+from scenetag.tiler.reader_pool import ReaderPool, pool_state, shared_pool
 from tests.cli_helpers import alive, children_of, descendants
 from tests.conftest import ROOT, copy_real_scenes
 from tests.test_jobs_batch import assert_same_chips
