@@ -122,14 +122,17 @@ class ChipStream:
             if self._error is not None:
                 raise self._error
             t0 = time.perf_counter()
-            self._write_part(self._take_pending(everything=True))
-            written = np.concatenate(self._written) if self._written else np.zeros(0, np.int64)
-            if self._late or not np.array_equal(written, grid_keys(table, self.n_cols)):
-                if self._late or len(written):
+            if not self._written:  # nothing streamed (a small scene): ``table`` is every chip, in grid order
+                self._pending.clear()
+                self._write_part(table, check=False)
+            else:
+                self._write_part(self._take_pending(everything=True))
+                written = np.concatenate(self._written)
+                if self._late or not np.array_equal(written, grid_keys(table, self.n_cols)):
                     log.info("chips reached the stream out of order (%d of %d written in order): writing the "
                              "chips layer again", len(written), len(table))
-                self._discard_writer()
-                self._write_part(table, check=False)  # the write at the end (nothing was streamed)
+                    self._discard_writer()
+                    self._write_part(table, check=False)
             writer = self._writer()
             return writer.finish(table, run, before=time.perf_counter() - t0)
         except BaseException:

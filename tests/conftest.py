@@ -113,6 +113,20 @@ def make_raster(tmp_path):
     return _make
 
 
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    """The tiny model's predictor (module-wide)."""
+    from scenetag.model.backends import create_predictor
+
+    return create_predictor(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(request, tmp_path_factory) -> Path:
+    """A folder with copies of the real scenes the test module names in its ``SCENES`` (module-wide)."""
+    return copy_real_scenes(tmp_path_factory.mktemp("scenes"), request.module.SCENES)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A small timm model with random weights, exported to ONNX with a scenetag spec.

@@ -338,11 +338,3 @@ def server():
     """The loopback scene server over the real scenes (module-wide): import it into a test module to use it."""
     with scene_server(scenes_or_skip()) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    """The tiny model's predictor (module-wide)."""
-    from scenetag.model.backends import create_predictor
-
-    return create_predictor(tiny_model)

@@ -11,7 +11,7 @@ from pyproj import Transformer
 from rasterio.crs import CRS
 
 from scenetag.outputs_schema.area import area_m2
-from scenetag.outputs_schema.geopackage import footprints, label_frame
+from scenetag.outputs_schema.geopackage import label_frame
 from scenetag.outputs_schema.records import ChipTable
 from scenetag.tiler.grid import Grid
 from tests.conftest import real_scene

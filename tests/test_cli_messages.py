@@ -12,7 +12,6 @@ import ast
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pyogrio
 import pytest

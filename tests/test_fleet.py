@@ -32,7 +32,7 @@ from scenetag.model.backends import create_predictor
 from scenetag.tiler.feed import ProcessFeed
 from scenetag.tiler.reader_pool import ReaderPool, pool_state, shared_pool
 from tests.cli_helpers import alive, children_of, descendants
-from tests.conftest import ROOT, copy_real_scenes
+from tests.conftest import ROOT
 from tests.test_jobs_batch import assert_same_chips
 from tests.tiler_rasters import holey_scene, reader_for, spec
 
@@ -111,16 +111,6 @@ def cli_cluster(tmp_path_factory):
         assert alive(tree) == [] and _blocks_of(workers) == []
     finally:
         _stop([*nannies, scheduler])
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def scenes_dir(tmp_path_factory):
-    return copy_real_scenes(tmp_path_factory.mktemp("scenes"), SCENES)
 
 
 @pytest.fixture(scope="module")

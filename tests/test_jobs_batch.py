@@ -30,7 +30,7 @@ from scenetag.jobs.lock import LOCK_NAME, OutputLock
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
 from scenetag.model.backends import create_predictor
-from tests.conftest import ROOT, copy_real_scenes, real_scene
+from tests.conftest import ROOT, real_scene
 
 SCENES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif", "landsat8_rgb16.tif")
 #: Small enough that the larger scenes are split into several strips.
@@ -41,16 +41,6 @@ CHIPS_PER_TASK = 40
 def cluster():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def scenes_dir(tmp_path_factory):
-    return copy_real_scenes(tmp_path_factory.mktemp("scenes"), SCENES)
 
 
 def chips(path: Path):

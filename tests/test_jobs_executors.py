@@ -11,7 +11,6 @@ import scenetag.jobs.runner as runner
 from scenetag.errors import OutputExistsError, SceneReadError
 from scenetag.jobs.executors import InProcessExecutor
 from scenetag.jobs.options import RunOptions
-from scenetag.model.backends import create_predictor
 from tests.conftest import real_scene
 
 
@@ -44,11 +43,6 @@ def test_in_process_task_whose_input_failed_fails_with_it():
         [done] = ex.completed()
     with pytest.raises(ValueError, match="bad input"):
         done.result()
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from scenetag.jobs.options import RunOptions
 from scenetag.jobs.classify import classify_cells
 from scenetag.jobs.runner import run_scene
 from scenetag.jobs.planning import plan_scene
-from scenetag.model.backends import create_predictor
 from scenetag.model.preprocess import normalize
 from scenetag.outputs_schema.schema import CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, OutputSchema, tag_names
 from tests.conftest import SCENES, real_scene, real_scenes
@@ -25,11 +24,6 @@ REFUSED = {"no_geotransform_rpcs.tif": "no geotransform.*RPCs.*gdalwarp -rpc"}
 # The scene's bands in the RGB model's order, where colour interpretation would mislead.
 BANDS = {"planetscope_borneo_3m_analytic.tif": (3, 2, 1), "planetscope_3m_epsg4326.tif": (3, 2, 1),
          "all_nodata.tif": (3, 2, 1), "landsat_pucallpa_2020_epsg4326.tif": (3, 4, 2)}
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return create_predictor(tiny_model)
 
 
 def read_layers(path):
