@@ -152,3 +152,26 @@ def test_models_it_cannot_run_are_refused_when_loaded(tiny_model, tmp_path):
         create_predictor(bad, backend="openvino")
     spec = tiny_spec()
     assert create_predictor(tiny_model, backend="openvino", spec=spec).spec is spec
+
+
+EXIT_WITH_BATCHES_IN_FLIGHT = """
+import sys
+import numpy as np
+from scenetag.model.backends import create_predictor
+pred = create_predictor(sys.argv[1], backend="openvino")
+chips = np.zeros((8, 3, 64, 64), np.uint8)
+pending = [pred.submit([chips]) for _ in range(200)]  # far more than finish before the exit
+sys.exit(143)  # as the CLI exits after SIGTERM, with nothing waiting for these
+"""
+
+
+@needs_openvino
+def test_exiting_with_batches_in_flight_exits_as_asked(tiny_model):
+    """The infer requests' callbacks take the GIL: run during finalisation, glibc aborts the process (-6)."""
+    import subprocess
+
+    for _ in range(2):  # without the drain, every exit here aborted
+        proc = subprocess.run([sys.executable, "-c", EXIT_WITH_BATCHES_IN_FLIGHT, str(tiny_model)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 143, proc.stderr[-2000:]
+        assert "FATAL" not in proc.stderr

@@ -19,9 +19,11 @@ as every backend's does.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +46,24 @@ BATCH_SIZE = 8
 PERFORMANCE_HINT = "LATENCY"
 #: Infer requests in the queue: two, so one batch is handed over while the other runs.
 INFER_REQUESTS = 2
+
+
+#: Every predictor whose infer requests may still be running (drained at exit, see :func:`_drain_at_exit`).
+_LIVE: "weakref.WeakSet[OpenVinoPredictor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """Wait for every infer request before the interpreter finalises.
+
+    A request's callback runs on an OpenVINO thread and takes the GIL; once
+    the interpreter is finalising, taking it ends that thread with a forced
+    unwind that OpenVINO's C++ frames swallow, and glibc aborts the process
+    ("FATAL: exception not rethrown", exit -6) instead of letting it exit as
+    asked, e.g. with 143 after SIGTERM stopped a run with batches in flight.
+    """
+    for predictor in list(_LIVE):
+        predictor.close()
 
 
 def available() -> bool:
@@ -135,6 +155,7 @@ class OpenVinoPredictor:
         self.requests = int(requests or INFER_REQUESTS)
         self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
         self._queue.set_callback(_finished)
+        _LIVE.add(self)
         # One queue per predictor; jobs.batch shares predictors between threads.
         self._lock = threading.Lock()
         self.batch_size = int(batch_size or BATCH_SIZE)
