@@ -36,6 +36,12 @@ DEFAULT_CHIPS_PER_TASK = 256
 #: drains the GPU with the readers idle, and 256 chips are about 20 ms of an H200's work, so small
 #: tasks leave the GPU waiting and make the scheduler the limit (docs/scale.md, docs/batch.md).
 GPU_CHIPS_PER_TASK = 16384
+#: How long the LocalCluster's scheduler keeps tasks waiting while it has no worker that can run them
+#: (every worker died and none came back, or none has the resources asked for) before it fails them,
+#: and the batch stops with a :class:`ClusterError` instead of waiting for ever.  A worker restarts
+#: in seconds (a GPU worker's CUDA start-up in tens); a cluster that is not ours keeps its own
+#: ``distributed.scheduler.no-workers-timeout`` (docs/batch.md).
+NO_WORKERS_TIMEOUT = "300s"
 
 
 def chips_per_task_for(resources: dict | None, chips_per_task: int | None = None) -> int:
@@ -172,22 +178,36 @@ def connect(
     with contextlib.ExitStack() as stack:
         if address is None:  # the dashboard's web server runs in this process
             stack.enter_context(dashboard_noise_filtered())
-            stack.enter_context(non_daemonic_workers())
+            stack.enter_context(local_cluster_settings())
         yield from _connected(address, workers, threads, gpu, dashboard_address, timeout, announce)
 
 
 @contextlib.contextmanager
-def non_daemonic_workers() -> Iterator[None]:
-    """Within the block, the nannies of this process start non-daemonic workers, which may start reader processes.
+def local_cluster_settings() -> Iterator[None]:
+    """Within the block, a LocalCluster made in this process keeps its workers through crashes, and says when none is left.
 
-    ``distributed.worker.daemon`` is read by a nanny each time it starts its
-    worker (also after a worker died), so it is set for the LocalCluster's
-    whole life.  A worker still dies with its nanny (distributed's own pipe),
-    and its readers with it (:func:`scenetag.tiler.reader_process.die_with_owner`).
+    Set for the LocalCluster's whole life, as each is read when it applies:
+
+    * ``distributed.worker.daemon`` False, read by a nanny each time it starts
+      its worker (also after a worker died): non-daemonic workers may start
+      reader processes.  A worker still dies with its nanny (distributed's own
+      pipe), and its readers with it (:func:`scenetag.tiler.reader_process.die_with_owner`).
+    * ``distributed.deploy.lost-worker-timeout`` off: a LocalCluster closes
+      the nanny of any worker that is missing from the scheduler 15 s after
+      it was removed, even one its nanny restarted and that happens to be down
+      again at that moment (a scene that kills every worker that runs it, tried
+      again).  Those nannies were lost for good, until no worker was left and
+      the batch waited for ever.  Our nannies restart their own workers.
+    * ``distributed.scheduler.no-workers-timeout`` :data:`NO_WORKERS_TIMEOUT`,
+      read when the scheduler starts: if no worker is left anyway, the waiting
+      tasks fail and the batch stops with a :class:`ClusterError` that says so.
     """
     import dask
+    import distributed  # noqa: F401 - its defaults first: leaving the block drops keys it added
 
-    with dask.config.set({"distributed.worker.daemon": False}):
+    with dask.config.set({"distributed.worker.daemon": False,
+                          "distributed.deploy.lost-worker-timeout": "3650 days",
+                          "distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}):
         yield
 
 

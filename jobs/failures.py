@@ -113,6 +113,35 @@ def worker_died(exc: BaseException) -> WorkerDiedError | None:
         f"driver); the last was {worker}: see that worker's log, or give the workers more memory")
 
 
+def no_worker_left(exc: BaseException, scene: str, stage: str) -> ScenetagError | None:
+    """``exc`` as a :class:`~jobs.cluster.ClusterError` when the scheduler failed a task for want of a worker, else None.
+
+    The scheduler does so after ``distributed.scheduler.no-workers-timeout``
+    (:data:`~jobs.cluster.NO_WORKERS_TIMEOUT` on our LocalCluster): every
+    worker died and none came back, or none has the resources the task asks
+    for.  That is about the cluster, not the scene: the job stops.
+    """
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError
+
+    from scenetag.jobs.cluster import ClusterError
+
+    if isinstance(exc, NoWorkerError):
+        return ClusterError(
+            f"the cluster has had no worker for {exc.timeout:g} s, so the {stage} task of {scene} could not "
+            "run: its workers died and none came back; see the workers' logs (out of memory, a crash "
+            "in a driver), start workers again and run the batch again (finished scenes are skipped)")
+    if isinstance(exc, NoValidWorkerError):
+        wanted = ", ".join(f"{k}={v:g}" for k, v in exc.resource_restrictions.items()) or "the workers it names"
+        return ClusterError(
+            f"no worker of the cluster has {wanted}, so the {stage} task of {scene} waited {exc.timeout:g} s "
+            "and was failed: start workers with those resources (docs/batch.md: GPU workers), or run "
+            "without --gpu")
+    return None
+
+
 def run_task(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run one task of a scene under the policy; a failure among ``args`` is passed on without running ``fn``.
 

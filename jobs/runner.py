@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from scenetag.jobs.classify import Progress
 from scenetag.jobs.executors import Executor
-from scenetag.jobs.failures import JobFailure, SceneFailure, run_task, worker_died
+from scenetag.jobs.failures import JobFailure, SceneFailure, no_worker_left, run_task, worker_died
 from scenetag.jobs.models import SceneModel
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.progress import SceneChips
@@ -200,6 +200,9 @@ def run_scenes(
             except Exception as exc:
                 died = worker_died(exc)  # a worker died running the scene: it fails, the others go on
                 if died is None:
+                    stop = no_worker_left(exc, state.record.scene, stage)  # the cluster's, not the scene's
+                    if stop is not None:
+                        raise stop from exc
                     raise
                 # Tried again (within --retries): Dask hands a worker more tasks than it has threads, so
                 # a scene queued beside the one that killed the worker can die with it as a bystander.
