@@ -11,7 +11,10 @@ relays the tasks' chip counts back to this process (:meth:`Executor.relay`).
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
+import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +24,16 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 #: (The value lives in jobs.cluster so the CLI reads it without importing Dask.)
 from scenetag.jobs.cluster import DEFAULT_CHIPS_PER_TASK
 from scenetag.jobs.progress import TOPIC, ChipEvents, Progress
+
+log = logging.getLogger(__name__)
+
+#: Seconds a cluster may have no worker while tasks wait before the batch says so (again every
+#: :data:`NO_WORKERS_REPEAT_S`): the scheduler of a cluster that is not ours waits for workers to
+#: join unless it has a no-workers-timeout (our LocalCluster's fails the tasks, jobs.cluster).
+NO_WORKERS_WARN_S = 60.0
+NO_WORKERS_REPEAT_S = 600.0
+#: Seconds between looks at the cluster's workers while tasks wait.
+NO_WORKERS_POLL_S = 5.0
 
 
 class Executor(Protocol):
@@ -190,7 +203,41 @@ class DaskExecutor:
         self._pending.add(future)
 
     def completed(self) -> Iterator[Any]:
-        yield from self._pending
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_workers, args=(stop,), name="scenetag-workers", daemon=True)
+        watcher.start()
+        try:
+            yield from self._pending
+        finally:
+            stop.set()
+            watcher.join()
+
+    def _watch_workers(self, stop: threading.Event) -> None:
+        """Say in the log when the cluster has had no worker for a while: the batch is waiting, not working."""
+        since = warned = None
+        while not stop.wait(NO_WORKERS_POLL_S):
+            try:
+                # A count, not the workers' details (scheduler_info fetches every worker's).
+                n = self.client.sync(self.client.scheduler.identity, n_workers=0, callback_timeout=30)["n_workers"]
+            except Exception:  # noqa: BLE001 - the client is closing: nothing to say
+                return
+            now = time.monotonic()
+            if n:
+                if warned is not None:
+                    log.warning("the cluster at %s has %d workers again; the batch goes on", self._address(), n)
+                since = warned = None
+                continue
+            since = now if since is None else since
+            if now - since >= NO_WORKERS_WARN_S and (warned is None or now - warned >= NO_WORKERS_REPEAT_S):
+                warned = now
+                log.warning(
+                    "the cluster at %s has had no worker for %.0f s: the batch waits for workers to join "
+                    "(start some, or stop it; a scheduler started with "
+                    "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT=300s fails the batch instead)",
+                    self._address(), now - since)
+
+    def _address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", "") or "?")
 
     def cancel(self, futures: Sequence[Any]) -> None:
         if futures:

@@ -147,3 +147,32 @@ def test_a_retry_after_a_worker_died_past_the_write_reports_what_was_written(pre
                           retries=1)
     assert len(calls) == 1 and record.attempts == 2
     assert record.status == Status.OK and record.chips == calls[0].n_chips_classified > 0
+
+
+def test_a_cluster_without_workers_is_named_in_the_log_while_the_batch_waits(monkeypatch, caplog):
+    """A cluster that is not ours waits for workers to join: the batch says so, and again when they are back."""
+    import logging
+    import time
+
+    from distributed import Client
+
+    import scenetag.jobs.executors as executors
+
+    monkeypatch.setattr(executors, "NO_WORKERS_POLL_S", 0.05)
+    monkeypatch.setattr(executors, "NO_WORKERS_WARN_S", 0.3)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        ex = executors.DaskExecutor(client)
+        futs = [ex.submit("t", lambda: 42), ex.submit("slow", lambda: time.sleep(1.0) or 43)]
+        for fut in futs:
+            ex.watch(fut)
+        timer = threading.Timer(2.0, cluster.scale, args=(1,))  # a worker joins later
+        timer.start()
+        with caplog.at_level(logging.WARNING, logger="scenetag.jobs.executors"):
+            t0 = time.time()
+            assert sorted(f.result() for f in ex.completed()) == [42, 43]
+        timer.join()
+        ex.close()
+    assert time.time() - t0 >= 1.5  # it did wait for the worker
+    said = [r.getMessage() for r in caplog.records]
+    assert any("has had no worker for" in m and "waits for workers to join" in m for m in said), said
+    assert any("workers again" in m for m in said), said
