@@ -134,6 +134,14 @@ def classify_cells(
     in_flight: deque[tuple[list[tuple], Pending]] = deque()
     asynchronous = queues_work(predictor)
 
+    def done(meta: list[tuple], probs: np.ndarray) -> None:
+        """A batch classified: its table kept, handed on, counted."""
+        tables.append(ChipTable.from_rows(meta, probs))
+        if on_table:
+            on_table(tables[-1])
+        if progress:
+            progress(len(meta))
+
     def collect(keep: int) -> None:
         nonlocal infer_seconds
         while len(in_flight) > keep:
@@ -141,11 +149,7 @@ def classify_cells(
             t0 = time.perf_counter()
             p = pending.result()
             infer_seconds += time.perf_counter() - t0
-            tables.append(ChipTable.from_rows(meta, p))
-            if on_table:
-                on_table(tables[-1])
-            if progress:
-                progress(len(meta))
+            done(meta, p)
 
     def timed_read(reader: ChipReader, cell: GridCell) -> RunRead:
         t0 = time.perf_counter()
@@ -167,11 +171,7 @@ def classify_cells(
         else:
             p = predictor.predict(np.stack(batch))
             infer_seconds += time.perf_counter() - t0
-            tables.append(ChipTable.from_rows(batch_meta, p))
-            if on_table:
-                on_table(tables[-1])
-            if progress:
-                progress(len(batch))
+            done(batch_meta, p)
         batch.clear()
         batch_meta.clear()
 

@@ -304,6 +304,6 @@ def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str
         seconds=time.time() - prep.wall_start,
         # "write": what the scene waited for; "write_streamed": what its writer thread did beside the classification.
         timings={"read": table.seconds_read, "infer": table.seconds_infer,
-                 "write": time.perf_counter() - t_write, "write_streamed": write.chips.seconds_streaming,
+                 "write": time.perf_counter() - t_write, "write_streamed": write.seconds_streaming,
                  **table.extra.get("timings", {})},
     )

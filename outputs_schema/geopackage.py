@@ -210,7 +210,7 @@ class GeoPackageWriter:
         t0 = time.perf_counter()
         try:
             if not self._started:
-                self.append(table.__class__.empty(self.spec.n_labels))
+                self.append(ChipTable.empty(self.spec.n_labels))
             tagged = self.spec.tags(table.probs)
             # Label layers are dissolved (and their areas measured) in the scene's CRS.
             label_frames = [label_frame(label, tagged[:, i], table.probs[:, i], table, self.transform, self.crs)

@@ -215,6 +215,11 @@ class SceneWrite:
 
     __call__ = add  # the classification's ``on_table`` callback
 
+    @property
+    def seconds_streaming(self) -> float:
+        """Seconds the chips layer was written beside the classification (its writer thread's)."""
+        return self.chips.seconds_streaming
+
     def finish(self, table: "ChipTable", run: RunRecord) -> RunRecord:
         """Write the rest from ``table`` (every chip of the scene, in grid order); the record written."""
         # An output that appeared since check() is not replaced: the writers' renames refuse it

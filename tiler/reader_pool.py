@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing.util as mp_util
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +23,7 @@ import numpy as np
 
 from scenetag.config import gdal_cachemax_mb
 from scenetag.errors import SceneReadError
+from scenetag.processes import at_exit
 from scenetag.tiler.reader_process import context, init_reader, read_run
 from scenetag.tiler.shared_blocks import block_name, shm_free_bytes, sweep_segments_once
 
@@ -203,7 +203,6 @@ class ReaderPool:
 
 _shared: dict[tuple[int, int], ReaderPool] = {}
 _shared_lock = threading.Lock()
-_finalizer: mp_util.Finalize | None = None
 
 
 def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> ReaderPool:
@@ -213,15 +212,11 @@ def shared_pool(workers: int | None = None, cachemax_mb: int | None = None) -> R
     scenes and strips, read through it, so readers start and their slots are
     page-locked once per process.
     """
-    global _finalizer
     key = (int(workers or default_workers()), gdal_cachemax_mb(cachemax_mb))
     with _shared_lock:
         pool = _shared.get(key)
         if pool is None or pool.closed or pool.owner != os.getpid():
-            if _finalizer is None:
-                # Not atexit: a multiprocessing child (a Dask worker under its nanny) ends with os._exit,
-                # after multiprocessing's own finalizers, which also run at a main program's exit.
-                _finalizer = mp_util.Finalize(None, close_shared_pools, exitpriority=100)
+            at_exit(close_shared_pools, priority=100)  # also in a Dask worker, which never runs atexit
             pool = _shared[key] = ReaderPool(*key)
         return pool
 

@@ -19,9 +19,9 @@ as every backend's does.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 
 from scenetag.errors import ModelError, ModelLoadError, ModelSpecError, OptionError, require
 from scenetag.hashing import file_sha256
+from scenetag.processes import at_exit
 from scenetag.model.backends.base import Done, checked_probabilities, is_gpu_device
 from scenetag.model.spec import METADATA_KEY, ModelSpec
 
@@ -52,9 +53,8 @@ INFER_REQUESTS = 2
 _LIVE: "weakref.WeakSet[OpenVinoPredictor]" = weakref.WeakSet()
 
 
-@atexit.register
 def _drain_at_exit() -> None:
-    """Wait for every infer request before the interpreter finalises.
+    """Wait for every infer request of this process's predictors before the process ends (:func:`at_exit`).
 
     A request's callback runs on an OpenVINO thread and takes the GIL; once
     the interpreter is finalising, taking it ends that thread with a forced
@@ -63,7 +63,8 @@ def _drain_at_exit() -> None:
     asked, e.g. with 143 after SIGTERM stopped a run with batches in flight.
     """
     for predictor in list(_LIVE):
-        predictor.close()
+        if predictor.owner == os.getpid():  # a forked copy's requests are not this process's
+            predictor.close()
 
 
 def available() -> bool:
@@ -155,7 +156,9 @@ class OpenVinoPredictor:
         self.requests = int(requests or INFER_REQUESTS)
         self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
         self._queue.set_callback(_finished)
+        self.owner = os.getpid()
         _LIVE.add(self)
+        at_exit(_drain_at_exit, priority=200)  # before the reader pools close
         # One queue per predictor; jobs.batch shares predictors between threads.
         self._lock = threading.Lock()
         self.batch_size = int(batch_size or BATCH_SIZE)
