@@ -16,7 +16,8 @@ the figures are medians over rounds and the ratios are taken within a round:
   process, with the streamed write and with the write at the end
   (``jobs.runner.STREAMED_WRITE``);
 * ``batch``: the N scenes on an already started LocalCluster (``--workers``
-  processes, one thread each), both ways;
+  processes, one thread each), both ways (streamed: the chain of part tasks,
+  ``--part-rows`` grid cells or more each, decided in this process);
 * the write's share of ``run``: the seconds a scene waits for its write (the
   part after the classification; all of it for the write at the end) over the
   scene's seconds, and for the streamed write also the seconds its writer

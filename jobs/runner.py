@@ -10,7 +10,8 @@ Per scene, the tasks are ``prepare`` (:func:`~jobs.scene_job.prepare_scene`),
 ``hash`` (the checksum, beside the classification when the skip check did
 not need it first), one ``classify`` per strip (the only tasks that run the
 model; they ask for ``resources``, e.g. ``GPU=1``) and ``write``, the scene's
-single writer.  Failures follow :mod:`jobs.failures`: a per-scene failure is
+single writer; on a cluster, ``stream`` tasks before it append the chips of
+a few strips each as soon as those are classified.  Failures follow :mod:`jobs.failures`: a per-scene failure is
 retried from the start (up to ``retries`` times) when it may go away, then
 recorded, and the other scenes go on; a worker that died running a scene
 (Dask's ``KilledWorker``) is such a failure too; anything else cancels the
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from scenetag.atomic import discard
 from scenetag.jobs.classify import Progress
 from scenetag.jobs.executors import Executor
 from scenetag.jobs.failures import JobFailure, SceneFailure, no_worker_left, run_task, worker_died
@@ -38,12 +40,16 @@ from scenetag.jobs.scene_job import (
     Prepared,
     SceneResult,
     classify_strip,
+    finish_parts,
     hash_scene,
+    open_parts,
     open_write,
     prepare_scene,
+    write_part,
     write_scene,
 )
 from scenetag.outputs_schema.outputs import SceneWrite
+from scenetag.outputs_schema.stream import WrittenParts, part_groups
 from scenetag.outputs_schema.run_record import read_run_record
 from scenetag.tiler.location import is_remote, redact
 
@@ -52,8 +58,9 @@ log = logging.getLogger(__name__)
 #: ``factory(total_chips)`` → a callback taking the number of chips just done.
 ProgressFactory = Callable[[int], Progress]
 
-#: Stream the chips layer while the scene is classified (where the executor's tasks share this process).
-#: False writes it at the end: kept only for the tests and benchmarks that compare the two.
+#: Stream the chips layer while the scene is classified: on a thread where the executor's tasks share
+#: this process, else by part tasks.  False writes it at the end: kept only for the tests and
+#: benchmarks that compare the two.
 STREAMED_WRITE = True
 
 
@@ -68,6 +75,7 @@ class _Scene:
     location: str = ""
     chips: SceneChips | None = None  # the chip progress of the current try
     stream: SceneWrite | None = None  # the current try's streamed write (in this process)
+    parts: WrittenParts | None = None  # or its temporary, written by part tasks (on a cluster)
     relayed: Progress | None = None  # its callback as the tasks hold it (the executor's relay)
 
 
@@ -132,6 +140,9 @@ def run_scenes(
         if state.stream is not None:
             state.stream.abort()  # nothing left of it (a finished write has nothing left to remove)
             state.stream = None
+        if state.parts is not None:
+            discard(state.parts.tmp)  # the same, for the part tasks' temporary (renamed if the write finished)
+            state.parts = None
 
     def end_chips(state: _Scene, written: bool) -> None:
         if state.chips is not None:
@@ -176,16 +187,24 @@ def run_scenes(
         if progress is not None:
             state.chips = SceneChips(progress(len(plan.grid)), len(plan.grid))
             state.relayed = executor.relay(state.chips)
-        # Where the tasks share this process, the chips are written as they are classified: the write
-        # runs beside the classification, and only its tail after it (docs/performance.md).  On a
-        # cluster the write task takes the strips' tables when all are done (a scene's write runs
-        # beside the classification of the other scenes in flight).
+        # The chips are written as they are classified: the write runs beside the classification, and
+        # only its tail after it (docs/performance.md).  Where the tasks share this process a thread
+        # takes each batch; on a cluster a chain of part tasks takes the strips a few at a time
+        # (outputs_schema.stream), and the write task the last ones.
         write = write_scene
         if STREAMED_WRITE and executor.shares_objects:
             state.stream = open_write(prep)
             write = functools.partial(write_scene, stream=state.stream)
         tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed, state.stream,
                          resources=resources) for cells in strips]
+        groups = [] if executor.chips_per_task is None else part_groups([len(cells) for cells in strips])
+        if STREAMED_WRITE and not executor.shares_objects and len(groups) > 1:
+            state.parts = open_parts(prep)
+            parts = state.parts
+            for group in groups[:-1]:
+                parts = submit(state, "stream", write_part, prep, parts, *(tables[i] for i in group))
+            submit(state, "write", finish_parts, prep, model, identity, parts, *tables, watch=True)
+            return
         submit(state, "write", write, prep, model, identity, *tables, watch=True)
 
     for state in states:

@@ -14,6 +14,10 @@ Every way of running scenetag runs these steps, as tasks on an executor
     Read and classify a strip of the grid's cells (:mod:`jobs.classify`).
 :func:`write_scene`
     Join the strips, build the provenance row and write the outputs atomically.
+:func:`write_part`, :func:`finish_parts`
+    On a cluster, where the strips are classified in other processes: the
+    chips layer appended a part at a time as its strips are done, and the
+    write that finishes it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 
 
 import scenetag
+from scenetag.atomic import temporary_name
 from scenetag.errors import SceneReadError
 from scenetag.hashing import SceneIdentity
 from scenetag.jobs.classify import Progress, classify_cells
@@ -43,6 +48,7 @@ from scenetag.outputs_schema.records import ChipTable
 from scenetag.outputs_schema.outputs import SceneFrame, SceneOutputs, SceneWrite
 from scenetag.outputs_schema.run_record import RunRecord, read_run_record
 from scenetag.outputs_schema.schema import SCHEMA_VERSION
+from scenetag.outputs_schema.stream import WrittenParts
 from scenetag.tiler.grid import GridCell
 from scenetag.tiler.location import redact
 
@@ -230,15 +236,38 @@ def scene_frame(plan: ScenePlan) -> SceneFrame:
                       (info.height, info.width))
 
 
-def open_write(prep: Prepared) -> SceneWrite:
+def open_write(prep: Prepared, tmp: str | None = None) -> SceneWrite:
     """Start the planned scene's write, to stream its chips as they are classified (:func:`classify_strip`).
 
     Nothing is on disk until the first chips are written, and only under a
-    temporary name; :func:`write_scene` finishes it, or :meth:`SceneWrite.abort` drops it.
+    temporary name (``tmp``, else one of this process); :func:`write_scene`
+    finishes it, or :meth:`SceneWrite.abort` drops it.
     """
     opts = prep.plan.options
     return SceneOutputs(prep.out, opts.raster, opts.to_crs).open(prep.plan.spec, scene_frame(prep.plan),
-                                                                 overwrite=prep.overwrite)
+                                                                 overwrite=prep.overwrite, tmp=tmp)
+
+
+def open_parts(prep: Prepared) -> WrittenParts:
+    """The start of a chips layer written in parts by tasks in other processes: its temporary's name.
+
+    The name is this process's (the job's): the job removes it if the scene
+    fails, and while the job lives no sweep takes it for a dead writer's.
+    """
+    return WrittenParts(str(temporary_name(SceneOutputs(prep.out).gpkg)))
+
+
+def write_part(prep: Prepared, parts: WrittenParts, *tables: ChipTable) -> WrittenParts:
+    """Append the next strips' chips (``tables``, in grid order) to the scene's chips layer; what is written now."""
+    return open_write(prep, parts.tmp).append_part(parts, tables)
+
+
+def finish_parts(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, parts: WrittenParts,
+                 *tables: ChipTable) -> SceneResult:
+    """The write of a scene whose chips layer :func:`write_part` began: the rest, then as :func:`write_scene`."""
+    write = open_write(prep, parts.tmp)
+    write.continuing(parts, tables)
+    return write_scene(prep, model, identity, *tables, stream=write)
 
 
 def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str, *tables: ChipTable,
@@ -302,7 +331,8 @@ def write_scene(prep: Prepared, model: SceneModel, identity: SceneIdentity | str
         n_chips_total=run.n_chips_total, n_chips_classified=len(table),
         n_chips_skipped_nodata=table.n_skipped_nodata, n_chips_skipped_edge=plan.grid.n_skipped,
         seconds=time.time() - prep.wall_start,
-        # "write": what the scene waited for; "write_streamed": what its writer thread did beside the classification.
+        # "write": what the scene waited for; "write_streamed": what its writer thread (on a cluster, its part
+        # tasks) wrote beside the classification.
         timings={"read": table.seconds_read, "infer": table.seconds_infer,
                  "write": time.perf_counter() - t_write, "write_streamed": write.seconds_streaming,
                  **table.extra.get("timings", {})},

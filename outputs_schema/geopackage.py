@@ -34,7 +34,7 @@ from scenetag.outputs_schema.run_record import RunRecord
 from scenetag.outputs_schema.schema import (
     CHIP_FIELDS, CHIPS_LAYER, LABEL_FIELDS, RUN_FIELDS, RUNS_LAYER, Field, OutputSchema, tag_names,
 )
-from scenetag.atomic import SIDECARS, publish, temporary_name
+from scenetag.atomic import discard, publish, temporary_name
 from scenetag.errors import OutputError
 from scenetag.outputs_schema.write_errors import write_error
 
@@ -159,12 +159,15 @@ class GeoPackageWriter:
     leaves only the temporary, named after its pid, which
     :func:`~scenetag.jobs.sweep.sweep_leftovers` removes later.  ``stride`` is the
     grid's, in scene pixels (it marks the shifted chips, so each part needs it).
+    ``tmp`` is the temporary's name, where the caller chose it (:func:`~scenetag.atomic.temporary_name`:
+    a scene whose parts are written by several processes, :meth:`resume`).
     """
 
     def __init__(self, out: str | Path, *, spec: ModelSpec, scene_id: str, transform: Affine, crs: CRS,
-                 stride: int | None, to_crs: CRS | None = None, replace: bool = False) -> None:
+                 stride: int | None, to_crs: CRS | None = None, replace: bool = False,
+                 tmp: str | Path | None = None) -> None:
         self.out = Path(out)
-        self.tmp = temporary_name(self.out)
+        self.tmp = temporary_name(self.out) if tmp is None else Path(tmp)
         self.spec, self.scene_id, self.transform, self.crs = spec, scene_id, transform, crs
         self.stride, self.to_crs, self.replace = stride, to_crs, replace
         self.schema = OutputSchema(spec.labels)
@@ -174,19 +177,56 @@ class GeoPackageWriter:
         self._started = False
         self._bounds: np.ndarray | None = None  # the chips' total bounds, in the output CRS
 
+    @property
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """The bounds of the chips written so far, in the output CRS (None before any chip)."""
+        return None if self._bounds is None else tuple(float(v) for v in self._bounds)
+
+    def written(self) -> int | None:
+        """How many chips the temporary file's ``chips`` layer holds (None: no file, or no layer yet).
+
+        Read from the file, so it counts what another process appended too; a
+        transaction that a killed writer left unfinished is rolled back first
+        (SQLite does so on the first read).
+        """
+        if not self.tmp.is_file():
+            return None
+        try:
+            con = sqlite3.connect(str(self.tmp))
+            try:
+                return int(con.execute(f'SELECT count(*) FROM "{CHIPS_LAYER}"').fetchone()[0])
+            finally:
+                con.close()
+        except sqlite3.Error:  # no chips layer yet (a first append cut short), or no GeoPackage at all
+            return None
+
+    def resume(self, n_written: int, bounds: tuple[float, float, float, float] | None) -> None:
+        """Go on with a ``chips`` layer of ``n_written`` chips within ``bounds`` that another writer (another
+        process: :func:`~scenetag.outputs_schema.stream.append_part`) wrote into ``tmp``."""
+        self._started = n_written > 0 or self.written() is not None
+        self.n_written = n_written
+        self._bounds = None if bounds is None else np.asarray(bounds, dtype=float)
+
+    def frame(self, table: ChipTable) -> gpd.GeoDataFrame:
+        """``table``'s chips as the ``chips`` layer has them (in the output CRS)."""
+        chips = chips_frame(table, self.schema, self.spec.tags(table.probs), self.scene_id, self.transform,
+                            self.crs, self.stride, self.spec)
+        return chips.to_crs(self.to_crs.to_wkt()) if self.to_crs is not None else chips
+
+    def include(self, chips: gpd.GeoDataFrame) -> None:
+        """Widen :attr:`bounds` by ``chips`` (written by an earlier try of this part, say)."""
+        if len(chips):
+            b = chips.total_bounds
+            self._bounds = b if self._bounds is None else np.r_[np.minimum(self._bounds[:2], b[:2]),
+                                                                 np.maximum(self._bounds[2:], b[2:])]
+
     def append(self, table: ChipTable) -> None:
         """Add ``table``'s chips to the ``chips`` layer, after those already there (the first call creates it)."""
         if self._started and not len(table):
             return
         t0 = time.perf_counter()
-        chips = chips_frame(table, self.schema, self.spec.tags(table.probs), self.scene_id, self.transform,
-                            self.crs, self.stride, self.spec)
-        if self.to_crs is not None:
-            chips = chips.to_crs(self.to_crs.to_wkt())
-        if len(chips):
-            b = chips.total_bounds
-            self._bounds = b if self._bounds is None else np.r_[np.minimum(self._bounds[:2], b[:2]),
-                                                                 np.maximum(self._bounds[2:], b[2:])]
+        chips = self.frame(table)
+        self.include(chips)
         try:
             if not self._started:
                 self._started = True
@@ -250,8 +290,7 @@ class GeoPackageWriter:
 
     def abort(self) -> None:
         """Remove the temporary file and its sidecars (nothing of the output is left)."""
-        for leftover in (self.tmp, *(Path(str(self.tmp) + s) for s in SIDECARS)):
-            leftover.unlink(missing_ok=True)
+        discard(self.tmp)
 
     def __enter__(self) -> "GeoPackageWriter":
         return self
@@ -322,8 +361,7 @@ def _write_label_layers(con: sqlite3.Connection, path: Path, frames: Sequence[gp
     finally:
         if con.in_transaction:
             con.execute("ROLLBACK")
-        for leftover in (one, *(Path(str(one) + s) for s in SIDECARS)):
-            leftover.unlink(missing_ok=True)
+        discard(one)
 
 
 #: Per-layer rows of the GeoPackage's registry tables (those present in both files are copied).

@@ -30,7 +30,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from scenetag.errors import OutputError, OutputExistsError
 from scenetag.outputs_schema.run_record import RunRecord, read_run_record
@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the writers' stack is imported where it writes
 
     from scenetag.model.spec import ModelSpec
     from scenetag.outputs_schema.records import ChipTable
+    from scenetag.outputs_schema.stream import WrittenParts
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,18 @@ class SceneOutputs:
         :meth:`SceneWrite.finish`)."""
         return self.open(spec, frame, overwrite=overwrite).finish(table, run)
 
-    def open(self, spec: "ModelSpec", frame: SceneFrame, *, overwrite: bool = False) -> "SceneWrite":
+    def open(self, spec: "ModelSpec", frame: SceneFrame, *, overwrite: bool = False,
+             tmp: str | os.PathLike | None = None) -> "SceneWrite":
         """Start writing the scene's outputs: give the write its chips as they are classified, then finish it.
 
         Call :meth:`check` first.  Without ``overwrite`` an output that appeared
         meanwhile is refused (atomically, by the renames at the end);
         ``overwrite`` also replaces an existing QGIS style beside the raster,
-        which is otherwise kept (it may be the user's).
+        which is otherwise kept (it may be the user's).  ``tmp`` names the
+        GeoPackage's temporary, where the scene's parts are written by several
+        processes (:meth:`SceneWrite.append_part`); by default it is this process's own.
         """
-        return SceneWrite(self, spec, frame, overwrite)
+        return SceneWrite(self, spec, frame, overwrite, tmp)
 
 
 class SceneWrite:
@@ -196,18 +200,37 @@ class SceneWrite:
     :meth:`abort`, nothing is left and nothing is replaced.
     """
 
-    def __init__(self, outputs: SceneOutputs, spec: "ModelSpec", frame: SceneFrame, overwrite: bool) -> None:
+    def __init__(self, outputs: SceneOutputs, spec: "ModelSpec", frame: SceneFrame, overwrite: bool,
+                 tmp: str | os.PathLike | None = None) -> None:
         from rasterio.crs import CRS
 
-        from scenetag.outputs_schema.geopackage import GeoPackageWriter
         from scenetag.outputs_schema.stream import ChipStream
 
         self.outputs, self.spec, self.frame, self.overwrite = outputs, spec, frame, overwrite
-        to_crs = CRS.from_user_input(outputs.to_crs) if outputs.to_crs else None
-        self.chips = ChipStream(
-            lambda: GeoPackageWriter(outputs.gpkg, spec=spec, scene_id=frame.scene_id, transform=frame.transform,
-                                     crs=frame.crs, stride=frame.stride, to_crs=to_crs, replace=overwrite),
-            n_cols=frame.grid_shape[1])
+        self._to_crs = CRS.from_user_input(outputs.to_crs) if outputs.to_crs else None
+        self._tmp = tmp
+        self.chips = ChipStream(self._geopackage, n_cols=frame.grid_shape[1])
+
+    def _geopackage(self):
+        from scenetag.outputs_schema.geopackage import GeoPackageWriter
+
+        frame = self.frame
+        return GeoPackageWriter(self.outputs.gpkg, spec=self.spec, scene_id=frame.scene_id,
+                                transform=frame.transform, crs=frame.crs, stride=frame.stride,
+                                to_crs=self._to_crs, replace=self.overwrite, tmp=self._tmp)
+
+    def append_part(self, parts: "WrittenParts", tables: Sequence["ChipTable"]) -> "WrittenParts":
+        """Append the next strips' chips to the temporary GeoPackage ``parts.tmp`` (a part task, in any process).
+
+        See :func:`~scenetag.outputs_schema.stream.append_part`: a task run again writes nothing twice.
+        """
+        from scenetag.outputs_schema.stream import append_part
+
+        return append_part(self._geopackage(), parts, tables, self.spec.n_labels)
+
+    def continuing(self, parts: "WrittenParts", tables: Sequence["ChipTable"]) -> None:
+        """Finish, with :meth:`finish`, the GeoPackage that part tasks began (``tables``: every strip, in order)."""
+        self.chips.continuing(parts, tables)
 
     def add(self, table: "ChipTable") -> None:
         """One batch of classified chips (returns at once: a thread writes them)."""

@@ -22,6 +22,18 @@ anything have come later than the window (or not through the stream at all),
 writes the chips layer again from the scene's table, at the cost of the
 write at the end.  The output is the same either way.
 
+**Parts written elsewhere.**  On a cluster a scene's strips are classified
+by tasks in other processes, and no thread can follow them.  There the
+chips layer is appended by a chain of part tasks instead
+(:func:`append_part`, each taking consecutive strips of at least
+:data:`PART_ROWS` grid cells, :func:`part_groups`), which run on whichever
+worker holds their strips, beside the classification of the strips after
+them; the scene's write task appends the last strips and finishes the file
+(:meth:`ChipStream.continuing`).  What the chain has written travels as a
+small :class:`WrittenParts`.  A part task that Dask runs again (its worker
+died) looks at the file first, so no chip is written twice; where the file
+is not what the chain says, the write task writes the layer again whole.
+
 **Memory.**  The stream holds only the chips of the window and the part
 being written, and the grid keys written (8 bytes a chip, for the check).
 Geometries exist only for the part being written.  The scene's whole table
@@ -35,7 +47,8 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -55,6 +68,87 @@ PART_ROWS = 4096
 REORDER_WINDOW = 4096
 
 _END = object()
+
+
+@dataclass(frozen=True)
+class WrittenParts:
+    """How far the part tasks of a scene have written its chips layer into the temporary ``tmp``.
+
+    Made by the scene job with ``tmp`` alone (nothing written yet), then
+    returned by each :func:`append_part`, which the next one takes.
+    """
+
+    #: The temporary GeoPackage (:func:`~scenetag.atomic.temporary_name`, named after the job's process).
+    tmp: str
+    #: Chips appended by each part, in order.
+    counts: tuple[int, ...] = ()
+    #: Strip tables the parts took (the scene's first ``n_tables``).
+    n_tables: int = 0
+    #: The chips' bounds in the output CRS (for the QGIS project's extent).
+    bounds: tuple[float, float, float, float] | None = None
+    #: False when the file was not what the chain expected: the write task writes the layer whole.
+    ok: bool = True
+    #: Seconds the part tasks spent writing.
+    seconds: float = 0.0
+
+    @property
+    def n_chips(self) -> int:
+        return sum(self.counts)
+
+
+def part_groups(sizes: Sequence[int], part_rows: int | None = None) -> list[range]:
+    """Consecutive strips (``sizes``: grid cells of each) grouped into parts of at least ``part_rows`` cells.
+
+    The last group may be smaller.  Part tasks write all but the last; the
+    write task writes the last with the rest of the file.
+    """
+    part_rows = PART_ROWS if part_rows is None else part_rows
+    groups, start, cells = [], 0, 0
+    for i, n in enumerate(sizes):
+        cells += n
+        if cells >= part_rows:
+            groups.append(range(start, i + 1))
+            start, cells = i + 1, 0
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
+def append_part(writer: "GeoPackageWriter", parts: WrittenParts, tables: Sequence[ChipTable],
+                n_labels: int) -> WrittenParts:
+    """Append ``tables`` (the scene's next strips, in grid order) to the chips layer that ``parts`` wrote.
+
+    ``writer`` writes into ``parts.tmp``.  Run twice (Dask runs a task again
+    when its worker died, perhaps after the append), it finds its chips in
+    the file and does not write them again.  A file that holds neither what
+    ``parts`` says nor that plus these chips (later parts are in it: Dask
+    ran this task again because its result was lost with a worker) is left
+    alone and the result says so (``ok`` False): the write task then writes
+    the layer whole.
+    """
+    if not parts.ok:
+        return parts
+    t0 = time.perf_counter()
+    part = ChipTable.concat(tables, n_labels)
+    before = parts.n_chips
+    have = writer.written()
+    if have is None and not parts.counts:
+        writer.abort()  # nothing yet, or the start of an earlier try of this first part, cut short
+        writer.append(part)
+    elif have == before:
+        writer.resume(before, parts.bounds)
+        writer.append(part)
+    elif have == before + len(part):
+        log.info("%s: this part of the chips layer was written by an earlier try", writer.tmp)
+        writer.resume(have, parts.bounds)
+        writer.include(writer.frame(part))
+    else:
+        log.warning("%s holds %s chips where %d were written: the chips layer will be written again at the end",
+                    writer.tmp, "no" if have is None else have, before)
+        return WrittenParts(parts.tmp, parts.counts, parts.n_tables, parts.bounds, ok=False,
+                            seconds=parts.seconds)
+    return WrittenParts(parts.tmp, (*parts.counts, len(part)), parts.n_tables + len(tables), writer.bounds,
+                        seconds=parts.seconds + time.perf_counter() - t0)
 
 
 def grid_keys(table: ChipTable, n_cols: int) -> np.ndarray:
@@ -111,6 +205,30 @@ class ChipStream:
         self._queue.put(table)
 
     __call__ = add  # the classification's ``on_table`` callback
+
+    def continuing(self, parts: WrittenParts, tables: Sequence[ChipTable]) -> None:
+        """Go on from what part tasks wrote (:func:`append_part`); ``tables`` are the scene's strips, in order.
+
+        The writer must write into ``parts.tmp``.  The strips that the parts
+        took are in the file; the others are written by :meth:`finish`.  Where
+        the file is not what ``parts`` says, it is removed and :meth:`finish`
+        writes every chip.
+        """
+        written = list(tables[:parts.n_tables])
+        writer = self._writer()
+        n_chips = sum(len(t) for t in written)
+        if parts.ok and n_chips == parts.n_chips and writer.written() == n_chips:
+            writer.resume(n_chips, parts.bounds)
+            self._written = [grid_keys(t, self.n_cols) for t in written if len(t)]
+            self._last_key = int(self._written[-1][-1]) if self._written else -1
+            rest = [t for t in tables[parts.n_tables:] if len(t)]
+        else:
+            log.info("%s is not the chips layer its parts wrote: writing the layer whole", writer.tmp)
+            self._discard_writer()
+            rest = [t for t in tables if len(t)]
+        self._pending = rest
+        self._n_pending = sum(len(t) for t in rest)
+        self.seconds_streaming = parts.seconds
 
     def finish(self, table: ChipTable, run: "RunRecord") -> "RunRecord":
         """Write the rest (``table`` is every chip of the scene, in grid order) and name the file; the record.

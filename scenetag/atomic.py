@@ -128,6 +128,11 @@ def atomic_path(out: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         yield tmp
         publish(tmp, out, replace)
     finally:
-        for leftover in (tmp, *(Path(str(tmp) + s) for s in SIDECARS)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        discard(tmp)
+
+
+def discard(tmp: str | os.PathLike) -> None:
+    """Remove the temporary ``tmp`` and the sidecars GDAL and SQLite may have left beside it (if there)."""
+    tmp = Path(tmp)
+    for leftover in (tmp, *(Path(str(tmp) + s) for s in SIDECARS)):
+        leftover.unlink(missing_ok=True)

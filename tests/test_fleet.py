@@ -132,7 +132,10 @@ def _blocks_of(pids) -> list[str]:
 
 @pytest.mark.slow
 def test_batch_on_dask_cli_workers_reads_with_processes_and_matches_run(cli_cluster, scenes_dir, reference,
-                                                                        predictor, tmp_path):
+                                                                        predictor, tmp_path, monkeypatch):
+    import scenetag.outputs_schema.stream as stream
+
+    monkeypatch.setattr(stream, "PART_ROWS", CHIPS_PER_TASK)  # the chips layers streamed by part tasks too
     out = tmp_path / "out"
     report = run_batch([scenes_dir], out, predictor, PROCESSES, scheduler=cli_cluster.address,
                        chips_per_task=CHIPS_PER_TASK)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
+from distributed import SchedulerPlugin, WorkerPlugin
 
 import scenetag.jobs.runner as runner
 import scenetag.outputs_schema.stream as stream
@@ -162,6 +163,93 @@ def test_batches_out_of_grid_order_give_the_file_of_the_write_at_the_end(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["at_end.gpkg", "streamed.gpkg"]
 
 
+def test_part_groups_take_consecutive_strips_of_at_least_part_rows_cells():
+    assert stream.part_groups([20, 20, 20, 20, 10], part_rows=40) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert stream.part_groups([50, 10, 35], part_rows=40) == [range(0, 1), range(1, 3)]
+    assert stream.part_groups([10, 10], part_rows=40) == [range(0, 2)]
+    assert stream.part_groups([], part_rows=40) == []
+
+
+def _parted(tmp_path):
+    """A scene's table, its strips (2 chip rows each), and writers as part tasks in other processes make them."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tests.model_fixtures import tiny_spec
+
+    spec = tiny_spec()
+    table = synthetic(12, 17, spec.n_labels)
+    strips = [stream._take(table, np.flatnonzero((table.row >= r) & (table.row < r + 2))) for r in range(0, 12, 2)]
+    where = dict(spec=spec, scene_id="s", transform=Affine(10, 0, 500000, 0, -10, 4000000),
+                 crs=CRS.from_epsg(32633), stride=64)
+    from scenetag.atomic import temporary_name
+
+    start = stream.WrittenParts(str(temporary_name(tmp_path / "parted.gpkg")))
+
+    def writer():  # a new one for every part: nothing is shared but the file and what the chain passes on
+        return GeoPackageWriter(tmp_path / "parted.gpkg", tmp=start.tmp, **where)
+
+    def finish(parts):
+        chips = stream.ChipStream(writer, n_cols=17)
+        chips.continuing(parts, strips)
+        return chips.finish(table, fake_run())
+
+    from tests.qgis_fixtures import fake_run
+
+    write_geopackage(tmp_path / "at_end.gpkg", table=table, run=fake_run(), **where)
+    return table, strips, start, writer, finish, spec.n_labels
+
+
+def test_parts_written_by_separate_writers_give_the_file_of_the_write_at_the_end(tmp_path, caplog):
+    table, strips, parts, writer, finish, n_labels = _parted(tmp_path)
+    for i in range(0, 4, 2):  # two parts of two strips; the write takes the last two
+        parts = stream.append_part(writer(), parts, strips[i:i + 2], n_labels)
+    assert parts.ok and parts.n_tables == 4 and parts.n_chips == sum(len(t) for t in strips[:4])
+    assert writer().written() == parts.n_chips
+    with caplog.at_level("INFO", logger=stream.__name__):
+        written = finish(parts)
+    assert "whole" not in caplog.text and "out of order" not in caplog.text  # continued, not rewritten
+    assert written.seconds_write > 0
+    assert contents(tmp_path / "parted.gpkg") == contents(tmp_path / "at_end.gpkg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["at_end.gpkg", "parted.gpkg"]
+
+
+def test_a_part_run_again_writes_none_of_its_chips_twice(tmp_path, caplog):
+    """Dask runs a part again when its worker died after the append, before the scheduler had its result."""
+    table, strips, parts, writer, finish, n_labels = _parted(tmp_path)
+    first = stream.append_part(writer(), parts, strips[:2], n_labels)
+    rerun = stream.append_part(writer(), parts, strips[:2], n_labels)  # the first part again
+    assert (rerun.ok, rerun.counts, rerun.bounds) == (True, first.counts, first.bounds)
+    assert writer().written() == first.n_chips
+    second = stream.append_part(writer(), first, strips[2:4], n_labels)
+    again = stream.append_part(writer(), first, strips[2:4], n_labels)
+    assert again.ok and (again.counts, again.n_tables, again.bounds) == (second.counts, second.n_tables,
+                                                                          second.bounds)
+    assert writer().written() == second.n_chips
+    with caplog.at_level("INFO", logger=stream.__name__):
+        finish(again)
+    assert "whole" not in caplog.text
+    assert contents(tmp_path / "parted.gpkg") == contents(tmp_path / "at_end.gpkg")
+
+
+def test_a_chips_layer_that_is_not_what_its_parts_say_is_written_whole(tmp_path, caplog):
+    table, strips, parts, writer, finish, n_labels = _parted(tmp_path)
+    first = stream.append_part(writer(), parts, strips[:2], n_labels)
+    second = stream.append_part(writer(), first, strips[2:4], n_labels)
+    # The first part run again once the second was written (its result was lost with a worker): the file
+    # holds more than it expects, and it says so rather than write anything.
+    assert not stream.append_part(writer(), parts, strips[:2], n_labels).ok
+    assert writer().written() == second.n_chips
+    from scenetag.atomic import discard
+
+    discard(second.tmp)  # and a file that is gone (removed by hand, say): the write writes every chip
+    assert not stream.append_part(writer(), second, strips[4:5], n_labels).ok
+    with caplog.at_level("INFO", logger=stream.__name__):
+        finish(second)
+    assert "writing the layer whole" in caplog.text
+    assert contents(tmp_path / "parted.gpkg") == contents(tmp_path / "at_end.gpkg")
+
+
 class FailingPredictor:
     """The model, failing on its ``fail_on``-th batch."""
 
@@ -292,8 +380,29 @@ def local_cluster():
         yield cluster
 
 
+class StreamTasks(SchedulerPlugin):
+    """Counts the part tasks (``stream``) of the scene jobs that finished."""
+
+    name = "stream-tasks"
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "memory" and str(key).startswith("scenetag_stream"):
+            self.done += 1
+
+
+@pytest.fixture
+def stream_tasks(local_cluster):
+    plugin = StreamTasks()
+    local_cluster.scheduler.add_plugin(plugin, name=f"stream-tasks-{id(plugin)}")
+    yield plugin
+    local_cluster.scheduler.remove_plugin(name=f"stream-tasks-{id(plugin)}")
+
+
 def test_batch_on_a_local_cluster_equals_run_with_the_streamed_write(make_raster, tiny_model, predictor, tmp_path,
-                                                                     local_cluster, small_parts):
+                                                                     local_cluster, small_parts, stream_tasks):
     from scenetag.api import run_batch
 
     scene = holey_scene(make_raster, width=640, height=400)
@@ -303,5 +412,102 @@ def test_batch_on_a_local_cluster_equals_run_with_the_streamed_write(make_raster
                        scheduler=local_cluster.scheduler_address, options=RunOptions(batch_size=4),
                        chips_per_task=24)
     assert report.succeeded
+    # Strips of 2 chip rows (20 cells): one part each (PART_ROWS is 5 here) but the last, which the write
+    # task takes.
+    assert stream_tasks.done == report.scenes[0].strips - 1 == 3
+    assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
+    assert [p.name for p in (tmp_path / "batch").iterdir() if p.name.startswith(".")] == []
+
+
+def test_batch_writes_at_the_end_where_a_scene_is_one_part(make_raster, tiny_model, predictor, tmp_path,
+                                                          local_cluster, stream_tasks):
+    from scenetag.api import run_batch
+
+    scene = holey_scene(make_raster, width=640, height=400)
+    ran = run_scene(str(scene), str(tmp_path / "run.gpkg"), predictor, RunOptions(batch_size=4))
+    report = run_batch([scene], tmp_path / "batch", model=tiny_model, backend="onnx",
+                       scheduler=local_cluster.scheduler_address, options=RunOptions(batch_size=4),
+                       chips_per_task=24)
+    assert report.succeeded and report.scenes[0].strips == 4
+    assert stream_tasks.done == 0  # 70 cells: fewer than stream.PART_ROWS, so no part task
     assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
 
+
+class KillAtStream(WorkerPlugin):
+    """Kills its worker when a part task of the scene job starts (``executing``) or has written its part
+    (``memory``: the chips are in the file, the result is not yet with the scheduler), once per marker file."""
+
+    def __init__(self, marker: str, when: str) -> None:
+        self.marker, self.when = marker, when
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == self.when and str(key).startswith("scenetag_stream"):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("when", ["executing", "memory"], ids=["before_its_append", "after_its_append"])
+def test_a_worker_killed_at_a_part_task_leaves_the_file_of_the_write_at_the_end(make_raster, tiny_model, predictor,
+                                                                               tmp_path, small_parts, when):
+    """Dask runs the part again (and any whose result died with the worker): no chip is written twice."""
+    from distributed import Client, LocalCluster
+
+    from scenetag.api import run_batch
+    from scenetag.jobs.cluster import local_cluster_settings
+
+    scene = holey_scene(make_raster, width=640, height=400)
+    ran = run_scene(str(scene), str(tmp_path / "run.gpkg"), predictor, RunOptions(batch_size=4))
+    marker = tmp_path / "killed"
+    with local_cluster_settings(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                dashboard_address=":0", host="127.0.0.1") as cluster:
+        with Client(cluster) as client:
+            client.register_plugin(KillAtStream(str(marker), when), name="kill-at-stream")
+        report = run_batch([scene], tmp_path / "batch", model=tiny_model, backend="onnx",
+                           scheduler=cluster.scheduler_address, options=RunOptions(batch_size=4),
+                           chips_per_task=24)
+    assert marker.exists()  # a worker died at a part task
+    assert report.succeeded, report.scenes[0].error
+    assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
+    assert [p.name for p in (tmp_path / "batch").iterdir() if p.name.startswith(".")] == []
+
+
+class FailLastStrip(WorkerPlugin):
+    """Makes the classification of a scene's last strip fail as an unreadable block does (a per-scene failure)."""
+
+    def setup(self, worker):
+        import scenetag.jobs.scene_job as scene_job
+        from scenetag.errors import SceneReadError
+
+        real = scene_job.classify_strip
+
+        def classify_strip(plan, cells, *args, **kwargs):
+            if cells is not None and cells.row_stop == plan.grid.shape[0]:
+                time.sleep(1.0)  # the parts before it are written first
+                raise SceneReadError("block 7 of the scene is corrupt")
+            return real(plan, cells, *args, **kwargs)
+
+        scene_job.classify_strip = classify_strip
+
+
+def test_a_scene_that_fails_after_parts_were_written_leaves_nothing(make_raster, tiny_model, tmp_path, small_parts):
+    from distributed import Client, LocalCluster
+
+    from scenetag.api import run_batch
+
+    scene = holey_scene(make_raster, width=640, height=400)
+    plugin = StreamTasks()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster:
+        cluster.scheduler.add_plugin(plugin)
+        with Client(cluster) as client:
+            client.register_plugin(FailLastStrip(), name="fail-last-strip")
+        report = run_batch([scene], tmp_path / "batch", model=tiny_model, backend="onnx",
+                           scheduler=cluster.scheduler_address, options=RunOptions(batch_size=4),
+                           chips_per_task=24)
+    assert plugin.done >= 3  # parts had been written into the temporary GeoPackage
+    assert report.scenes[0].status == "failed" and "block 7" in report.scenes[0].error
+    assert [p.name for p in (tmp_path / "batch").iterdir() if p.suffix == ".gpkg" or p.name.startswith(".")] == []
