@@ -23,9 +23,18 @@ the figures are medians over rounds and the ratios are taken within a round:
   scene's seconds, and for the streamed write also the seconds its writer
   thread spent beside the classification.
 
+With ``--gpu-shape MS``, a stand-in for a GPU: the model's place is taken by
+a predictor that waits ``MS`` milliseconds a chip (its cores free meanwhile,
+as they are while a GPU computes) and returns constant probabilities, in
+``run`` and on the workers; ``batch`` runs on one worker with ``--threads``
+threads that declares ``GPU=1``, as a GPU worker is started (docs/batch.md).
+What it shows is whether the write overlaps a classification that leaves the
+cores idle; the stand-in's rate is not a GPU's.
+
 Usage::
 
     python bench/bench_write.py [--scenes 16] [--repeat 3] [--rounds 3] [--workers 2] [--json out.json]
+                                [--gpu-shape MS --threads 2]
 """
 
 from __future__ import annotations
@@ -50,6 +59,34 @@ from bench.scenes import DATA, bench_model, repeat_scene  # noqa: E402
 SOURCES = ("landsat7_rgb_byte.tif", "drone_rgba_alpha.tif")
 
 
+class WaitingModel:
+    """A stand-in for a model on a GPU: ``ms_per_chip`` milliseconds of waiting a chip, constant probabilities."""
+
+    def __init__(self, spec, sha256: str, path: str, ms_per_chip: float) -> None:
+        self.spec, self.sha256, self.path = spec, sha256, path
+        self.batch_size, self.device, self.on_gpu = 64, "cpu", False
+        self.seconds_per_chip = ms_per_chip / 1000.0
+
+    def predict(self, chips):
+        import numpy as np
+
+        time.sleep(len(chips) * self.seconds_per_chip)  # the cores are free, as while a GPU computes
+        return np.full((len(chips), self.spec.n_labels), 0.3, np.float32)
+
+
+def waiting_workers(ms_per_chip: float):
+    """A worker plugin that makes every worker classify with :class:`WaitingModel`."""
+    from distributed import WorkerPlugin
+
+    class Waiting(WorkerPlugin):
+        def setup(self, worker):
+            import scenetag.jobs.shipping as shipping
+
+            shipping.worker_predictor = lambda m: WaitingModel(m.spec, m.sha256, m.path, ms_per_chip)
+
+    return Waiting()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=int, default=16)
@@ -61,6 +98,9 @@ def main() -> None:
     ap.add_argument("--chips-per-task", type=int, default=256)
     ap.add_argument("--part-rows", type=int, default=None, help="chips per append (default stream.PART_ROWS)")
     ap.add_argument("--window", type=int, default=None, help="reorder window (default stream.REORDER_WINDOW)")
+    ap.add_argument("--gpu-shape", type=float, default=None, metavar="MS",
+                    help="classify with a stand-in that waits MS ms a chip, batch on one GPU=1 worker")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the GPU=1 worker (with --gpu-shape)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -87,6 +127,9 @@ def main() -> None:
         else:
             model_path, model_desc = bench_model(args.tiny_chip, 10.0 * 64 / args.tiny_chip, tiny=True)
         predictor = create_predictor(model_path, backend="onnx")
+        if args.gpu_shape is not None:
+            predictor = WaitingModel(predictor.spec, predictor.sha256, str(predictor.path), args.gpu_shape)
+            model_desc += f", classified by a stand-in that waits {args.gpu_shape:g} ms a chip"
         options = RunOptions()
         scenes_dir = tmp / "scenes"
         scenes_dir.mkdir()
@@ -123,8 +166,12 @@ def main() -> None:
             return {"seconds": seconds, "chips": sum(s.chips for s in report.scenes)}
 
         rounds: list[dict] = []
-        with connect(None, workers=args.workers, threads=1, dashboard_address=None) as (client, _):
+        cluster = (dict(workers=args.workers, threads=1) if args.gpu_shape is None
+                   else dict(workers=1, threads=args.threads, gpu=True))
+        with connect(None, dashboard_address=None, **cluster) as (client, _):
             address = client.scheduler.address
+            if args.gpu_shape is not None:
+                client.register_plugin(waiting_workers(args.gpu_shape), name="waiting-model")
             timed_batch(address, True)  # warm the workers (model shipped, imports) before measuring
             for r in range(args.rounds):
                 order = [True, False] if r % 2 == 0 else [False, True]
@@ -140,7 +187,8 @@ def main() -> None:
         runner.STREAMED_WRITE = True
 
         figures: dict = {"model": model_desc, "cores": os.cpu_count(), "scenes": len(scenes), "repeat": args.repeat,
-                         "rounds": args.rounds, "workers": args.workers}
+                         "rounds": args.rounds, "cluster": cluster, "chips_per_task": args.chips_per_task,
+                         "part_rows": stream.PART_ROWS, "gpu_shape_ms_per_chip": args.gpu_shape}
         for how in ("run", "batch"):
             spm = {s: [60 * len(scenes) / rnd[(how, s)]["seconds"] for rnd in rounds] for s in (True, False)}
             ratios = [a / b for a, b in zip(spm[True], spm[False])]

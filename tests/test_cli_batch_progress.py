@@ -173,9 +173,12 @@ def _run_on_a_terminal(args, until: str, then, timeout: float = 240):
     appears there.  Returns the exit code, stderr (carriage returns as new lines) and stdout."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    # A session of its own, so that a signal to its process group is what a terminal's Ctrl-C does.
+    # A session of its own, so that a signal to its process group is what a terminal's Ctrl-C does; and
+    # Ctrl-C taken, as by a terminal's foreground job (tests started from a background shell job would
+    # hand it SIGINT ignored, which Python keeps).
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     seen, fired, deadline = b"", False, time.time() + timeout
     while time.time() < deadline:
