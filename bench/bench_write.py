@@ -16,8 +16,9 @@ the figures are medians over rounds and the ratios are taken within a round:
   process, with the streamed write and with the write at the end
   (``jobs.runner.STREAMED_WRITE``);
 * ``batch``: the N scenes on an already started LocalCluster (``--workers``
-  processes, one thread each), both ways (streamed: the chain of part tasks,
-  ``--part-rows`` grid cells or more each, decided in this process);
+  processes, one thread each, declaring ``GPU=1`` so that the job streams),
+  both ways (streamed: the chain of part tasks, ``--part-rows`` grid cells or
+  more each, decided in this process);
 * the write's share of ``run``: the seconds a scene waits for its write (the
   part after the classification; all of it for the write at the end) over the
   scene's seconds, and for the streamed write also the seconds its writer
@@ -166,7 +167,9 @@ def main() -> None:
             return {"seconds": seconds, "chips": sum(s.chips for s in report.scenes)}
 
         rounds: list[dict] = []
-        cluster = (dict(workers=args.workers, threads=1) if args.gpu_shape is None
+        # The workers declare GPU=1 either way: the batch streams by part tasks only where the classify
+        # tasks go to GPU workers; with one thread a worker that changes nothing else.
+        cluster = (dict(workers=args.workers, threads=1, gpu=True) if args.gpu_shape is None
                    else dict(workers=1, threads=args.threads, gpu=True))
         with connect(None, dashboard_address=None, **cluster) as (client, _):
             address = client.scheduler.address

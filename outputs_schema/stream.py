@@ -23,8 +23,9 @@ writes the chips layer again from the scene's table, at the cost of the
 write at the end.  The output is the same either way.
 
 **Parts written elsewhere.**  On a cluster a scene's strips are classified
-by tasks in other processes, and no thread can follow them.  There the
-chips layer is appended by a chain of part tasks instead
+by tasks in other processes, and no thread can follow them.  There (on GPU
+workers: the job decides, :mod:`jobs.runner`) the chips layer is appended by
+a chain of part tasks instead
 (:func:`append_part`, each taking consecutive strips of at least
 :data:`PART_ROWS` grid cells, :func:`part_groups`), which run on whichever
 worker holds their strips, beside the classification of the strips after

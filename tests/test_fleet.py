@@ -95,8 +95,10 @@ def cli_cluster(tmp_path_factory):
             time.sleep(0.1)
         assert file.exists(), (folder / "scheduler.log").read_text()
         address = json.loads(file.read_text())["address"]
+        # GPU workers as docs/batch.md starts them (the GPU declared, not real: Dask schedules by it).
         nannies = [_dask("worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                         "--name", f"w{i}", env=env, log=folder / f"worker{i}.log") for i in range(2)]
+                         "--resources", "GPU=1", "--name", f"w{i}", env=env, log=folder / f"worker{i}.log")
+                   for i in range(2)]
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
         cluster = CliCluster(address, scheduler, nannies)
@@ -133,14 +135,19 @@ def _blocks_of(pids) -> list[str]:
 @pytest.mark.slow
 def test_batch_on_dask_cli_workers_reads_with_processes_and_matches_run(cli_cluster, scenes_dir, reference,
                                                                         predictor, tmp_path, monkeypatch):
+    import scenetag.jobs.executors as executors
     import scenetag.outputs_schema.stream as stream
 
     monkeypatch.setattr(stream, "PART_ROWS", CHIPS_PER_TASK)  # the chips layers streamed by part tasks too
+    stages: list[str] = []
+    key = executors.task_key
+    monkeypatch.setattr(executors, "task_key", lambda stage: stages.append(stage) or key(stage))
     out = tmp_path / "out"
     report = run_batch([scenes_dir], out, predictor, PROCESSES, scheduler=cli_cluster.address,
                        chips_per_task=CHIPS_PER_TASK)
     assert report.succeeded and {s.status for s in report.scenes} == {"ok"}
     assert sum(s.strips for s in report.scenes) > 2 * len(SCENES)  # many classify tasks per worker
+    assert stages.count("stream") >= 2  # and chips layers written by part tasks (scenes of several parts)
     for name in SCENES:
         assert_same_chips(out / name.replace(".tif", ".gpkg"), reference[name])
     pools = _worker_pools(cli_cluster.address)

@@ -371,12 +371,17 @@ def test_a_kill_during_the_streamed_write_leaves_no_output_and_replaces_none(mak
     assert [p.name for p in folder.iterdir()] == (["o.gpkg"] if existing else [])
 
 
+#: What GPU workers declare (``dask worker --resources GPU=1``): the classify tasks ask for it, and only on
+#: such a cluster are the chips layers streamed by part tasks.  Declared, not real: Dask schedules by it.
+GPU_WORKERS = {"resources": {"GPU": 1}}
+
+
 @pytest.fixture(scope="module")
 def local_cluster():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1") as cluster:
+                      host="127.0.0.1", **GPU_WORKERS) as cluster:
         yield cluster
 
 
@@ -433,6 +438,26 @@ def test_batch_writes_at_the_end_where_a_scene_is_one_part(make_raster, tiny_mod
     assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
 
 
+def test_batch_on_cpu_workers_writes_at_the_end(make_raster, tiny_model, predictor, tmp_path, small_parts):
+    """No core of a CPU worker is idle for part tasks: the write task takes every strip."""
+    from distributed import LocalCluster
+
+    from scenetag.api import run_batch
+
+    scene = holey_scene(make_raster, width=640, height=400)
+    ran = run_scene(str(scene), str(tmp_path / "run.gpkg"), predictor, RunOptions(batch_size=4))
+    plugin = StreamTasks()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cpu_cluster:
+        cpu_cluster.scheduler.add_plugin(plugin)
+        report = run_batch([scene], tmp_path / "batch", model=tiny_model, backend="onnx",
+                           scheduler=cpu_cluster.scheduler_address, options=RunOptions(batch_size=4),
+                           chips_per_task=24)
+    assert report.succeeded and report.scenes[0].strips == 4
+    assert plugin.done == 0  # parts of 5 cells would have made 3 part tasks on GPU workers
+    assert contents(tmp_path / "batch" / "s.gpkg") == contents(Path(ran.output))
+
+
 class KillAtStream(WorkerPlugin):
     """Kills its worker when a part task of the scene job starts (``executing``) or has written its part
     (``memory``: the chips are in the file, the result is not yet with the scheduler), once per marker file."""
@@ -463,7 +488,8 @@ def test_a_worker_killed_at_a_part_task_leaves_the_file_of_the_write_at_the_end(
     ran = run_scene(str(scene), str(tmp_path / "run.gpkg"), predictor, RunOptions(batch_size=4))
     marker = tmp_path / "killed"
     with local_cluster_settings(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                dashboard_address=":0", host="127.0.0.1") as cluster:
+                                                dashboard_address=":0", host="127.0.0.1",
+                                                **GPU_WORKERS) as cluster:
         with Client(cluster) as client:
             client.register_plugin(KillAtStream(str(marker), when), name="kill-at-stream")
         report = run_batch([scene], tmp_path / "batch", model=tiny_model, backend="onnx",
@@ -501,7 +527,7 @@ def test_a_scene_that_fails_after_parts_were_written_leaves_nothing(make_raster,
     scene = holey_scene(make_raster, width=640, height=400)
     plugin = StreamTasks()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1") as cluster:
+                      host="127.0.0.1", **GPU_WORKERS) as cluster:
         cluster.scheduler.add_plugin(plugin)
         with Client(cluster) as client:
             client.register_plugin(FailLastStrip(), name="fail-last-strip")
