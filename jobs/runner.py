@@ -11,8 +11,9 @@ Per scene, the tasks are ``prepare`` (:func:`~jobs.scene_job.prepare_scene`),
 not need it first), one ``classify`` per strip (the only tasks that run the
 model; they ask for ``resources``, e.g. ``GPU=1``) and ``write``, the scene's
 single writer; on a cluster of GPU workers, ``stream`` tasks before it
-append the chips of a few strips each as soon as those are classified.  Failures follow :mod:`jobs.failures`: a per-scene failure is
-retried from the start (up to ``retries`` times) when it may go away, then
+append the chips of a few strips each as soon as those are classified.
+Failures follow :mod:`jobs.failures`: a per-scene failure is retried from
+the start (up to ``retries`` times) when it may go away, then
 recorded, and the other scenes go on; a worker that died running a scene
 (Dask's ``KilledWorker``) is such a failure too; anything else cancels the
 job and is raised.
@@ -49,8 +50,8 @@ from scenetag.jobs.scene_job import (
     write_scene,
 )
 from scenetag.outputs_schema.outputs import SceneWrite
-from scenetag.outputs_schema.stream import WrittenParts, part_groups
 from scenetag.outputs_schema.run_record import read_run_record
+from scenetag.outputs_schema.stream import WrittenParts, part_groups
 from scenetag.tiler.location import is_remote, redact
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,8 @@ def run_scenes(
         # only its tail after it (docs/performance.md).  Where the tasks share this process a thread
         # takes each batch.  On a cluster whose classification goes to GPUs (``resources``) a chain of
         # part tasks takes the strips a few at a time (outputs_schema.stream), and the write task the
-        # last ones; on CPU workers no core is idle for them (0.91x the write at the end, measured), so
-        # the write task takes every strip.
+        # last ones.  On CPU workers no core is idle for them (they measured a loss, docs/performance.md),
+        # so the write task takes every strip.
         write = write_scene
         if STREAMED_WRITE and executor.shares_objects:
             state.stream = open_write(prep)
