@@ -200,9 +200,9 @@ def run_scenes(
             write = functools.partial(write_scene, stream=state.stream)
         tables = [submit(state, "classify", classify_strip, plan, cells, model, state.relayed, state.stream,
                          resources=resources) for cells in strips]
-        groups = [] if executor.chips_per_task is None or not resources else part_groups(
-            [len(cells) for cells in strips])
-        if STREAMED_WRITE and not executor.shares_objects and len(groups) > 1:
+        in_parts = STREAMED_WRITE and not executor.shares_objects and bool(resources)
+        groups = part_groups([len(cells) for cells in strips]) if in_parts else []
+        if len(groups) > 1:
             state.parts = open_parts(prep)
             parts = state.parts
             for group in groups[:-1]:

@@ -201,9 +201,9 @@ class GeoPackageWriter:
             return None
 
     def resume(self, n_written: int, bounds: tuple[float, float, float, float] | None) -> None:
-        """Go on with a ``chips`` layer of ``n_written`` chips within ``bounds`` that another writer (another
-        process: :func:`~scenetag.outputs_schema.stream.append_part`) wrote into ``tmp``."""
-        self._started = n_written > 0 or self.written() is not None
+        """Go on with the ``chips`` layer of ``n_written`` chips within ``bounds`` that another writer (another
+        process: :func:`~scenetag.outputs_schema.stream.append_part`) made in ``tmp`` (:meth:`written` said so)."""
+        self._started = True
         self.n_written = n_written
         self._bounds = None if bounds is None else np.asarray(bounds, dtype=float)
 

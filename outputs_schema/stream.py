@@ -215,21 +215,19 @@ class ChipStream:
         the file is not what ``parts`` says, it is removed and :meth:`finish`
         writes every chip.
         """
-        written = list(tables[:parts.n_tables])
+        self.seconds_streaming = parts.seconds
+        written = tables[:parts.n_tables]
         writer = self._writer()
         n_chips = sum(len(t) for t in written)
-        if parts.ok and n_chips == parts.n_chips and writer.written() == n_chips:
-            writer.resume(n_chips, parts.bounds)
-            self._written = [grid_keys(t, self.n_cols) for t in written if len(t)]
-            self._last_key = int(self._written[-1][-1]) if self._written else -1
-            rest = [t for t in tables[parts.n_tables:] if len(t)]
-        else:
+        if not (parts.ok and n_chips == parts.n_chips and writer.written() == n_chips):
             log.info("%s is not the chips layer its parts wrote: writing the layer whole", writer.tmp)
-            self._discard_writer()
-            rest = [t for t in tables if len(t)]
-        self._pending = rest
-        self._n_pending = sum(len(t) for t in rest)
-        self.seconds_streaming = parts.seconds
+            self._discard_writer()  # nothing written: finish() writes the scene's table
+            return
+        writer.resume(n_chips, parts.bounds)
+        self._written = [grid_keys(t, self.n_cols) for t in written if len(t)]
+        self._last_key = int(self._written[-1][-1]) if self._written else -1
+        self._pending = [t for t in tables[parts.n_tables:] if len(t)]
+        self._n_pending = sum(len(t) for t in self._pending)
 
     def finish(self, table: ChipTable, run: "RunRecord") -> "RunRecord":
         """Write the rest (``table`` is every chip of the scene, in grid order) and name the file; the record.

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
+from affine import Affine
+from rasterio.crs import CRS
 from distributed import SchedulerPlugin, WorkerPlugin
 
 import scenetag.jobs.runner as runner
 import scenetag.outputs_schema.stream as stream
-from scenetag.atomic import TMP_GLOB
+from scenetag.atomic import TMP_GLOB, discard, temporary_name
 from scenetag.jobs.options import RunOptions
 from scenetag.jobs.runner import run_scene
 from scenetag.jobs.sweep import sweep_leftovers
@@ -27,6 +29,8 @@ from scenetag.outputs_schema.geopackage import GeoPackageWriter, write_geopackag
 from scenetag.outputs_schema.records import ChipTable
 from tests.conftest import real_scene
 from tests.golden import VOLATILE_OPTIONS, VOLATILE_RUN_FIELDS
+from tests.model_fixtures import tiny_spec
+from tests.qgis_fixtures import fake_run
 from tests.tiler_rasters import holey_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +132,14 @@ def synthetic(rows: int, cols: int, n_labels: int, seed: int = 0) -> ChipTable:
                      rng.random(n).astype(np.float32), rng.random((n, n_labels)).astype(np.float32))
 
 
+def synthetic_scene() -> tuple[ChipTable, dict]:
+    """A :func:`synthetic` table of 12 x 17 chips and where it lies, as :class:`GeoPackageWriter` takes it."""
+    spec = tiny_spec()
+    where = dict(spec=spec, scene_id="s", transform=Affine(10, 0, 500000, 0, -10, 4000000),
+                 crs=CRS.from_epsg(32633), stride=64)
+    return synthetic(12, 17, spec.n_labels), where
+
+
 def batches_out_of_order(table: ChipTable, size: int, seed: int = 1) -> list[ChipTable]:
     """``table`` in batches whose rows come out of grid order, runs a few apart (as from reader processes)."""
     rng = np.random.default_rng(seed)
@@ -138,16 +150,7 @@ def batches_out_of_order(table: ChipTable, size: int, seed: int = 1) -> list[Chi
 @pytest.mark.parametrize("window, rewrites", [(64, False), (0, True)])
 def test_batches_out_of_grid_order_give_the_file_of_the_write_at_the_end(tmp_path, caplog, window, rewrites):
     """Within the window they are put back in order as they stream; later than it, the layer is written again."""
-    from affine import Affine
-    from rasterio.crs import CRS
-
-    from tests.model_fixtures import tiny_spec
-    from tests.qgis_fixtures import fake_run
-
-    spec = tiny_spec()
-    table = synthetic(12, 17, spec.n_labels)
-    where = dict(spec=spec, scene_id="s", transform=Affine(10, 0, 500000, 0, -10, 4000000),
-                 crs=CRS.from_epsg(32633), stride=64)
+    table, where = synthetic_scene()
     expected = write_geopackage(tmp_path / "at_end.gpkg", table=table, run=fake_run(), **where)
     chips = stream.ChipStream(lambda: GeoPackageWriter(tmp_path / "streamed.gpkg", **where), n_cols=17,
                               part_rows=16, window=window)
@@ -172,18 +175,8 @@ def test_part_groups_take_consecutive_strips_of_at_least_part_rows_cells():
 
 def _parted(tmp_path):
     """A scene's table, its strips (2 chip rows each), and writers as part tasks in other processes make them."""
-    from affine import Affine
-    from rasterio.crs import CRS
-
-    from tests.model_fixtures import tiny_spec
-
-    spec = tiny_spec()
-    table = synthetic(12, 17, spec.n_labels)
+    table, where = synthetic_scene()
     strips = [stream._take(table, np.flatnonzero((table.row >= r) & (table.row < r + 2))) for r in range(0, 12, 2)]
-    where = dict(spec=spec, scene_id="s", transform=Affine(10, 0, 500000, 0, -10, 4000000),
-                 crs=CRS.from_epsg(32633), stride=64)
-    from scenetag.atomic import temporary_name
-
     start = stream.WrittenParts(str(temporary_name(tmp_path / "parted.gpkg")))
 
     def writer():  # a new one for every part: nothing is shared but the file and what the chain passes on
@@ -194,10 +187,8 @@ def _parted(tmp_path):
         chips.continuing(parts, strips)
         return chips.finish(table, fake_run())
 
-    from tests.qgis_fixtures import fake_run
-
     write_geopackage(tmp_path / "at_end.gpkg", table=table, run=fake_run(), **where)
-    return table, strips, start, writer, finish, spec.n_labels
+    return table, strips, start, writer, finish, where["spec"].n_labels
 
 
 def test_parts_written_by_separate_writers_give_the_file_of_the_write_at_the_end(tmp_path, caplog):
@@ -240,8 +231,6 @@ def test_a_chips_layer_that_is_not_what_its_parts_say_is_written_whole(tmp_path,
     # holds more than it expects, and it says so rather than write anything.
     assert not stream.append_part(writer(), parts, strips[:2], n_labels).ok
     assert writer().written() == second.n_chips
-    from scenetag.atomic import discard
-
     discard(second.tmp)  # and a file that is gone (removed by hand, say): the write writes every chip
     assert not stream.append_part(writer(), second, strips[4:5], n_labels).ok
     with caplog.at_level("INFO", logger=stream.__name__):
