@@ -56,7 +56,7 @@ class _Session:
 @contextlib.contextmanager
 def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu: bool | None,
                       chips_per_task: int | None, backend: str = "auto", reader: str = "auto",
-                      **connect_kwargs: Any) -> Iterator[_Session]:
+                      precision: str | None = None, **connect_kwargs: Any) -> Iterator[_Session]:
     """Connect (:func:`~jobs.cluster.connect`), ship the model to the workers, and yield the session.
 
     Workers that will read with threads where ``reader`` meant processes are named once, here.
@@ -64,7 +64,7 @@ def _model_on_cluster(predictor: Any, device: str, scheduler: str | None, *, gpu
     with connect(scheduler, gpu=_use_local_gpu(gpu, device), **connect_kwargs) as (client, info):
         resources = gpu_resources(info, gpu)
         warn_thread_readers(client, info, reader, device, resources)
-        with shipped(client, predictor, device, backend) as model:
+        with shipped(client, predictor, device, backend, precision) as model:
             executor = DaskExecutor(client, chips_per_task_for(resources, chips_per_task))
             try:
                 yield _Session(executor, info, model, resources)
@@ -98,6 +98,7 @@ def run_batch(
     *,
     device: str = "cpu",
     backend: str = "auto",
+    precision: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
@@ -119,7 +120,8 @@ def run_batch(
 
     ``predictor`` is the model as loaded on the client (its file is shipped to
     the workers, which load it on ``device`` with ``backend``: "auto" picks on
-    each worker, for its device).  The report is also written as
+    each worker, for its device) in ``precision`` (default: the predictor's own;
+    bf16/fp16 for a torch checkpoint).  The report is also written as
     JSON to ``report_path`` (default ``out_dir/batch-report.json``).  Per-scene
     failures are in the report; :attr:`BatchReport.succeeded` says whether
     there were any.  Raises :class:`~scenetag.errors.LockedError` when another
@@ -175,7 +177,8 @@ def run_batch(
             write_report()
         else:
             with _model_on_cluster(predictor, device, scheduler, gpu=gpu, chips_per_task=chips_per_task,
-                                   backend=backend, reader=options.reader, workers=workers, threads=threads,
+                                   backend=backend, reader=options.reader, precision=precision,
+                                   workers=workers, threads=threads,
                                    dashboard_address=dashboard_address, announce=announce) as session:
                 info = session.info
                 report.scheduler, report.dashboard, report.n_workers = info.scheduler, info.dashboard, info.n_workers
@@ -218,6 +221,7 @@ def run_scene_on_cluster(
     overwrite: bool = False,
     device: str = "cpu",
     backend: str = "auto",
+    precision: str | None = None,
     scheduler: str | None = None,
     chips_per_task: int | None = None,
     announce: Callable[[ClusterInfo], None] | None = None,
@@ -229,6 +233,7 @@ def run_scene_on_cluster(
     existing outputs unless ``overwrite``, before any work and again at the write.
     """
     with _model_on_cluster(predictor, device, scheduler, gpu=None, chips_per_task=chips_per_task,
-                           backend=backend, reader=options.reader, announce=announce) as session:
+                           backend=backend, reader=options.reader, precision=precision,
+                           announce=announce) as session:
         return run_one(session.executor, scene, out, session.model, options, overwrite=overwrite,
                        resources=session.resources, progress=progress)

@@ -50,7 +50,7 @@ class LocalModel:
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """A model whose ONNX bytes were shipped to the workers; small and picklable."""
+    """A model whose bytes (ONNX, or a torch checkpoint) were shipped to the workers; small and picklable."""
 
     path: str
     sha256: str
@@ -58,6 +58,8 @@ class ShippedModel:
     device: str = "cpu"
     #: The backend asked for: "auto" resolves on each worker, for its own device.
     backend: str = "auto"
+    #: What the workers run it in: "fp32", or "bf16"/"fp16" (a torch checkpoint's autocast).
+    precision: str = "fp32"
 
     def predictor(self) -> Any:
         from scenetag.jobs.shipping import worker_predictor

@@ -79,23 +79,49 @@ def worker_predictor(model: ShippedModel) -> Any:
 
 
 def _engine(model: ShippedModel, data: bytes) -> Any:
-    """The ONNX Runtime or OpenVINO predictor for the shipped bytes, as ``model.backend`` and this worker's device say.
+    """The predictor for the shipped bytes, as ``model.backend`` and this worker's device say.
 
-    One inference thread per task: tasks run side by side on a worker (one
-    per thread), so that is a core each.
+    An ONNX model runs on ONNX Runtime or OpenVINO with one inference thread
+    per task: tasks run side by side on a worker (one per thread), so that is
+    a core each.  A torch checkpoint runs on the torch backend in
+    ``model.precision``: on a GPU worker that is the fast path of ``run``
+    (bf16, CUDA graphs, uploads from the reader slots).
     """
     from scenetag.model.backends.registry import AUTO, CPU_BACKEND, auto_backend
 
-    name = auto_backend(model.path, model.device) if model.backend == AUTO else model.backend
+    name = auto_backend(model.path, model.device, model.precision) if model.backend == AUTO else model.backend
+    if name == "torch":
+        from scenetag.model.backends.torch_backend import TorchPredictor
+
+        predictor = TorchPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
+                                   model_bytes=data)
+        if not predictor.on_gpu and _in_worker():
+            import torch
+
+            torch.set_num_threads(1)  # as ONNX Runtime's one thread per task (torch's setting is per process)
+        return predictor
     if name == CPU_BACKEND:
         from scenetag.model.backends.openvino_backend import OpenVinoPredictor
 
-        return OpenVinoPredictor(model.path, device=model.device, spec=model.spec, threads=1, model_bytes=data)
+        return OpenVinoPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
+                                 threads=1, model_bytes=data)
     if name != "onnx":
-        raise ModelLoadError(f"--backend {name}: a cluster runs ONNX models on onnx or openvino")
+        raise ModelLoadError(f"--backend {name}: a cluster runs models on onnx, openvino or torch")
     from scenetag.model.backends.onnx_backend import OnnxPredictor
 
-    return OnnxPredictor(model.path, device=model.device, spec=model.spec, intra_op_threads=1, model_bytes=data)
+    return OnnxPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
+                         intra_op_threads=1, model_bytes=data)
+
+
+def _in_worker() -> bool:
+    """Whether this code runs in a Dask worker (not in the client's own process)."""
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def model_loads() -> list[str]:
@@ -104,11 +130,15 @@ def model_loads() -> list[str]:
 
 
 def model_bytes(predictor: Any) -> bytes:
-    """The bytes of an ONNX predictor's model file, checked against its sha256."""
+    """The bytes of a predictor's model file (ONNX, or a torch checkpoint), checked against its sha256."""
+    from scenetag.model.backends.registry import suffixes_of
+
     path = Path(predictor.path)
-    if path.suffix.lower() != ".onnx":
+    shippable = suffixes_of("onnx") + suffixes_of("torch")
+    if path.suffix.lower() not in shippable:
         raise ModelLoadError(
-            f"a cluster runs ONNX models, and {str(path)!r} is not one: export it first with `scenetag export`"
+            f"a cluster runs model files ({', '.join(shippable)}), and {str(path)!r} is not one: "
+            "export it first with `scenetag export`"
         )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != predictor.sha256:
@@ -117,12 +147,19 @@ def model_bytes(predictor: Any) -> bytes:
 
 
 @contextlib.contextmanager
-def shipped(client: Any, predictor: Any, device: str, backend: str = "auto") -> Iterator[ShippedModel]:
+def shipped(client: Any, predictor: Any, device: str, backend: str = "auto",
+            precision: str | None = None) -> Iterator[ShippedModel]:
     """The model's bytes on every worker of ``client`` (a worker plugin) while the block runs.
 
-    The workers build their predictors with ``backend`` (on ``device``).
+    The workers build their predictors with ``backend`` (on ``device``), in
+    ``precision`` (default: the predictor's own; "auto" and "int8" run the
+    model as it was made).
     """
-    model = ShippedModel(str(predictor.path), predictor.sha256, predictor.spec, device, backend)
+    from scenetag.model.backends.registry import AS_MADE
+
+    precision = precision or getattr(predictor, "precision", "fp32")
+    model = ShippedModel(str(predictor.path), predictor.sha256, predictor.spec, device, backend,
+                         "fp32" if precision in AS_MADE else precision)
     plugin = ModelPlugin(model, model_bytes(predictor))
     client.register_plugin(plugin, name=plugin.name)
     try:

@@ -73,6 +73,22 @@ def default_for_cluster(backend: str, device: str, precision: str) -> Path:
     return default_for(backend, device, precision)
 
 
+def _read_here(precision: str, device: str) -> str:
+    """The precision this process loads a model in that only the workers run (on the CPU, to read it).
+
+    fp16 runs only on a GPU (refused here for ``--device cpu``, as ``run``
+    refuses it); bf16 is refused and accepted by the same backends (the torch
+    backend alone), so an ONNX model with either is still refused here, before any work.
+    """
+    from scenetag.errors import OptionError
+
+    if precision != "fp16":
+        return precision
+    if device == "cpu":
+        raise OptionError("--precision fp16 needs a CUDA device: use bf16 (or fp32) on the CPU")
+    return "bf16"
+
+
 def _options(predictor: Any, options: "RunOptions | None", values: dict) -> "RunOptions":
     from scenetag.jobs.options import RunOptions
 
@@ -175,14 +191,15 @@ def run_scene(
     if on_cluster and model is None:  # the file the workers' device takes, not this process's
         model = default_for_cluster(backend, device, precision)
     predictor = model if _is_predictor(model) else load_model(
-        model, spec, backend=backend, device="cpu" if on_cluster else device, precision=precision, tta=tta,
-        thresholds=thresholds)
+        model, spec, backend=backend, device="cpu" if on_cluster else device,
+        precision=_read_here(precision, device) if on_cluster else precision, tta=tta, thresholds=thresholds)
     opts = _options(predictor, options, option_values)
     if on_cluster:
         from scenetag.jobs.batch import run_scene_on_cluster
 
         return run_scene_on_cluster(scene, out, predictor, opts, overwrite=overwrite, device=device,
-                                    backend=backend, scheduler=scheduler, announce=announce, progress=progress)
+                                    backend=backend, precision=None if _is_predictor(model) else precision,
+                                    scheduler=scheduler, announce=announce, progress=progress)
     from scenetag.jobs.runner import run_scene as run_here
 
     return run_here(str(scene), str(out), predictor, opts, overwrite=overwrite, progress=progress)
@@ -234,9 +251,11 @@ def run_batch(
     # The workers load the model on ``device``; here it is only read.
     model = default_for_cluster(backend, "cuda" if gpu else device, precision) if model is None else model
     predictor = model if _is_predictor(model) else load_model(model, spec, backend=backend, device="cpu",
-                                                              precision=precision, tta=tta, thresholds=thresholds)
+                                                              precision=_read_here(precision, device), tta=tta,
+                                                              thresholds=thresholds)
     opts = _options(predictor, options, option_values)
-    return batch(inputs, Path(out_dir), predictor, opts, device=device, backend=backend, scheduler=scheduler,
+    return batch(inputs, Path(out_dir), predictor, opts, device=device, backend=backend,
+                 precision=None if _is_predictor(model) else precision, scheduler=scheduler,
                  force=force, retries=retries, workers=workers, threads=threads, gpu=gpu,
                  chips_per_task=chips_per_task, report_path=report_path,
                  dashboard_address=DEFAULT_DASHBOARD if dashboard_address is _DEFAULT else dashboard_address,

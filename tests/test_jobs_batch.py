@@ -261,6 +261,77 @@ def test_tta_on_a_cluster_matches_tta_here(scenes_dir, tiny_model, cluster, tmp_
     assert json.loads(runs(out)["model_spec"][0])["tta"] == "d4"
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The tiny network as a torch checkpoint (with its spec), as training writes one."""
+    from scenetag.model.training.checkpoint import save_checkpoint
+    from tests.model_fixtures import small_model, tiny_spec
+
+    spec = tiny_spec()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", small_model(spec, seed=1), spec)
+
+
+def test_a_torch_checkpoint_runs_on_the_workers_in_the_precision_asked(scenes_dir, tiny_checkpoint, cluster,
+                                                                     tmp_path):
+    """The torch backend is the fast GPU path (bf16, CUDA graphs): the workers get the checkpoint's bytes and
+    run it as ``run`` does, in the precision asked (bf16 here, on the CPU; fp16 is read here as bf16)."""
+    import scenetag.api as api
+
+    scene = scenes_dir / "drone_rgba_alpha.tif"
+    got = {}
+    for precision in ("fp32", "bf16"):
+        here = run_scene(scene, tmp_path / f"here_{precision}.gpkg",
+                         create_predictor(tiny_checkpoint, precision=precision)).output
+        report = api.run_batch([scene], tmp_path / f"batch_{precision}", model=tiny_checkpoint,
+                               precision=precision, scheduler=cluster.scheduler_address,
+                               chips_per_task=CHIPS_PER_TASK)
+        assert report.succeeded, report.summary()
+        out = Path(report.scenes[0].output)
+        assert runs(out)["model_sha256"][0] == report.model["sha256"]
+        got[precision] = (chips(out), chips(Path(here)))
+    probs = [c for c in got["fp32"][0].columns if c.startswith("p_")]
+    fp32, fp32_here = (t[probs].to_numpy() for t in got["fp32"])
+    bf16, bf16_here = (t[probs].to_numpy() for t in got["bf16"])
+    np.testing.assert_allclose(fp32, fp32_here, rtol=0, atol=1e-5)
+    # bf16 on the workers is run's bf16, not fp32: autocast changes probabilities by up to a few 1e-3.
+    assert np.abs(bf16 - bf16_here).max() < np.abs(bf16 - fp32).max() / 4
+
+
+def test_fp16_on_cpu_workers_is_refused_before_any_work(scenes_dir, tiny_checkpoint, tmp_path):
+    import scenetag.api as api
+    from scenetag.errors import OptionError
+
+    with pytest.raises(OptionError, match="fp16 needs a CUDA device"):
+        api.run_batch([scenes_dir], tmp_path / "out", model=tiny_checkpoint, precision="fp16", device="cpu",
+                      scheduler="tcp://127.0.0.1:1")  # nothing listens there: refused before connecting
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_builds_a_torch_predictor_from_the_shipped_bytes(tiny_checkpoint):
+    from scenetag.hashing import file_sha256
+    from scenetag.jobs.models import ShippedModel
+    from scenetag.jobs.shipping import _engine
+    from scenetag.model.backends.torch_backend import TorchPredictor
+
+    sha = file_sha256(tiny_checkpoint)
+    spec = create_predictor(tiny_checkpoint).spec
+    built = _engine(ShippedModel("/nowhere/tiny.pt", sha, spec, "cpu", "auto", "bf16"), tiny_checkpoint.read_bytes())
+    assert isinstance(built, TorchPredictor) and built.precision == "bf16"
+    assert built.sha256 == sha and built.path == "/nowhere/tiny.pt"  # read from the bytes: no file there
+
+
+def test_a_model_file_no_worker_can_load_is_refused_before_shipping(tmp_path):
+    from types import SimpleNamespace
+
+    from scenetag.errors import ModelLoadError
+    from scenetag.jobs.shipping import model_bytes
+
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"a TensorRT engine")
+    with pytest.raises(ModelLoadError, match=r"a cluster runs model files \(\.onnx, \.pt.*model\.plan' is not one"):
+        model_bytes(SimpleNamespace(path=str(engine), sha256="0" * 64))
+
+
 def test_gpu_asked_of_a_cluster_without_gpus_is_refused(scenes_dir, predictor, cluster, tmp_path):
     with pytest.raises(ClusterError, match="declares a GPU"):
         _batch(scenes_dir, tmp_path, predictor, cluster, gpu=True)

@@ -27,6 +27,7 @@ Why each of these was chosen, with the measurements, is in docs/performance.md (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -78,11 +79,13 @@ class TorchPredictor:
         cuda_graphs: On CUDA, replay repeating batch shapes from a captured CUDA graph instead of
             launching every kernel from Python (see :meth:`_graphed`); default on CUDA,
             ignored elsewhere.
+        model_bytes: The checkpoint's bytes (a model shipped to a Dask worker); ``path`` then only names it.
     """
 
     def __init__(self, path: str | Path, device: str = "auto", spec: ModelSpec | None = None,
                  precision: str = "fp32", batch_size: int | None = None,
-                 channels_last: bool | None = None, cuda_graphs: bool | None = None):
+                 channels_last: bool | None = None, cuda_graphs: bool | None = None,
+                 model_bytes: bytes | None = None):
         torch = require("torch", "torch")
         from scenetag.model.training.checkpoint import load_checkpoint
 
@@ -99,7 +102,7 @@ class TorchPredictor:
         self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.batch_size = int(batch_size or BATCH_SIZE[self._device_type])
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)
-        model, self.spec, _ = load_checkpoint(path, spec=spec)
+        model, self.spec, _ = load_checkpoint(path, spec=spec, data=model_bytes)
         model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -115,7 +118,7 @@ class TorchPredictor:
         scale, offset = scale_offset(self.spec)
         self._scale = torch.from_numpy(scale).to(self.device)
         self._offset = torch.from_numpy(offset).to(self.device)
-        self.sha256 = file_sha256(path)
+        self.sha256 = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else file_sha256(path)
         self._torch = torch
         #: Seconds the GPU spent classifying (CUDA events; 0 on the CPU).
         self.gpu_seconds = 0.0

@@ -110,15 +110,21 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file as a dict with ``weights_only=True``."""
+def read_checkpoint(path: str | Path, data: bytes | None = None) -> dict:
+    """Load a checkpoint file as a dict with ``weights_only=True``.
+
+    With ``data`` the checkpoint is read from those bytes and ``path`` only
+    names it (a model shipped to a Dask worker, which may not see the file).
+    """
+    import io
+
     import torch
 
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ModelLoadError(f"checkpoint {str(path)!r} does not exist")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
         raise ModelLoadError(
             f"checkpoint {str(path)!r} cannot be loaded with weights_only=True: {exc}. "
@@ -236,15 +242,18 @@ def load_checkpoint(
     labels: Sequence[str] | None = None,
     thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
     build_options: bool = False,
+    data: bytes | None = None,
 ):
     """Load any supported checkpoint into a network (``build_options`` as in :func:`resolve_spec`).
+
+    ``data``: the checkpoint's bytes, read instead of the file (:func:`read_checkpoint`).
 
     Returns ``(model, spec, raw)``: the model in eval mode on the CPU, its
     spec, and the raw checkpoint dict (epoch, optimizer state for resuming).
     """
     from scenetag.model.training.nets import build_model
 
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, data)
     if spec is None and "spec" not in raw:
         sidecar = spec_path_for(path)
         if sidecar.is_file():
