@@ -1,6 +1,6 @@
 """Issue 16's GPU check in one call: ``batch`` on one GPU worker against ``run``, end to end, and model-only bf16.
 
-    python bench/bench_fleet_gpu.py [--scenes 4] [--repeat 48] [--rounds 1] [--json OUT]
+    python bench/bench_fleet_gpu.py [--chips DIR] [--scenes 4] [--repeat 4] [--rounds 1] [--json OUT]
 
 Everything is measured in the same process, on the same scenes, with the same
 torch checkpoint in the same precision:
@@ -19,24 +19,25 @@ least 0.6) and ``batch`` over ``run`` (target: at least 0.9). A warm-up scene
 goes first through each path (cuDNN's autotuning, the worker's model and
 reader pool), and the rounds alternate the order of ``run`` and ``batch``.
 
-Scenes: the tracked demo scene (``demo/planetscope_borneo_3m_analytic.tif``,
-real PlanetScope, 3 m), stretched once to 8-bit RGB (``--native`` keeps its
-uint16 four bands), repeated ``--repeat`` x ``--repeat`` times per scene, each
-with its own origin, tiled 256, DEFLATE level 1 compressed on every core.  The
-network is timm's ``--arch`` with random weights unless ``--checkpoint`` is
-given: the rates do not depend on the weights.
+Scenes: ``--chips`` (Planet Amazon JPEG chips, the model's own domain) laid
+edge to edge as a square mosaic and repeated ``--repeat`` x ``--repeat``
+times (:func:`bench.scenes.build_scene`, as ``bench/bench_gpu.py`` builds its
+scene), then copied once per scene with its own origin.  The network is timm's
+``--arch`` with random weights unless ``--checkpoint`` is given: the rates do
+not depend on the weights.
 
 On the lent H200 the image has torch and timm but not rasterio, pyogrio,
-pyproj, geopandas or dask: carry them as ``bench/_data/gpusite.tar.xz``
-(``bench/gpu_site.sh`` makes it, about 34 MiB; ``cli.py run`` worked on it
-here under Python 3.12 with numpy 2.5, as the image has), and leave the
+pyproj, geopandas or dask.  ``bench/gpu_site.sh`` packs those into
+``bench/_data/gpusite.tar.xz`` (about 34 MiB; ``cli.py run`` worked on it
+here under Python 3.12 with numpy 2.5, as the image has) and copies 576
+chips into ``bench/_data/chips`` (about 10 MB).  Carry both, and leave the
 shipped ONNX files out of the working tree to stay under the 64 MiB a call
 carries::
 
     mkdir -p /tmp/site && tar -xJf bench/_data/gpusite.tar.xz -C /tmp/site &&
-    PYTHONPATH=/tmp/site:. python3 bench/bench_fleet_gpu.py --json $OUT/fleet_gpu.json
+    PYTHONPATH=/tmp/site:. python3 bench/bench_fleet_gpu.py --chips bench/_data/chips --json $OUT/fleet_gpu.json
 
-Without CUDA it checks itself: ``--device cpu --precision fp32 --repeat 2
+Without CUDA it checks itself: ``--device cpu --precision fp32 --repeat 1
 --arch mobilenetv3_small_050``.
 """
 
@@ -52,57 +53,41 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEMO = ROOT / "demo" / "planetscope_borneo_3m_analytic.tif"
+from bench.scenes import DATA  # noqa: E402
+
+#: Chips in the mosaic (24 x 24): 9 216 chips a scene at ``--repeat 4``.
+MOSAIC_CHIPS = 576
 
 
-def rgb8_source(src: Path, dst: Path) -> Path:
-    """The scene's red, green and blue as uint8, stretched 2-98 percent per band (nodata 0 kept for nodata)."""
+def scene_copies(base: Path, n: int) -> list[Path]:
+    """``n`` copies of ``base``, each with its own origin (east of the last), so that each is its own scene."""
     import rasterio
+    from affine import Affine
 
-    with rasterio.open(src) as ds:
-        rgb = ds.read([1, 2, 3]).astype(np.float64)
-        profile = ds.profile.copy()
-    out = np.empty(rgb.shape, np.uint8)
-    for b in range(3):
-        lo, hi = np.percentile(rgb[b], (2, 98))
-        out[b] = np.clip(1 + (rgb[b] - lo) * 254 / max(hi - lo, 1), 1, 255)
-    profile.update(count=3, dtype="uint8", nodata=0, photometric="RGB")
-    profile.pop("blockxsize", None), profile.pop("blockysize", None)
-    with rasterio.open(dst, "w", **{**profile, "tiled": False}) as ds:
-        ds.write(out)
-    return dst
+    out = []
+    with rasterio.open(base) as ds:
+        t, width = ds.transform, ds.width
+    for i in range(n):
+        path = base.with_name(f"{base.stem}_{i:02d}.tif")
+        shutil.copyfile(base, path)
+        with rasterio.open(path, "r+") as ds:
+            ds.transform = Affine(t.a, t.b, t.c + (i + 1) * width * t.a, t.d, t.e, t.f)
+        out.append(path)
+    return out
 
 
-def make_checkpoint(arch: str, chip: int, work: Path) -> Path:
-    """A random-weight ``arch`` with the 17 Planet labels at ``chip`` px, 3 m, as a checkpoint."""
-    import torch
-
+def make_checkpoint(arch: str, work: Path) -> Path:
+    """A random-weight ``arch`` with the 17 Planet labels at 256 px, 3 m, as a checkpoint."""
     from scenetag.model.spec import PLANET_LABELS, ModelSpec
     from scenetag.model.training.checkpoint import save_checkpoint
-    from scenetag.model.training.nets import build_model
+    from tests.model_fixtures import small_model
 
-    spec = ModelSpec.create(f"bench-{arch}", arch, PLANET_LABELS, 0.2, chip_size=chip, resolution_m=3.0)
-    torch.manual_seed(0)
-    return save_checkpoint(work / f"{arch}.pt", build_model(spec, pretrained=False).eval(), spec, replace=True)
-
-
-def chips_of(scene: Path, chip: int, n: int) -> np.ndarray:
-    """``n`` uint8 chips read from the scene's top row of chips (model-only input)."""
-    import rasterio
-    from rasterio.windows import Window
-
-    with rasterio.open(scene) as ds:
-        per_row = ds.width // chip
-        row = ds.read([1, 2, 3], window=Window(0, 0, per_row * chip, chip))
-    tiles = row.reshape(3, chip, per_row, chip).transpose(2, 0, 1, 3)
-    if tiles.dtype != np.uint8:
-        tiles = (tiles // 256).astype(np.uint8)
-    return np.ascontiguousarray(np.concatenate([tiles] * -(-n // len(tiles)))[:n])
+    spec = ModelSpec.create(f"bench-{arch}", arch, PLANET_LABELS, 0.2, chip_size=256, resolution_m=3.0)
+    return save_checkpoint(work / f"{arch}.pt", small_model(spec), spec, replace=True)
 
 
 def timed_run(scenes: list[Path], predictor, out: Path) -> dict:
@@ -135,9 +120,10 @@ def timed_batch(scenes: list[Path], predictor, address: str, device: str, precis
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chips", type=Path, default=DATA / "chips" / "planet_amazon" / "images",
+                    help="folder of Planet Amazon JPEG chips")
     ap.add_argument("--scenes", type=int, default=4)
-    ap.add_argument("--repeat", type=int, default=48, help="demo scene repeats per side (48: 9 216 chips a scene)")
-    ap.add_argument("--native", action="store_true", help="keep the demo's uint16 four bands")
+    ap.add_argument("--repeat", type=int, default=4, help="mosaic repeats per side (4: 9 216 chips a scene)")
     ap.add_argument("--arch", default="tf_efficientnet_lite0")
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--device", default="cuda")
@@ -154,7 +140,7 @@ def main() -> None:
     import torch
 
     from bench.bench_gpu import model_only
-    from bench.scenes import repeat_scene
+    from bench.scenes import build_scene, load_chips
     from scenetag.jobs.cluster import connect
     from scenetag.model.backends.torch_backend import TorchPredictor
 
@@ -170,20 +156,18 @@ def main() -> None:
 
     try:
         t0 = time.perf_counter()
-        source = DEMO if args.native else rgb8_source(DEMO, work / "demo_rgb8.tif")
-        scenes = [repeat_scene(source, work / f"scene_{i:02d}.tif", args.repeat, shift=i + 1,
-                               NUM_THREADS="ALL_CPUS", ZLEVEL="1") for i in range(args.scenes + 1)]
-        warm, scenes = scenes[0], scenes[1:]
-        checkpoint = args.checkpoint or make_checkpoint(args.arch, 256, work)
+        chips = load_chips(args.chips, MOSAIC_CHIPS)
+        warm, *scenes = scene_copies(build_scene(chips, work, args.repeat), args.scenes + 1)
+        checkpoint = args.checkpoint or make_checkpoint(args.arch, work)
         predictor = TorchPredictor(checkpoint, device=args.device, precision=args.precision)
-        res["scenes"] = {"n": len(scenes), "source": source.name, "repeat": args.repeat,
+        res["scenes"] = {"n": len(scenes), "mosaic_chips": len(chips), "repeat": args.repeat,
                          "bytes_each": scenes[0].stat().st_size, "build_s": time.perf_counter() - t0}
         res["model"] = {"checkpoint": str(checkpoint), "arch": predictor.spec.arch, "batch": predictor.batch_size}
-        print(f"{len(scenes)} scenes of {source.name} x{args.repeat}, {scenes[0].stat().st_size / 1e9:.2f} GB each, "
-              f"built in {res['scenes']['build_s']:.0f} s; {predictor.spec.arch} {args.precision} on {args.device}",
-              flush=True)
+        print(f"{len(scenes)} scenes: {len(chips)} Planet chips x{args.repeat}x{args.repeat}, "
+              f"{scenes[0].stat().st_size / 1e9:.2f} GB each, built in {res['scenes']['build_s']:.0f} s; "
+              f"{predictor.spec.arch} {args.precision} on {args.device}", flush=True)
 
-        res["model_only_chips_per_s"] = model_only(predictor, chips_of(source, 256, 256), predictor.batch_size,
+        res["model_only_chips_per_s"] = model_only(predictor, chips, predictor.batch_size,
                                                    args.model_seconds)
         print(f"model-only {args.precision}: {res['model_only_chips_per_s']:.0f} chips/s", flush=True)
         save()

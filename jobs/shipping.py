@@ -10,7 +10,6 @@ state of that cache is this module's alone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import uuid
@@ -20,6 +19,7 @@ from typing import Any, Iterator
 from distributed import WorkerPlugin
 
 from scenetag.errors import ModelLoadError
+from scenetag.hashing import model_sha256
 from scenetag.jobs.models import ShippedModel
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ def worker_predictor(model: ShippedModel) -> Any:
 def _engine(model: ShippedModel, data: bytes) -> Any:
     """The predictor for the shipped bytes, as ``model.backend`` and this worker's device say.
 
-    An ONNX model runs on ONNX Runtime or OpenVINO with one inference thread
-    per task: tasks run side by side on a worker (one per thread), so that is
-    a core each.  A torch checkpoint runs on the torch backend in
+    One inference thread per task on the CPU: tasks run side by side on a
+    worker (one per thread), so that is a core each.  An ONNX model runs on
+    ONNX Runtime or OpenVINO; a torch checkpoint on the torch backend in
     ``model.precision``: on a GPU worker that is the fast path of ``run``
     (bf16, CUDA graphs, uploads from the reader slots).
     """
@@ -93,13 +93,8 @@ def _engine(model: ShippedModel, data: bytes) -> Any:
     if name == "torch":
         from scenetag.model.backends.torch_backend import TorchPredictor
 
-        predictor = TorchPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
-                                   model_bytes=data)
-        if not predictor.on_gpu and _in_worker():
-            import torch
-
-            torch.set_num_threads(1)  # as ONNX Runtime's one thread per task (torch's setting is per process)
-        return predictor
+        return TorchPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
+                              threads=1, model_bytes=data)
     if name == CPU_BACKEND:
         from scenetag.model.backends.openvino_backend import OpenVinoPredictor
 
@@ -111,17 +106,6 @@ def _engine(model: ShippedModel, data: bytes) -> Any:
 
     return OnnxPredictor(model.path, device=model.device, spec=model.spec, precision=model.precision,
                          intra_op_threads=1, model_bytes=data)
-
-
-def _in_worker() -> bool:
-    """Whether this code runs in a Dask worker (not in the client's own process)."""
-    from distributed import get_worker
-
-    try:
-        get_worker()
-    except ValueError:
-        return False
-    return True
 
 
 def model_loads() -> list[str]:
@@ -141,7 +125,7 @@ def model_bytes(predictor: Any) -> bytes:
             "export it first with `scenetag export`"
         )
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != predictor.sha256:
+    if model_sha256(path, data) != predictor.sha256:
         raise ModelLoadError(f"model {str(path)!r} changed since it was loaded: run again")
     return data
 

@@ -26,6 +26,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def model_sha256(path: str | os.PathLike, data: bytes | None = None) -> str:
+    """Hex sha256 of a model: of ``data`` where its bytes are in memory (shipped to a worker), else of the file."""
+    return hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+
+
 #: Identity kinds: the file's bytes; the server's ETag; its size and last-modified time (no ETag);
 #: a STAC item's id and update time or checksum; the location alone (nothing better was said).
 SHA256, ETAG, SIZE_MTIME, STAC, LOCATION = "sha256", "etag", "size+last-modified", "stac", "location"

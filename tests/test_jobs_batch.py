@@ -308,6 +308,8 @@ def test_fp16_on_cpu_workers_is_refused_before_any_work(scenes_dir, tiny_checkpo
 
 
 def test_a_worker_builds_a_torch_predictor_from_the_shipped_bytes(tiny_checkpoint):
+    import torch
+
     from scenetag.hashing import file_sha256
     from scenetag.jobs.models import ShippedModel
     from scenetag.jobs.shipping import _engine
@@ -315,7 +317,13 @@ def test_a_worker_builds_a_torch_predictor_from_the_shipped_bytes(tiny_checkpoin
 
     sha = file_sha256(tiny_checkpoint)
     spec = create_predictor(tiny_checkpoint).spec
-    built = _engine(ShippedModel("/nowhere/tiny.pt", sha, spec, "cpu", "auto", "bf16"), tiny_checkpoint.read_bytes())
+    threads = torch.get_num_threads()
+    try:
+        built = _engine(ShippedModel("/nowhere/tiny.pt", sha, spec, "cpu", "auto", "bf16"),
+                        tiny_checkpoint.read_bytes())
+        assert torch.get_num_threads() == 1  # one a task, as ONNX Runtime on a worker
+    finally:
+        torch.set_num_threads(threads)  # the setting is this test process's
     assert isinstance(built, TorchPredictor) and built.precision == "bf16"
     assert built.sha256 == sha and built.path == "/nowhere/tiny.pt"  # read from the bytes: no file there
 

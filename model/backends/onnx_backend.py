@@ -11,7 +11,6 @@ that path is in docs/performance.md ("Backends").
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from scenetag.errors import ModelLoadError, ModelSpecError, OptionError, require
-from scenetag.hashing import file_sha256
+from scenetag.hashing import model_sha256
 from scenetag.model.backends.base import checked_probabilities, device_id, is_gpu_device
 from scenetag.model.preprocess import normalize
 from scenetag.model.spec import METADATA_KEY, ModelSpec
@@ -135,8 +134,7 @@ class OnnxPredictor:
                 f"model {self.path!r} outputs {out_shape[1]} classes but its spec lists "
                 f"{self.spec.n_labels} labels"
             )
-        self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
-                       else file_sha256(self.path))
+        self.sha256 = model_sha256(self.path, model_bytes)
         self.providers = self.session.get_providers()
         on_gpu = self.providers[0] in GPU_PROVIDERS
         gpu = device_id(device)

@@ -19,7 +19,6 @@ as every backend's does.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from scenetag.errors import ModelError, ModelLoadError, ModelSpecError, OptionError, require
-from scenetag.hashing import file_sha256
+from scenetag.hashing import model_sha256
 from scenetag.processes import at_exit
 from scenetag.model.backends.base import Done, checked_probabilities, is_gpu_device
 from scenetag.model.spec import METADATA_KEY, ModelSpec
@@ -163,8 +162,7 @@ class OpenVinoPredictor:
         self._lock = threading.Lock()
         self.batch_size = int(batch_size or BATCH_SIZE)
         self.device = "cpu"
-        self.sha256 = (hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None
-                       else file_sha256(self.path))
+        self.sha256 = model_sha256(self.path, model_bytes)
         log.info("loaded %s (%s) on OpenVINO CPU, hint %s, %d infer requests", self.spec.name, self.path,
                  self.hint, self.requests)
 

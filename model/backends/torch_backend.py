@@ -27,7 +27,6 @@ Why each of these was chosen, with the measurements, is in docs/performance.md (
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from scenetag.errors import ModelError, ModelLoadError, OptionError, require
-from scenetag.hashing import file_sha256
+from scenetag.hashing import model_sha256
 from scenetag.model.backends.base import Done, check_device, checked_probabilities, is_gpu_device
 from scenetag.model.preprocess import scale_offset
 from scenetag.model.spec import ModelSpec
@@ -79,13 +78,14 @@ class TorchPredictor:
         cuda_graphs: On CUDA, replay repeating batch shapes from a captured CUDA graph instead of
             launching every kernel from Python (see :meth:`_graphed`); default on CUDA,
             ignored elsewhere.
+        threads: On the CPU, torch's intra-op threads (a setting of the whole process); default torch's own.
         model_bytes: The checkpoint's bytes (a model shipped to a Dask worker); ``path`` then only names it.
     """
 
     def __init__(self, path: str | Path, device: str = "auto", spec: ModelSpec | None = None,
                  precision: str = "fp32", batch_size: int | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool | None = None,
-                 model_bytes: bytes | None = None):
+                 threads: int | None = None, model_bytes: bytes | None = None):
         torch = require("torch", "torch")
         from scenetag.model.training.checkpoint import load_checkpoint
 
@@ -111,6 +111,8 @@ class TorchPredictor:
         else:
             from scenetag.model.backends.glibc_malloc import keep_freed_memory
 
+            if threads:
+                torch.set_num_threads(int(threads))
             # Freed activations stay in the heap for the next batch, instead of an munmap and
             # page faults each batch (glibc only; see the module).
             keep_freed_memory()
@@ -118,7 +120,7 @@ class TorchPredictor:
         scale, offset = scale_offset(self.spec)
         self._scale = torch.from_numpy(scale).to(self.device)
         self._offset = torch.from_numpy(offset).to(self.device)
-        self.sha256 = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else file_sha256(path)
+        self.sha256 = model_sha256(self.path, model_bytes)
         self._torch = torch
         #: Seconds the GPU spent classifying (CUDA events; 0 on the CPU).
         self.gpu_seconds = 0.0
